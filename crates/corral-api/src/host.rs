@@ -1,0 +1,60 @@
+//! `GET /api/v1/host`: what this host is and what it runs VMs with.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+impl std::str::FromStr for Accel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kvm" => Ok(Accel::Kvm),
+            "tcg" => Ok(Accel::Tcg),
+            other => Err(format!("unknown accelerator '{other}' (use kvm or tcg)")),
+        }
+    }
+}
+
+/// The accelerator in use and the evidence for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AccelInfo {
+    pub accel: Accel,
+    /// Why this accelerator was chosen, in words.
+    pub reason: String,
+    /// `true` when set by `--accel` rather than by the probe.
+    pub forced: bool,
+    /// When the probe ran (Unix seconds); absent when forced.
+    #[serde(default)]
+    pub probed_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HostInfo {
+    pub hostname: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub qemu_binary: String,
+    pub qemu_version: String,
+    pub accel: AccelInfo,
+    pub corral_version: String,
+    pub state_dir: String,
+    /// How QEMU processes are confined (uid, sandbox, cgroup), in words.
+    pub confinement: String,
+    pub vms_total: u32,
+    pub vms_running: u32,
+}

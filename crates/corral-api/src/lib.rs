@@ -1,0 +1,19 @@
+//! Corral's wire types, shared by the daemon and every client.
+//!
+//! Everything here is plain data: serde structs that are at once the REST bodies and the
+//! stored records, plus the checks that need nothing but the data itself (names, sizes,
+//! counts). Checks that need the host (files, limits, uniqueness) live in the daemon.
+
+pub mod error;
+pub mod event;
+pub mod host;
+pub mod operation;
+pub mod size;
+pub mod vm;
+
+pub use error::{ErrorBody, ValidationError};
+pub use event::Event;
+pub use host::{Accel, AccelInfo, HostInfo};
+pub use operation::{Operation, OperationState};
+pub use size::{format_size, parse_size};
+pub use vm::*;

@@ -1,0 +1,459 @@
+//! Virtual machines: the create request, the stored spec (desired state), the status
+//! (observed state) and the state machine that says which actions are legal.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::ValidationError;
+use crate::event::Event;
+
+/// Most vCPUs a VM may ask for, whatever the host (QEMU's `pc` machine limit is 255).
+pub const MAX_VCPUS: u32 = 255;
+/// Smallest useful guest memory.
+pub const MIN_MEMORY_MIB: u64 = 16;
+
+/// `POST /api/v1/vms`: what a user asks for. Becomes a [`VmSpec`] once volumes exist.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVmRequest {
+    /// `[a-z0-9][a-z0-9-]{0,62}`, unique on the host.
+    pub name: String,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    #[serde(default)]
+    pub machine: Machine,
+    /// Disks in guest order.
+    #[serde(default)]
+    pub disks: Vec<DiskRequest>,
+    /// An ISO image attached as a read-only CD-ROM.
+    #[serde(default)]
+    pub cdrom: Option<String>,
+    /// Boot a kernel directly instead of firmware.
+    #[serde(default)]
+    pub kernel: Option<KernelBoot>,
+    /// NICs in guest order. Empty means no network.
+    #[serde(default)]
+    pub networks: Vec<NetworkKind>,
+    /// Start the VM once it is defined.
+    #[serde(default)]
+    pub start: bool,
+}
+
+/// One disk of a create request: either a new volume the VM owns, or an existing file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum DiskRequest {
+    /// A new thin qcow2 volume of this many bytes, owned by the VM (deleted with it).
+    New { size_bytes: u64 },
+    /// An existing image file, attached but never modified in shape, moved or deleted.
+    Path {
+        path: String,
+        #[serde(default)]
+        format: Option<DiskFormat>,
+        #[serde(default)]
+        read_only: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    Qcow2,
+    Raw,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Raw => "raw",
+        }
+    }
+}
+
+/// QEMU machine type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Machine {
+    /// i440FX, the most compatible (and under TCG the fastest to boot) PC.
+    #[default]
+    Pc,
+    /// Q35 with PCIe.
+    Q35,
+}
+
+impl Machine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Machine::Pc => "pc",
+            Machine::Q35 => "q35",
+        }
+    }
+}
+
+/// Direct kernel boot, like `virt-install --boot kernel=…,initrd=…,kernel_args=…`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KernelBoot {
+    pub kernel: String,
+    #[serde(default)]
+    pub initrd: Option<String>,
+    #[serde(default)]
+    pub cmdline: Option<String>,
+}
+
+/// How a NIC reaches the outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkKind {
+    /// User-mode networking inside QEMU: outbound only, no root needed.
+    User,
+}
+
+/// The desired state of a VM: everything needed to start it, and nothing observed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    pub name: String,
+    /// Stable machine identity (SMBIOS UUID), fixed at create.
+    pub uuid: Uuid,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub machine: Machine,
+    pub disks: Vec<Disk>,
+    pub cdrom: Option<String>,
+    pub kernel: Option<KernelBoot>,
+    pub nics: Vec<Nic>,
+}
+
+/// A disk as stored: where its data lives and who owns the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    /// The active image file (top of its chain).
+    pub path: String,
+    pub format: DiskFormat,
+    /// Virtual size in bytes, as the image reports it.
+    pub size_bytes: u64,
+    /// `true` when the VM owns the file (created with it, deleted with it).
+    pub owned: bool,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A NIC as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Nic {
+    pub kind: NetworkKind,
+    /// `52:54:00:xx:xx:xx`, unique, fixed at create.
+    pub mac: String,
+}
+
+/// `PATCH /api/v1/vms/{name}`: changes to a stopped VM. Absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateVmRequest {
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    /// Replaces the kernel command line of a direct-kernel-boot VM.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+}
+
+/// The observed state of a VM, kept by the daemon from QMP events and process checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// Defined, no QEMU process.
+    Stopped,
+    /// QEMU launched, being set up while paused.
+    Starting,
+    Running,
+    /// vCPUs paused by the user.
+    Paused,
+    /// A graceful shutdown was requested and the guest has not gone yet.
+    Stopping,
+    /// The guest reported a panic; QEMU is still there for inspection.
+    Crashed,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Stopped => "stopped",
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Stopping => "stopping",
+            VmState::Crashed => "crashed",
+        }
+    }
+
+    /// Whether a QEMU process should exist in this state.
+    pub fn has_process(self) -> bool {
+        self != VmState::Stopped
+    }
+
+    /// Whether `action` may run now; `Err` says why not, in words for the user.
+    pub fn allows(self, action: VmAction) -> Result<(), String> {
+        use VmAction as A;
+        use VmState as S;
+        let ok = match action {
+            A::Start => matches!(self, S::Stopped),
+            A::Stop => matches!(self, S::Running),
+            A::ForceStop => self.has_process(),
+            A::Restart => matches!(self, S::Running | S::Paused | S::Crashed),
+            A::Pause => matches!(self, S::Running),
+            A::Resume => matches!(self, S::Paused),
+            A::Delete => matches!(self, S::Stopped),
+            A::Update => matches!(self, S::Stopped),
+            A::Console => matches!(self, S::Running | S::Paused | S::Stopping | S::Crashed),
+        };
+        if ok {
+            return Ok(());
+        }
+        let why = match (action, self) {
+            (A::Stop, S::Paused) => "it is paused; resume it first or use --force",
+            (A::Stop, S::Stopping) => "a shutdown is already in progress; use --force to power it off",
+            (A::Delete, _) => "it is not stopped; stop it first or use --force",
+            (A::Update, _) => "changes apply only to a stopped VM; stop it first",
+            (A::Start, S::Running | S::Paused | S::Starting | S::Stopping) => "it is already running",
+            _ => "",
+        };
+        let mut msg = format!("cannot {} a VM that is {}", action.as_str(), self.as_str());
+        if !why.is_empty() {
+            msg = format!("cannot {}: {why}", action.as_str());
+        }
+        Err(msg)
+    }
+}
+
+/// Everything a user can ask a VM to do, for the state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmAction {
+    Start,
+    Stop,
+    ForceStop,
+    Restart,
+    Pause,
+    Resume,
+    Delete,
+    Update,
+    Console,
+}
+
+impl VmAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmAction::Start => "start",
+            VmAction::Stop => "stop",
+            VmAction::ForceStop => "force-stop",
+            VmAction::Restart => "restart",
+            VmAction::Pause => "pause",
+            VmAction::Resume => "resume",
+            VmAction::Delete => "delete",
+            VmAction::Update => "update",
+            VmAction::Console => "attach a console to",
+        }
+    }
+}
+
+/// Observed state plus the facts of the current (or last) run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VmStatus {
+    pub state: VmState,
+    /// PID of the QEMU process while there is one.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// When the current QEMU was started (Unix seconds).
+    #[serde(default)]
+    pub started_at: Option<u64>,
+    /// Why the VM is in this state when that is not obvious (how it stopped, a crash).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Accelerator of the current run (`kvm` or `tcg`).
+    #[serde(default)]
+    pub accel: Option<String>,
+}
+
+impl VmStatus {
+    pub fn stopped(reason: Option<String>) -> Self {
+        VmStatus {
+            state: VmState::Stopped,
+            pid: None,
+            started_at: None,
+            reason,
+            accel: None,
+        }
+    }
+}
+
+/// `GET /api/v1/vms/{name}` and list entries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Vm {
+    pub spec: VmSpec,
+    pub status: VmStatus,
+    /// Seconds since the current QEMU started, while running.
+    #[serde(default)]
+    pub uptime_secs: Option<u64>,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// The most recent events of this VM, newest last (only in `GET /vms/{name}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Event>,
+}
+
+/// `POST /api/v1/vms/{name}/stop`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StopRequest {
+    /// Power off at once instead of an ACPI shutdown.
+    #[serde(default)]
+    pub force: bool,
+    /// Seconds to wait for a graceful shutdown before failing (default 60).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// `POST /api/v1/vms/{name}/start`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    /// Leave the vCPUs paused once QEMU is set up.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// Checks a VM name: `[a-z0-9][a-z0-9-]{0,62}`.
+pub fn validate_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    let hint = "use 1-63 lowercase letters, digits and '-', starting with a letter or digit";
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > 63 {
+        return Err(ValidationError::new(field, format!("name '{name}' must be 1-63 characters")).hint(hint));
+    }
+    let first_ok = bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit();
+    let rest_ok = bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    if !first_ok || !rest_ok {
+        return Err(ValidationError::new(field, format!("name '{name}' has characters that are not allowed")).hint(hint));
+    }
+    Ok(())
+}
+
+impl CreateVmRequest {
+    /// Checks everything that needs only the request itself.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_name("name", &self.name)?;
+        validate_memory(self.memory_mib)?;
+        validate_vcpus(self.vcpus)?;
+        for (i, disk) in self.disks.iter().enumerate() {
+            match disk {
+                DiskRequest::New { size_bytes } if *size_bytes < 1 << 20 => {
+                    return Err(ValidationError::new(
+                        format!("disks[{i}].size_bytes"),
+                        format!("disk size {size_bytes} bytes is too small"),
+                    )
+                    .hint("give a size of at least 1M, e.g. size=2G"));
+                }
+                DiskRequest::Path { path, .. } if path.is_empty() => {
+                    return Err(ValidationError::new(format!("disks[{i}].path"), "path is empty")
+                        .hint("give the path of an existing image file"));
+                }
+                _ => {}
+            }
+        }
+        if let Some(k) = &self.kernel {
+            if k.kernel.is_empty() {
+                return Err(ValidationError::new("kernel.kernel", "kernel path is empty"));
+            }
+        }
+        if self.kernel.is_none() && self.cdrom.is_none() && self.disks.is_empty() {
+            return Err(ValidationError::new("disks", "the VM has nothing to boot from")
+                .hint("add --disk, --cdrom or --kernel"));
+        }
+        Ok(())
+    }
+}
+
+pub fn validate_memory(memory_mib: u64) -> Result<(), ValidationError> {
+    if memory_mib < MIN_MEMORY_MIB {
+        return Err(ValidationError::new("memory_mib", format!("memory {memory_mib} MiB is too small"))
+            .hint(format!("give at least {MIN_MEMORY_MIB}M, e.g. --memory 256M")));
+    }
+    Ok(())
+}
+
+pub fn validate_vcpus(vcpus: u32) -> Result<(), ValidationError> {
+    if vcpus == 0 || vcpus > MAX_VCPUS {
+        return Err(ValidationError::new("vcpus", format!("{vcpus} vCPUs is out of range"))
+            .hint(format!("give 1 to {MAX_VCPUS} vCPUs")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "vm1", "0abc", "web-01", &"a".repeat(63)] {
+            assert!(validate_name("name", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "A", "a_b", "a/b", "..", "é", &"a".repeat(64)] {
+            let err = validate_name("name", bad).unwrap_err();
+            assert_eq!(err.field, "name");
+            assert!(err.hint.is_some());
+        }
+    }
+
+    #[test]
+    fn state_machine() {
+        assert!(VmState::Stopped.allows(VmAction::Start).is_ok());
+        assert!(VmState::Running.allows(VmAction::Start).is_err());
+        assert!(VmState::Running.allows(VmAction::Pause).is_ok());
+        assert!(VmState::Paused.allows(VmAction::Resume).is_ok());
+        assert!(VmState::Running.allows(VmAction::Resume).is_err());
+        assert!(VmState::Running.allows(VmAction::Delete).unwrap_err().contains("--force"));
+        assert!(VmState::Paused.allows(VmAction::Stop).unwrap_err().contains("resume"));
+        assert!(VmState::Paused.allows(VmAction::ForceStop).is_ok());
+        assert!(VmState::Stopped.allows(VmAction::ForceStop).is_err());
+        assert!(VmState::Stopped.allows(VmAction::Console).is_err());
+    }
+
+    #[test]
+    fn create_request_rejects_unknown_fields() {
+        let body = r#"{"name":"a","memory_mib":256,"vcpus":1,"colour":"red"}"#;
+        let err = serde_json::from_str::<CreateVmRequest>(body).unwrap_err();
+        assert!(err.to_string().contains("colour"));
+    }
+
+    #[test]
+    fn create_request_checks() {
+        let mut req = CreateVmRequest {
+            name: "ok".into(),
+            memory_mib: 256,
+            vcpus: 1,
+            machine: Machine::Pc,
+            disks: vec![DiskRequest::New { size_bytes: 2 << 30 }],
+            cdrom: None,
+            kernel: None,
+            networks: vec![],
+            start: false,
+        };
+        assert!(req.validate().is_ok());
+        req.vcpus = 0;
+        assert_eq!(req.validate().unwrap_err().field, "vcpus");
+        req.vcpus = 1;
+        req.disks.push(DiskRequest::New { size_bytes: 0 });
+        assert_eq!(req.validate().unwrap_err().field, "disks[1].size_bytes");
+        req.disks.clear();
+        assert_eq!(req.validate().unwrap_err().field, "disks");
+    }
+}
