@@ -19,9 +19,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "T" | "TB" | "TIB" => 40,
         other => return Err(format!("unknown size unit '{other}' (use K, M, G or T)")),
     };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size"))?;
+    let value: f64 = num.parse().map_err(|_| format!("'{text}' is not a size"))?;
     let bytes = value * (1u64 << shift) as f64;
     if !bytes.is_finite() || bytes >= u64::MAX as f64 {
         return Err(format!("'{text}' is too large"));

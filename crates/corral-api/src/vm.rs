@@ -219,10 +219,14 @@ impl VmState {
         }
         let why = match (action, self) {
             (A::Stop, S::Paused) => "it is paused; resume it first or use --force",
-            (A::Stop, S::Stopping) => "a shutdown is already in progress; use --force to power it off",
+            (A::Stop, S::Stopping) => {
+                "a shutdown is already in progress; use --force to power it off"
+            }
             (A::Delete, _) => "it is not stopped; stop it first or use --force",
             (A::Update, _) => "changes apply only to a stopped VM; stop it first",
-            (A::Start, S::Running | S::Paused | S::Starting | S::Stopping) => "it is already running",
+            (A::Start, S::Running | S::Paused | S::Starting | S::Stopping) => {
+                "it is already running"
+            }
             _ => "",
         };
         let mut msg = format!("cannot {} a VM that is {}", action.as_str(), self.as_str());
@@ -334,14 +338,21 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), ValidationError> {
     let hint = "use 1-63 lowercase letters, digits and '-', starting with a letter or digit";
     let bytes = name.as_bytes();
     if bytes.is_empty() || bytes.len() > 63 {
-        return Err(ValidationError::new(field, format!("name '{name}' must be 1-63 characters")).hint(hint));
+        return Err(
+            ValidationError::new(field, format!("name '{name}' must be 1-63 characters"))
+                .hint(hint),
+        );
     }
     let first_ok = bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit();
     let rest_ok = bytes
         .iter()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
     if !first_ok || !rest_ok {
-        return Err(ValidationError::new(field, format!("name '{name}' has characters that are not allowed")).hint(hint));
+        return Err(ValidationError::new(
+            field,
+            format!("name '{name}' has characters that are not allowed"),
+        )
+        .hint(hint));
     }
     Ok(())
 }
@@ -362,20 +373,27 @@ impl CreateVmRequest {
                     .hint("give a size of at least 1M, e.g. size=2G"));
                 }
                 DiskRequest::Path { path, .. } if path.is_empty() => {
-                    return Err(ValidationError::new(format!("disks[{i}].path"), "path is empty")
-                        .hint("give the path of an existing image file"));
+                    return Err(
+                        ValidationError::new(format!("disks[{i}].path"), "path is empty")
+                            .hint("give the path of an existing image file"),
+                    );
                 }
                 _ => {}
             }
         }
         if let Some(k) = &self.kernel {
             if k.kernel.is_empty() {
-                return Err(ValidationError::new("kernel.kernel", "kernel path is empty"));
+                return Err(ValidationError::new(
+                    "kernel.kernel",
+                    "kernel path is empty",
+                ));
             }
         }
         if self.kernel.is_none() && self.cdrom.is_none() && self.disks.is_empty() {
-            return Err(ValidationError::new("disks", "the VM has nothing to boot from")
-                .hint("add --disk, --cdrom or --kernel"));
+            return Err(
+                ValidationError::new("disks", "the VM has nothing to boot from")
+                    .hint("add --disk, --cdrom or --kernel"),
+            );
         }
         Ok(())
     }
@@ -383,16 +401,23 @@ impl CreateVmRequest {
 
 pub fn validate_memory(memory_mib: u64) -> Result<(), ValidationError> {
     if memory_mib < MIN_MEMORY_MIB {
-        return Err(ValidationError::new("memory_mib", format!("memory {memory_mib} MiB is too small"))
-            .hint(format!("give at least {MIN_MEMORY_MIB}M, e.g. --memory 256M")));
+        return Err(ValidationError::new(
+            "memory_mib",
+            format!("memory {memory_mib} MiB is too small"),
+        )
+        .hint(format!(
+            "give at least {MIN_MEMORY_MIB}M, e.g. --memory 256M"
+        )));
     }
     Ok(())
 }
 
 pub fn validate_vcpus(vcpus: u32) -> Result<(), ValidationError> {
     if vcpus == 0 || vcpus > MAX_VCPUS {
-        return Err(ValidationError::new("vcpus", format!("{vcpus} vCPUs is out of range"))
-            .hint(format!("give 1 to {MAX_VCPUS} vCPUs")));
+        return Err(
+            ValidationError::new("vcpus", format!("{vcpus} vCPUs is out of range"))
+                .hint(format!("give 1 to {MAX_VCPUS} vCPUs")),
+        );
     }
     Ok(())
 }
@@ -420,8 +445,14 @@ mod tests {
         assert!(VmState::Running.allows(VmAction::Pause).is_ok());
         assert!(VmState::Paused.allows(VmAction::Resume).is_ok());
         assert!(VmState::Running.allows(VmAction::Resume).is_err());
-        assert!(VmState::Running.allows(VmAction::Delete).unwrap_err().contains("--force"));
-        assert!(VmState::Paused.allows(VmAction::Stop).unwrap_err().contains("resume"));
+        assert!(VmState::Running
+            .allows(VmAction::Delete)
+            .unwrap_err()
+            .contains("--force"));
+        assert!(VmState::Paused
+            .allows(VmAction::Stop)
+            .unwrap_err()
+            .contains("resume"));
         assert!(VmState::Paused.allows(VmAction::ForceStop).is_ok());
         assert!(VmState::Stopped.allows(VmAction::ForceStop).is_err());
         assert!(VmState::Stopped.allows(VmAction::Console).is_err());
@@ -441,7 +472,9 @@ mod tests {
             memory_mib: 256,
             vcpus: 1,
             machine: Machine::Pc,
-            disks: vec![DiskRequest::New { size_bytes: 2 << 30 }],
+            disks: vec![DiskRequest::New {
+                size_bytes: 2 << 30,
+            }],
             cdrom: None,
             kernel: None,
             networks: vec![],

@@ -1,5 +1,13 @@
-//! The QEMU driver: everything Corral knows about talking to one QEMU process.
+//! The QEMU driver: everything Corral knows about running one QEMU process.
 //!
+//! - [`argv`]: the command line, a pure function of the spec (golden-tested).
+//! - [`launch`]: start QEMU detached and confined, and find it again after a restart.
 //! - [`qmp`]: an async QMP client (id-matched replies, event stream, timeouts).
+//! - [`probe`]: which accelerator really works on this host.
+//! - [`cgroup`]: one cgroup per VM.
 
+pub mod argv;
+pub mod cgroup;
+pub mod launch;
+pub mod probe;
 pub mod qmp;

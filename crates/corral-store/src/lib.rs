@@ -1,1 +1,73 @@
+//! Corral's state behind one trait (DESIGN.md §3): every change of state goes through a
+//! [`Store`], so the cluster backend (etcd) will be a second implementation, not a rewrite.
+//!
+//! The default is [`SqliteStore`]: one SQLite file in the state dir, WAL mode, versioned
+//! migrations.
 
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use corral_api::{Event, Operation, VmSpec, VmStatus};
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object already exists.
+    #[error("{kind} '{name}' already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    /// The object does not exist.
+    #[error("{kind} '{name}' not found")]
+    NotFound { kind: &'static str, name: String },
+    /// The database failed.
+    #[error("state database error")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A schema migration failed.
+    #[error("state database migration failed")]
+    Migration(#[from] rusqlite_migration::Error),
+    /// A stored record could not be decoded (written by a newer Corral, or damaged).
+    #[error("stored record could not be decoded")]
+    Decode(#[from] serde_json::Error),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A VM as stored: its spec (desired) and last known status (observed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmRecord {
+    pub spec: VmSpec,
+    pub status: VmStatus,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// Where Corral keeps its state. Implementations must be safe to share between threads
+/// and must make each call atomic.
+pub trait Store: Send + Sync {
+    /// Adds a VM; fails with `AlreadyExists` if the name is taken (exactly one of several
+    /// concurrent creates of a name wins).
+    fn insert_vm(&self, record: &VmRecord) -> Result<()>;
+    fn get_vm(&self, name: &str) -> Result<Option<VmRecord>>;
+    fn list_vms(&self) -> Result<Vec<VmRecord>>;
+    fn update_vm_spec(&self, spec: &VmSpec) -> Result<()>;
+    fn update_vm_status(&self, name: &str, status: &VmStatus) -> Result<()>;
+    /// Removes a VM and its events.
+    fn delete_vm(&self, name: &str) -> Result<()>;
+
+    /// Appends an event and returns it with its id.
+    fn append_event(
+        &self,
+        vm: Option<&str>,
+        kind: &str,
+        message: &str,
+        time_ms: u64,
+    ) -> Result<Event>;
+    /// Events after `since` (an id), oldest first, at most `limit`, optionally of one VM.
+    fn events(&self, vm: Option<&str>, since: u64, limit: u32) -> Result<Vec<Event>>;
+    /// The newest `limit` events of a VM, oldest first.
+    fn recent_events(&self, vm: &str, limit: u32) -> Result<Vec<Event>>;
+
+    fn put_operation(&self, op: &Operation) -> Result<()>;
+    fn get_operation(&self, id: Uuid) -> Result<Option<Operation>>;
+    fn list_operations(&self) -> Result<Vec<Operation>>;
+}

@@ -1,0 +1,194 @@
+//! The QEMU command line as a pure function of the spec (DESIGN.md §7).
+//!
+//! Nothing here touches the host: the same [`LaunchConfig`] always yields the same argv,
+//! and the golden tests (`tests/golden/`) pin it, so any change to what Corral asks of QEMU
+//! shows up in review.
+
+use std::path::{Path, PathBuf};
+
+use corral_api::{Accel, Disk, Machine, NetworkKind, VmSpec};
+use serde_json::json;
+
+/// Where a VM's runtime files live. QEMU is chrooted into `dir`, so every path it must
+/// open after start-up is opened before it drops privileges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmPaths {
+    pub dir: PathBuf,
+}
+
+impl VmPaths {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        VmPaths { dir: dir.into() }
+    }
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+    pub fn console_socket(&self) -> PathBuf {
+        self.dir.join("console.sock")
+    }
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    pub fn pidfile(&self) -> PathBuf {
+        self.dir.join("qemu.pid")
+    }
+    /// QEMU's own stderr (its error messages).
+    pub fn qemu_log(&self) -> PathBuf {
+        self.dir.join("qemu.log")
+    }
+    /// The QMP traffic log.
+    pub fn qmp_log(&self) -> PathBuf {
+        self.dir.join("qmp.log")
+    }
+}
+
+/// How QEMU is confined once it has opened its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confinement {
+    /// Drop to this uid:gid after start-up (`-runas`); `None` when not root.
+    pub run_as: Option<(u32, u32)>,
+    /// chroot into the VM's runtime dir after start-up.
+    pub chroot: bool,
+    /// QEMU's seccomp filter.
+    pub sandbox: bool,
+}
+
+pub struct LaunchConfig<'a> {
+    pub spec: &'a VmSpec,
+    pub accel: Accel,
+    pub paths: &'a VmPaths,
+    pub confinement: Confinement,
+}
+
+/// Builds QEMU's arguments (without the binary itself).
+pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
+    let spec = cfg.spec;
+    let mut a = Args::default();
+    a.push2("-name", format!("guest={},debug-threads=on", spec.name));
+    a.push2("-uuid", spec.uuid.to_string());
+    a.push2("-machine", machine_arg(spec.machine));
+    a.push2("-accel", cfg.accel.as_str());
+    if cfg.accel == Accel::Kvm {
+        a.push2("-cpu", "host");
+    }
+    a.push2("-m", format!("{}M", spec.memory_mib));
+    a.push2("-smp", spec.vcpus.to_string());
+    // Only the devices we ask for; no ~/.qemu config; no window.
+    a.push("-nodefaults");
+    a.push("-no-user-config");
+    a.push2("-display", "none");
+    // Start paused: the daemon sets up over QMP, then sends `cont` (DESIGN.md §6).
+    a.push("-S");
+    a.push2("-msg", "timestamp=on");
+    a.push2("-pidfile", path(&cfg.paths.pidfile()));
+    a.push2("-qmp", format!("unix:{},server=on,wait=off", path(&cfg.paths.qmp_socket())));
+    serial_args(&mut a, cfg.paths);
+    for (i, disk) in spec.disks.iter().enumerate() {
+        disk_args(&mut a, i, disk);
+    }
+    if let Some(iso) = &spec.cdrom {
+        cdrom_args(&mut a, iso, spec.disks.len() + 1);
+    }
+    if let Some(k) = &spec.kernel {
+        a.push2("-kernel", k.kernel.clone());
+        if let Some(initrd) = &k.initrd {
+            a.push2("-initrd", initrd.clone());
+        }
+        if let Some(cmdline) = &k.cmdline {
+            a.push2("-append", cmdline.clone());
+        }
+    }
+    for (i, nic) in spec.nics.iter().enumerate() {
+        match nic.kind {
+            NetworkKind::User => a.push2("-netdev", format!("user,id=net{i}")),
+        }
+        a.push2("-device", format!("virtio-net-pci,netdev=net{i},id=net{i}-dev,mac={}", nic.mac));
+    }
+    confinement_args(&mut a, cfg.confinement, cfg.paths);
+    a.0
+}
+
+fn machine_arg(machine: Machine) -> String {
+    // vmport is an emulated VMware backdoor nobody here needs; off is less attack surface.
+    match machine {
+        Machine::Pc => "pc,vmport=off".to_string(),
+        Machine::Q35 => "q35,vmport=off".to_string(),
+    }
+}
+
+fn serial_args(a: &mut Args, paths: &VmPaths) {
+    // The console is a socket the daemon proxies for `corral console`; QEMU itself also
+    // logs every byte, so output is kept even while no one (not even corrald) listens.
+    a.push2(
+        "-chardev",
+        format!(
+            "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
+            path(&paths.console_socket()),
+            path(&paths.console_log())
+        ),
+    );
+    a.push2("-serial", "chardev:serial0");
+}
+
+fn disk_args(a: &mut Args, index: usize, disk: &Disk) {
+    let node = format!("disk{index}");
+    // JSON form: file names may hold commas, which the key=value syntax would split.
+    let blockdev = json!({
+        "node-name": node,
+        "driver": disk.format.as_str(),
+        "read-only": disk.read_only,
+        "discard": "unmap",
+        "file": {
+            "driver": "file",
+            "filename": disk.path,
+            "read-only": disk.read_only,
+        },
+    });
+    a.push2("-blockdev", blockdev.to_string());
+    a.push2(
+        "-device",
+        format!("virtio-blk-pci,drive={node},id={node}-dev,bootindex={}", index + 1),
+    );
+}
+
+fn cdrom_args(a: &mut Args, iso: &str, bootindex: usize) {
+    let blockdev = json!({
+        "node-name": "cdrom0",
+        "driver": "raw",
+        "read-only": true,
+        "file": { "driver": "file", "filename": iso, "read-only": true },
+    });
+    a.push2("-blockdev", blockdev.to_string());
+    a.push2("-device", format!("ide-cd,drive=cdrom0,id=cdrom0-dev,bootindex={bootindex}"));
+}
+
+fn confinement_args(a: &mut Args, c: Confinement, paths: &VmPaths) {
+    if c.sandbox {
+        // elevateprivileges stays allowed only because -runas needs setuid once; after
+        // that the process has no privileges left to elevate to.
+        a.push2("-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny");
+    }
+    if let Some((uid, gid)) = c.run_as {
+        a.push2("-runas", format!("{uid}:{gid}"));
+    }
+    if c.chroot {
+        a.push2("-chroot", path(&paths.dir));
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+#[derive(Default)]
+struct Args(Vec<String>);
+
+impl Args {
+    fn push(&mut self, s: impl Into<String>) {
+        self.0.push(s.into());
+    }
+    fn push2(&mut self, flag: &str, value: impl Into<String>) {
+        self.0.push(flag.to_string());
+        self.0.push(value.into());
+    }
+}

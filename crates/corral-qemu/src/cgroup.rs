@@ -1,0 +1,134 @@
+//! One cgroup per VM, so its CPU, memory and pids are accounted (and later limited) apart
+//! from the daemon's. Works on cgroup v2 (unified) and on v1 hierarchies.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// v1 controllers a VM is placed under when the host has no unified cgroup2 with them.
+const V1_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+
+/// A VM's cgroup: one directory per hierarchy it was created in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmCgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl VmCgroup {
+    /// Creates `corral/<name>` in each usable hierarchy under `root` (normally
+    /// `/sys/fs/cgroup`). Returns `None` when none is writable (not root, or no cgroupfs):
+    /// the VM then runs in the daemon's cgroup and `host info` says so.
+    pub fn create(root: &Path, name: &str) -> Option<VmCgroup> {
+        let dirs: Vec<PathBuf> = hierarchies(root)
+            .into_iter()
+            .map(|h| h.join("corral").join(name))
+            .filter(|dir| fs::create_dir_all(dir).is_ok())
+            .collect();
+        (!dirs.is_empty()).then_some(VmCgroup { dirs })
+    }
+
+    /// The procs files a new process writes its pid into (done between fork and exec, so
+    /// QEMU never runs a single instruction outside its cgroup).
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Removes the cgroup dirs once the VM's processes are gone. A dir that still has
+    /// processes is left (EBUSY) rather than failing the caller.
+    pub fn remove(&self) -> io::Result<()> {
+        for dir in &self.dirs {
+            match fs::remove_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Describes the cgroup layout under `root` for `host info`.
+pub fn describe(root: &Path) -> String {
+    let h = hierarchies(root);
+    if h.is_empty() {
+        return "no writable cgroup hierarchy".to_string();
+    }
+    if h.len() == 1 && h[0] == root {
+        "cgroup v2".to_string()
+    } else {
+        format!("cgroup v1 ({})", V1_CONTROLLERS.join(", "))
+    }
+}
+
+fn hierarchies(root: &Path) -> Vec<PathBuf> {
+    if root.join("cgroup.controllers").exists() {
+        return vec![root.to_path_buf()];
+    }
+    V1_CONTROLLERS
+        .iter()
+        .map(|c| root.join(c))
+        .filter(|p| p.join("cgroup.procs").exists())
+        .collect()
+}
+
+/// Joins the calling process to every procs file. Async-signal-safe: it is called
+/// between fork and exec, so it only uses raw syscalls, no allocation.
+///
+/// # Safety
+/// `paths` must be NUL-terminated C strings prepared before the fork.
+pub unsafe fn join_in_child(paths: &[std::ffi::CString]) -> io::Result<()> {
+    for p in paths {
+        // SAFETY: p is a valid NUL-terminated string owned by the caller.
+        let fd = unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // "0" means "the writing process".
+        // SAFETY: fd is open and the buffer is a static byte string.
+        let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+        // SAFETY: fd was opened above and is closed once.
+        unsafe { libc::close(fd) };
+        if n != 1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_layout() {
+        let root = tempfile::tempdir().unwrap();
+        fs::write(root.path().join("cgroup.controllers"), "cpu memory pids").unwrap();
+        let cg = VmCgroup::create(root.path(), "vm-x").unwrap();
+        assert_eq!(cg.dirs(), &[root.path().join("corral/vm-x")]);
+        assert_eq!(describe(root.path()), "cgroup v2");
+        cg.remove().unwrap();
+        assert!(!root.path().join("corral/vm-x").exists());
+    }
+
+    #[test]
+    fn v1_layout_uses_present_controllers() {
+        let root = tempfile::tempdir().unwrap();
+        for c in ["cpu", "pids"] {
+            fs::create_dir_all(root.path().join(c)).unwrap();
+            fs::write(root.path().join(c).join("cgroup.procs"), "").unwrap();
+        }
+        let cg = VmCgroup::create(root.path(), "vm-x").unwrap();
+        assert_eq!(cg.dirs().len(), 2);
+        assert!(describe(root.path()).starts_with("cgroup v1"));
+    }
+
+    #[test]
+    fn nothing_writable() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(VmCgroup::create(root.path(), "vm-x").is_none());
+    }
+}

@@ -1,0 +1,210 @@
+//! Starting QEMU so that it outlives the daemon, and finding it again after a restart.
+//!
+//! QEMU is spawned in its own session (no SIGHUP, no shared process group with corrald),
+//! joined to its cgroup before exec, with stdout/stderr going to the VM's `qemu.log`.
+//! The daemon reaps it while alive; if the daemon dies, init inherits it and the guest
+//! keeps running. A restarted daemon finds it through the pidfile, checks the process is
+//! really this VM's QEMU (its UUID is on the command line), and reconnects to QMP.
+
+use std::ffi::CString;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::process::Command;
+
+use crate::argv::VmPaths;
+use crate::cgroup::{self, VmCgroup};
+use crate::qmp::{Qmp, QmpError, QmpOptions};
+
+/// How long QEMU may take to open its monitor socket.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// QEMU could not be executed at all.
+    #[error("cannot run {binary}")]
+    Spawn {
+        binary: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The VM's runtime files could not be prepared.
+    #[error("cannot prepare {path}")]
+    Files {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// QEMU exited during start-up; `log` is what it printed.
+    #[error("QEMU exited during start-up: {log}")]
+    EarlyExit { log: String },
+    /// QEMU did not open its monitor in time.
+    #[error("QEMU did not open its monitor within {0:?}")]
+    Timeout(Duration),
+    /// The monitor handshake failed.
+    #[error("QMP handshake failed")]
+    Qmp(#[from] QmpError),
+}
+
+/// A QEMU process that is up, paused (`-S`), with its monitor connected.
+pub struct Launched {
+    pub pid: u32,
+    pub qmp: Qmp,
+}
+
+/// Spawns `binary argv` for the VM in `paths`, in `cgroup` if given, and waits until its
+/// QMP monitor answers. On error the process (if any) is killed before returning.
+pub async fn launch(
+    binary: &Path,
+    argv: &[String],
+    paths: &VmPaths,
+    cgroup: Option<&VmCgroup>,
+    qmp_opts: QmpOptions,
+) -> Result<Launched, LaunchError> {
+    let log = open_log(&paths.qemu_log())?;
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let stderr = log.try_clone().map_err(|source| LaunchError::Files {
+        path: paths.qemu_log(),
+        source,
+    })?;
+    let procs: Vec<CString> = cgroup
+        .map(|c| c.procs_files())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| CString::new(p.as_os_str().as_bytes()).ok())
+        .collect();
+
+    let mut cmd = Command::new(binary);
+    cmd.args(argv)
+        .current_dir(&paths.dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(stderr)
+        .kill_on_drop(false);
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // syscalls (setsid, open, write, close) on `procs`, NUL-terminated strings built
+    // before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            cgroup::join_in_child(&procs)
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
+        binary: binary.display().to_string(),
+        source,
+    })?;
+    let pid = child.id().unwrap_or(0);
+
+    let qmp = match wait_for_monitor(&mut child, paths, qmp_opts).await {
+        Ok(qmp) => qmp,
+        Err(e) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(match e {
+                LaunchError::EarlyExit { .. } => LaunchError::EarlyExit {
+                    log: read_log_since(&paths.qemu_log(), log_start),
+                },
+                other => other,
+            });
+        }
+    };
+    // Reap QEMU when it exits while we are alive; after a daemon restart init does.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    Ok(Launched { pid, qmp })
+}
+
+async fn wait_for_monitor(
+    child: &mut tokio::process::Child,
+    paths: &VmPaths,
+    opts: QmpOptions,
+) -> Result<Qmp, LaunchError> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let socket = paths.qmp_socket();
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Err(LaunchError::EarlyExit { log: String::new() });
+        }
+        if socket.exists() {
+            match Qmp::connect(&socket, opts.clone()).await {
+                Ok(qmp) => return Ok(qmp),
+                // The socket file appears a moment before QEMU listens on it.
+                Err(QmpError::Connect { .. }) | Err(QmpError::Io(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(LaunchError::Timeout(STARTUP_TIMEOUT));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn open_log(path: &Path) -> Result<fs::File, LaunchError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| LaunchError::Files {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// What QEMU wrote to its log since `offset`, trimmed, for error messages.
+pub fn read_log_since(path: &Path, offset: u64) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = fs::File::open(path) {
+        if f.seek(SeekFrom::Start(offset)).is_ok() {
+            let _ = f.take(64 * 1024).read_to_string(&mut text);
+        }
+    }
+    let text = text.trim();
+    if text.is_empty() {
+        "no message".to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+/// Finds the running QEMU of a VM after a daemon restart: the pid from the pidfile, if
+/// that process is alive and its command line carries the VM's UUID.
+pub fn find_running(paths: &VmPaths, uuid: &str) -> Option<u32> {
+    let pid: u32 = fs::read_to_string(paths.pidfile()).ok()?.trim().parse().ok()?;
+    is_our_qemu(pid, uuid).then_some(pid)
+}
+
+/// Whether `pid` is a live (not zombie) process whose argv contains `uuid`.
+pub fn is_our_qemu(pid: u32, uuid: &str) -> bool {
+    let stat = match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s,
+        Err(_) => return false,
+    };
+    // The state letter follows the parenthesised command name.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    if matches!(state, Some('Z') | Some('X') | None) {
+        return false;
+    }
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    cmdline.split(|b| *b == 0).any(|arg| arg == uuid.as_bytes())
+}
+
+/// Whether a process exists at all (zombies count as gone).
+pub fn process_alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with(['Z', 'X'])))
+        .map(|zombie| !zombie)
+        .unwrap_or(false)
+}
+
+/// Kills a QEMU process outright (when QMP `quit` cannot be delivered).
+pub fn kill(pid: u32) -> io::Result<()> {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).map_err(io::Error::from)
+}

@@ -1,0 +1,107 @@
+//! Golden tests: a spec in, the exact QEMU argv out (one argument per line in
+//! `tests/golden/NAME.args`). Run with `UPDATE_GOLDEN=1` to rewrite the files after an
+//! intended change, then review the diff.
+
+use std::path::PathBuf;
+
+use corral_api::{Accel, Disk, DiskFormat, KernelBoot, Machine, NetworkKind, Nic, VmSpec};
+use corral_qemu::argv::{build_argv, Confinement, LaunchConfig, VmPaths};
+use uuid::Uuid;
+
+fn base_spec() -> VmSpec {
+    VmSpec {
+        name: "web-01".into(),
+        uuid: Uuid::parse_str("6f1c2a3e-2d4b-4c1e-9a7f-0123456789ab").unwrap(),
+        memory_mib: 256,
+        vcpus: 1,
+        machine: Machine::Pc,
+        disks: vec![],
+        cdrom: None,
+        kernel: None,
+        nics: vec![],
+    }
+}
+
+const UNCONFINED: Confinement = Confinement {
+    run_as: None,
+    chroot: false,
+    sandbox: false,
+};
+
+fn check(case: &str, spec: &VmSpec, accel: Accel, confinement: Confinement) {
+    let paths = VmPaths::new("/var/lib/corral/run/6f1c2a3e-2d4b-4c1e-9a7f-0123456789ab");
+    let argv = build_argv(&LaunchConfig {
+        spec,
+        accel,
+        paths: &paths,
+        confinement,
+    });
+    let actual = argv.join("\n") + "\n";
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{case}.args"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&file, &actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", file.display()));
+    assert_eq!(actual, expected, "argv for {case} changed; if intended, run with UPDATE_GOLDEN=1 and review");
+}
+
+#[test]
+fn direct_kernel_boot_no_disks() {
+    let mut spec = base_spec();
+    spec.kernel = Some(KernelBoot {
+        kernel: "/guest/vmlinuz".into(),
+        initrd: Some("/guest/initrd.img".into()),
+        cmdline: Some("console=ttyS0 quiet".into()),
+    });
+    check("kernel_boot", &spec, Accel::Tcg, UNCONFINED);
+}
+
+#[test]
+fn disks_cdrom_and_nics_on_q35() {
+    let mut spec = base_spec();
+    spec.machine = Machine::Q35;
+    spec.vcpus = 4;
+    spec.memory_mib = 4096;
+    spec.disks = vec![
+        Disk {
+            path: "/var/lib/corral/pools/default/web-01-disk0.qcow2".into(),
+            format: DiskFormat::Qcow2,
+            size_bytes: 2 << 30,
+            owned: true,
+            read_only: false,
+        },
+        Disk {
+            path: "/srv/images/data,with-comma.raw".into(),
+            format: DiskFormat::Raw,
+            size_bytes: 1 << 30,
+            owned: false,
+            read_only: true,
+        },
+    ];
+    spec.cdrom = Some("/srv/iso/debian-12.iso".into());
+    spec.nics = vec![
+        Nic { kind: NetworkKind::User, mac: "52:54:00:12:34:56".into() },
+        Nic { kind: NetworkKind::User, mac: "52:54:00:12:34:57".into() },
+    ];
+    check("q35_disks_cdrom_nics", &spec, Accel::Tcg, UNCONFINED);
+}
+
+#[test]
+fn kvm_confined() {
+    let mut spec = base_spec();
+    spec.disks = vec![Disk {
+        path: "/var/lib/corral/pools/default/web-01-disk0.qcow2".into(),
+        format: DiskFormat::Qcow2,
+        size_bytes: 2 << 30,
+        owned: true,
+        read_only: false,
+    }];
+    let confinement = Confinement {
+        run_as: Some((996, 994)),
+        chroot: true,
+        sandbox: true,
+    };
+    check("kvm_confined", &spec, Accel::Kvm, confinement);
+}

@@ -1,0 +1,276 @@
+//! The embedded SQLite store. Records are JSON in typed columns' neighbours: the columns
+//! we query on are real columns, the rest is the serde form of the wire type.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use corral_api::{Event, Operation, VmSpec, VmStatus};
+use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite_migration::{Migrations, M};
+use uuid::Uuid;
+
+use crate::{Result, Store, StoreError, VmRecord};
+
+/// Schema history. Append only: a released migration is never edited.
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(
+        "CREATE TABLE vms (
+             name TEXT PRIMARY KEY,
+             spec TEXT NOT NULL,
+             status TEXT NOT NULL,
+             created_at INTEGER NOT NULL
+         );
+         CREATE TABLE events (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             time_ms INTEGER NOT NULL,
+             vm TEXT,
+             kind TEXT NOT NULL,
+             message TEXT NOT NULL
+         );
+         CREATE INDEX events_by_vm ON events (vm, id);
+         CREATE TABLE operations (
+             id TEXT PRIMARY KEY,
+             created_ms INTEGER NOT NULL,
+             body TEXT NOT NULL
+         );",
+    )])
+}
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        Self::setup(conn)
+    }
+
+    /// A private in-memory store, for tests.
+    pub fn in_memory() -> Result<Self> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(mut conn: Connection) -> Result<Self> {
+        // WAL: readers never block the writer; NORMAL sync is durable across crashes of
+        // the daemon (only an OS crash can lose the last commits).
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrations().to_latest(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        // A poisoned lock only means another thread panicked mid-call; SQLite rolled its
+        // transaction back, so the connection is still consistent.
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
+fn decode_vm(spec: String, status: String, created_at: i64) -> Result<VmRecord> {
+    Ok(VmRecord {
+        spec: serde_json::from_str(&spec)?,
+        status: serde_json::from_str(&status)?,
+        created_at: created_at as u64,
+    })
+}
+
+fn not_found(name: &str) -> StoreError {
+    StoreError::NotFound {
+        kind: "vm",
+        name: name.to_string(),
+    }
+}
+
+impl Store for SqliteStore {
+    fn insert_vm(&self, record: &VmRecord) -> Result<()> {
+        let spec = serde_json::to_string(&record.spec)?;
+        let status = serde_json::to_string(&record.status)?;
+        self.with(|c| {
+            let inserted = c.execute(
+                "INSERT INTO vms (name, spec, status, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO NOTHING",
+                params![record.spec.name, spec, status, record.created_at as i64],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::AlreadyExists {
+                    kind: "vm",
+                    name: record.spec.name.clone(),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn get_vm(&self, name: &str) -> Result<Option<VmRecord>> {
+        let row = self.with(|c| {
+            Ok(c.query_row(
+                "SELECT spec, status, created_at FROM vms WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+        })?;
+        row.map(|(s, st, t)| decode_vm(s, st, t)).transpose()
+    }
+
+    fn list_vms(&self) -> Result<Vec<VmRecord>> {
+        let rows: Vec<(String, String, i64)> = self.with(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT spec, status, created_at FROM vms ORDER BY name")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })?;
+        rows.into_iter()
+            .map(|(s, st, t)| decode_vm(s, st, t))
+            .collect()
+    }
+
+    fn update_vm_spec(&self, spec: &VmSpec) -> Result<()> {
+        let body = serde_json::to_string(spec)?;
+        self.with(|c| {
+            match c.execute(
+                "UPDATE vms SET spec = ?2 WHERE name = ?1",
+                params![spec.name, body],
+            )? {
+                0 => Err(not_found(&spec.name)),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    fn update_vm_status(&self, name: &str, status: &VmStatus) -> Result<()> {
+        let body = serde_json::to_string(status)?;
+        self.with(|c| {
+            match c.execute(
+                "UPDATE vms SET status = ?2 WHERE name = ?1",
+                params![name, body],
+            )? {
+                0 => Err(not_found(name)),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    fn delete_vm(&self, name: &str) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let n = tx.execute("DELETE FROM vms WHERE name = ?1", [name])?;
+            tx.execute("DELETE FROM events WHERE vm = ?1", [name])?;
+            tx.commit()?;
+            match n {
+                0 => Err(not_found(name)),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    fn append_event(
+        &self,
+        vm: Option<&str>,
+        kind: &str,
+        message: &str,
+        time_ms: u64,
+    ) -> Result<Event> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO events (time_ms, vm, kind, message) VALUES (?1, ?2, ?3, ?4)",
+                params![time_ms as i64, vm, kind, message],
+            )?;
+            Ok(Event {
+                id: c.last_insert_rowid() as u64,
+                time_ms,
+                vm: vm.map(str::to_string),
+                kind: kind.to_string(),
+                message: message.to_string(),
+            })
+        })
+    }
+
+    fn events(&self, vm: Option<&str>, since: u64, limit: u32) -> Result<Vec<Event>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, time_ms, vm, kind, message FROM events
+                 WHERE id > ?1 AND (?2 IS NULL OR vm = ?2) ORDER BY id LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(params![since as i64, vm, limit], event_from_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn recent_events(&self, vm: &str, limit: u32) -> Result<Vec<Event>> {
+        let mut events: Vec<Event> = self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, time_ms, vm, kind, message FROM events
+                 WHERE vm = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt
+                .query_map(params![vm, limit], event_from_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })?;
+        events.reverse();
+        Ok(events)
+    }
+
+    fn put_operation(&self, op: &Operation) -> Result<()> {
+        let body = serde_json::to_string(op)?;
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO operations (id, created_ms, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+                params![op.id.to_string(), op.created_ms as i64, body],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn get_operation(&self, id: Uuid) -> Result<Option<Operation>> {
+        let body: Option<String> = self.with(|c| {
+            Ok(c.query_row(
+                "SELECT body FROM operations WHERE id = ?1",
+                [id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })?;
+        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+    }
+
+    fn list_operations(&self) -> Result<Vec<Operation>> {
+        let bodies: Vec<String> = self.with(|c| {
+            let mut stmt = c.prepare_cached("SELECT body FROM operations ORDER BY created_ms")?;
+            let rows = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })?;
+        bodies
+            .iter()
+            .map(|b| serde_json::from_str(b).map_err(StoreError::from))
+            .collect()
+    }
+}
+
+fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    Ok(Event {
+        id: r.get::<_, i64>(0)? as u64,
+        time_ms: r.get::<_, i64>(1)? as u64,
+        vm: r.get(2)?,
+        kind: r.get(3)?,
+        message: r.get(4)?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,104 @@
+//! Serial consoles: the bounded per-VM log QEMU writes, and the interactive proxy between
+//! a websocket client and QEMU's console socket.
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use crate::vm::{Manager, Running};
+
+/// Keeps each running VM's console log under the limit: past it, the log is moved to
+/// `console.log.1` (replacing the older one) and emptied. QEMU writes with O_APPEND, so
+/// its next write lands at the start of the emptied file.
+pub async fn rotate_logs_forever(mgr: Arc<Manager>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let Ok(vms) = mgr.list() else { continue };
+        for vm in vms.iter().filter(|v| v.status.state.has_process()) {
+            let log = mgr.vm_paths(&vm.spec).console_log();
+            if let Err(e) = rotate_if_big(&log, mgr.cfg.console_log_limit) {
+                tracing::warn!(error = %e, "cannot rotate {}", log.display());
+            }
+        }
+    }
+}
+
+pub fn rotate_if_big(log: &Path, limit: u64) -> std::io::Result<()> {
+    let len = match fs::metadata(log) {
+        Ok(m) => m.len(),
+        Err(_) => return Ok(()),
+    };
+    if len <= limit {
+        return Ok(());
+    }
+    fs::copy(log, log.with_extension("log.1"))?;
+    fs::OpenOptions::new().write(true).open(log)?.set_len(0)
+}
+
+/// The last `limit` bytes of console output: the rotated file, then the current one.
+pub fn read_log(rotated: &Path, current: &Path, limit: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in [rotated, current] {
+        if let Ok(mut f) = fs::File::open(p) {
+            let _ = f.read_to_end(&mut out);
+        }
+    }
+    let excess = out.len().saturating_sub(limit as usize);
+    out.drain(..excess);
+    out
+}
+
+/// Pipes a websocket client to the VM's console socket until either side closes.
+pub async fn proxy(ws: WebSocket, running: Arc<Running>) {
+    let result = async {
+        let stream = UnixStream::connect(running.paths.console_socket()).await?;
+        let (mut from_vm, mut to_vm) = stream.into_split();
+        let (mut ws_tx, mut ws_rx) = ws.split();
+        let outbound = async {
+            let mut buf = vec![0u8; 8192];
+            loop {
+                let n = from_vm.read(&mut buf).await?;
+                if n == 0
+                    || ws_tx
+                        .send(Message::Binary(buf[..n].to_vec().into()))
+                        .await
+                        .is_err()
+                {
+                    break;
+                }
+            }
+            let _ = ws_tx.close().await;
+            Ok::<_, std::io::Error>(())
+        };
+        let inbound = async {
+            while let Some(Ok(msg)) = ws_rx.next().await {
+                match msg {
+                    Message::Binary(b) => to_vm.write_all(&b).await?,
+                    Message::Text(t) => to_vm.write_all(t.as_bytes()).await?,
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        tokio::select! {
+            r = outbound => r,
+            r = inbound => r,
+            _ = running.qmp.closed() => Ok(()),
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "console session ended with an error");
+    }
+    running.console_busy.store(false, Ordering::SeqCst);
+}

@@ -1,0 +1,136 @@
+//! The daemon's error type and the one place that maps errors to HTTP status
+//! (DESIGN.md §10): 400 bad input, 404 missing, 409 wrong state or conflict, 500 bugs.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use corral_api::{ErrorBody, ValidationError};
+use corral_qemu::launch::LaunchError;
+use corral_qemu::qmp::QmpError;
+use corral_storage::StorageError;
+use corral_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is wrong in one field.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The request body could not be parsed.
+    #[error("{0}")]
+    BadBody(String),
+    #[error("{kind} '{name}' not found")]
+    NotFound { kind: &'static str, name: String },
+    /// The object is not in a state that allows this, or collides with another.
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        hint: Option<String>,
+    },
+    /// QEMU refused to start the VM (its message says why).
+    #[error("VM did not start")]
+    Launch(#[from] LaunchError),
+    /// The VM's monitor failed.
+    #[error("QEMU monitor")]
+    Qmp(#[from] QmpError),
+    #[error("storage")]
+    Storage(#[from] StorageError),
+    #[error("state store")]
+    Store(StoreError),
+    /// Anything else that should not happen.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::AlreadyExists { kind, name } => ApiError::Conflict {
+                message: format!("{kind} '{name}' already exists"),
+                hint: Some("choose another name".into()),
+            },
+            StoreError::NotFound { kind, name } => ApiError::NotFound { kind, name },
+            other => ApiError::Store(other),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn conflict(message: impl Into<String>) -> Self {
+        ApiError::Conflict {
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn vm_not_found(name: &str) -> Self {
+        ApiError::NotFound {
+            kind: "vm",
+            name: name.to_string(),
+        }
+    }
+
+    /// The status and body for this error. The only place statuses are chosen.
+    pub fn to_parts(&self) -> (StatusCode, ErrorBody) {
+        let body = |error: String, hint: Option<&str>| ErrorBody {
+            error,
+            field: None,
+            hint: hint.map(str::to_string),
+        };
+        match self {
+            ApiError::Invalid(v) => (StatusCode::BAD_REQUEST, ErrorBody::from(v)),
+            ApiError::BadBody(msg) => (
+                StatusCode::BAD_REQUEST,
+                body(
+                    msg.clone(),
+                    Some("see /api/openapi.json for the request schema"),
+                ),
+            ),
+            ApiError::NotFound { kind, name } => (
+                StatusCode::NOT_FOUND,
+                body(
+                    format!("{kind} '{name}' not found"),
+                    Some("`corral list` shows the VMs"),
+                ),
+            ),
+            ApiError::Conflict { message, hint } => {
+                (StatusCode::CONFLICT, body(message.clone(), hint.as_deref()))
+            }
+            ApiError::Launch(LaunchError::EarlyExit { log }) => (
+                StatusCode::CONFLICT,
+                body(format!("QEMU refused to start the VM: {log}"), None),
+            ),
+            ApiError::Storage(e @ StorageError::Exists(_)) => (
+                StatusCode::CONFLICT,
+                body(
+                    e.to_string(),
+                    Some("Corral never overwrites a file; remove or rename it"),
+                ),
+            ),
+            other => (StatusCode::INTERNAL_SERVER_ERROR, body(chain(other), None)),
+        }
+    }
+}
+
+/// The error and its sources, joined: "a: b: c".
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.to_parts();
+        if status.is_server_error() {
+            tracing::error!(error = %body.error, "request failed");
+        }
+        (status, Json(body)).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

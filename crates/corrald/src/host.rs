@@ -1,0 +1,193 @@
+//! Facts about this host, found once at start-up: QEMU's version, the accelerator (probed
+//! and cached, or forced), and how QEMU processes are confined.
+
+use std::path::{Path, PathBuf};
+
+use corral_api::{Accel, AccelInfo};
+use corral_qemu::argv::Confinement;
+use corral_qemu::probe::{self, ProbeOutcome};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::now_secs;
+use crate::config::Config;
+
+pub struct HostFacts {
+    pub hostname: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub qemu_version: String,
+    pub accel: AccelInfo,
+    pub confinement: Confinement,
+    pub confinement_text: String,
+}
+
+impl HostFacts {
+    pub async fn discover(cfg: &Config) -> anyhow::Result<HostFacts> {
+        let qemu_version = qemu_version(&cfg.qemu_binary).await?;
+        let accel = choose_accel(cfg, &qemu_version).await;
+        let (confinement, confinement_text) = confinement(cfg);
+        Ok(HostFacts {
+            hostname: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            memory_bytes: total_memory(),
+            qemu_version,
+            accel,
+            confinement,
+            confinement_text,
+        })
+    }
+}
+
+async fn qemu_version(binary: &Path) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot run {}: {e} (install qemu-system-x86)",
+                binary.display()
+            )
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"
+    Ok(text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("QEMU emulator version "))
+        .unwrap_or("unknown")
+        .to_string())
+}
+
+fn total_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// A probe result, cached in the state dir for as long as its key holds: same QEMU,
+/// same host kernel, same boot, same probe kernel.
+#[derive(Serialize, Deserialize)]
+struct CachedProbe {
+    key: String,
+    accel: Accel,
+    reason: String,
+    probed_at: u64,
+}
+
+async fn choose_accel(cfg: &Config, qemu_version: &str) -> AccelInfo {
+    if let Some(accel) = cfg.accel {
+        return AccelInfo {
+            accel,
+            reason: format!("forced by --accel {}", accel.as_str()),
+            forced: true,
+            probed_at: None,
+        };
+    }
+    let kernel = probe_kernel(cfg);
+    let key = cache_key(qemu_version, kernel.as_deref());
+    let cache_path = cfg.state_dir.join("accel-probe.json");
+    if let Some(cached) = std::fs::read(&cache_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<CachedProbe>(&b).ok())
+        .filter(|c| c.key == key)
+    {
+        return AccelInfo {
+            accel: cached.accel,
+            reason: format!("{} (cached probe)", cached.reason),
+            forced: false,
+            probed_at: Some(cached.probed_at),
+        };
+    }
+    let (accel, reason) =
+        match probe::probe(&cfg.qemu_binary, kernel.as_deref(), &cfg.state_dir).await {
+            ProbeOutcome::KvmWorks { detail } => (Accel::Kvm, detail),
+            ProbeOutcome::UseTcg { reason } => (Accel::Tcg, reason),
+        };
+    let probed_at = now_secs();
+    let cached = CachedProbe {
+        key,
+        accel,
+        reason: reason.clone(),
+        probed_at,
+    };
+    if let Ok(body) = serde_json::to_vec_pretty(&cached) {
+        let _ = std::fs::write(&cache_path, body);
+    }
+    AccelInfo {
+        accel,
+        reason,
+        forced: false,
+        probed_at: Some(probed_at),
+    }
+}
+
+fn probe_kernel(cfg: &Config) -> Option<PathBuf> {
+    if let Some(k) = &cfg.probe_kernel {
+        return Some(k.clone());
+    }
+    probe::default_kernel_candidates()
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+fn cache_key(qemu_version: &str, kernel: Option<&Path>) -> String {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    format!(
+        "qemu={qemu_version};host={};boot={};kernel={}",
+        read("/proc/sys/kernel/osrelease"),
+        read("/proc/sys/kernel/random/boot_id"),
+        kernel.map(|k| k.display().to_string()).unwrap_or_default()
+    )
+}
+
+/// Root drops QEMU to the configured user and chroots it into the VM's runtime dir; a
+/// daemon that is not root can do neither and says so.
+fn confinement(cfg: &Config) -> (Confinement, String) {
+    let sandbox = true;
+    if !nix::unistd::Uid::effective().is_root() {
+        let c = Confinement {
+            run_as: None,
+            chroot: false,
+            sandbox,
+        };
+        return (
+            c,
+            "seccomp sandbox; runs as the daemon's own user (corrald is not root)".into(),
+        );
+    }
+    let user = nix::unistd::User::from_name(&cfg.qemu_user).ok().flatten();
+    let (uid, gid, name) = match user {
+        Some(u) => (u.uid.as_raw(), u.gid.as_raw(), cfg.qemu_user.clone()),
+        None => {
+            tracing::warn!("user {} does not exist; QEMU runs as nobody", cfg.qemu_user);
+            (65534, 65534, "nobody".to_string())
+        }
+    };
+    let cgroups = corral_qemu::cgroup::describe(&cfg.cgroup_root);
+    let c = Confinement {
+        run_as: Some((uid, gid)),
+        chroot: true,
+        sandbox,
+    };
+    let text = format!(
+        "user {name} (uid {uid}), chroot into the VM's runtime dir, seccomp sandbox, own cgroup ({cgroups})"
+    );
+    (c, text)
+}

@@ -1,0 +1,159 @@
+//! `/api/v1/vms/...` handlers.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use corral_api::{
+    validate_name, CreateVmRequest, Operation, StartRequest, StopRequest, UpdateVmRequest, Vm,
+    VmAction,
+};
+use serde::Deserialize;
+
+use super::body::{JsonBody, OptionalJsonBody};
+use super::AppState;
+use crate::error::{ApiError, ApiResult};
+
+/// Most console output `console/log` returns.
+const CONSOLE_LOG_MAX: u64 = 4 << 20;
+
+/// Names in paths are checked like names in bodies, so `..` or `a/b` never reach a path.
+fn vm_name(name: &str) -> ApiResult<&str> {
+    validate_name("name", name)?;
+    Ok(name)
+}
+
+#[utoipa::path(get, path = "/api/v1/vms", responses((status = 200, body = [Vm])))]
+pub async fn list(State(mgr): State<AppState>) -> ApiResult<Json<Vec<Vm>>> {
+    Ok(Json(mgr.list()?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms", request_body = CreateVmRequest,
+    responses((status = 201, body = Vm), (status = 400, body = corral_api::ErrorBody),
+              (status = 409, body = corral_api::ErrorBody)))]
+pub async fn create(
+    State(mgr): State<AppState>,
+    JsonBody(req): JsonBody<CreateVmRequest>,
+) -> ApiResult<Response> {
+    let vm = mgr.create(req).await?;
+    Ok((StatusCode::CREATED, Json(vm)).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/vms/{name}", responses((status = 200, body = Vm), (status = 404, body = corral_api::ErrorBody)))]
+pub async fn show(State(mgr): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Vm>> {
+    Ok(Json(mgr.get(vm_name(&name)?)?))
+}
+
+#[utoipa::path(patch, path = "/api/v1/vms/{name}", request_body = UpdateVmRequest,
+    responses((status = 200, body = Vm), (status = 409, body = corral_api::ErrorBody)))]
+pub async fn update(
+    State(mgr): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<UpdateVmRequest>,
+) -> ApiResult<Json<Vm>> {
+    if let Some(m) = req.memory_mib {
+        corral_api::validate_memory(m)?;
+    }
+    if let Some(v) = req.vcpus {
+        corral_api::validate_vcpus(v)?;
+    }
+    Ok(Json(mgr.update(vm_name(&name)?, req).await?))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct DeleteQuery {
+    /// Power the VM off first if it is running.
+    #[serde(default)]
+    force: bool,
+}
+
+#[utoipa::path(delete, path = "/api/v1/vms/{name}", params(DeleteQuery),
+    responses((status = 200, description = "deleted"), (status = 409, body = corral_api::ErrorBody)))]
+pub async fn delete(
+    State(mgr): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    mgr.delete(vm_name(&name)?, q.force).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/start", request_body = StartRequest,
+    responses((status = 200, body = Vm), (status = 409, body = corral_api::ErrorBody)))]
+pub async fn start(
+    State(mgr): State<AppState>,
+    Path(name): Path<String>,
+    OptionalJsonBody(req): OptionalJsonBody<StartRequest>,
+) -> ApiResult<Json<Vm>> {
+    Ok(Json(mgr.start(vm_name(&name)?, req.paused).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/stop", request_body = StopRequest,
+    responses((status = 202, body = Operation), (status = 409, body = corral_api::ErrorBody)))]
+pub async fn stop(
+    State(mgr): State<AppState>,
+    Path(name): Path<String>,
+    OptionalJsonBody(req): OptionalJsonBody<StopRequest>,
+) -> ApiResult<Response> {
+    let op = mgr.stop(vm_name(&name)?, req).await?;
+    Ok((StatusCode::ACCEPTED, Json(op)).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/restart", request_body = StopRequest,
+    responses((status = 202, body = Operation), (status = 409, body = corral_api::ErrorBody)))]
+pub async fn restart(
+    State(mgr): State<AppState>,
+    Path(name): Path<String>,
+    OptionalJsonBody(req): OptionalJsonBody<StopRequest>,
+) -> ApiResult<Response> {
+    let op = mgr.restart(vm_name(&name)?, req).await?;
+    Ok((StatusCode::ACCEPTED, Json(op)).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/pause", responses((status = 200, body = Vm), (status = 409, body = corral_api::ErrorBody)))]
+pub async fn pause(State(mgr): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Vm>> {
+    Ok(Json(mgr.pause(vm_name(&name)?).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/resume", responses((status = 200, body = Vm), (status = 409, body = corral_api::ErrorBody)))]
+pub async fn resume(State(mgr): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Vm>> {
+    Ok(Json(mgr.resume(vm_name(&name)?).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/vms/{name}/console/log",
+    responses((status = 200, content_type = "text/plain", description = "serial console output, bounded")))]
+pub async fn console_log(
+    State(mgr): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let (rotated, current) = mgr.console_log_files(vm_name(&name)?)?;
+    let bytes = crate::console::read_log(&rotated, &current, CONSOLE_LOG_MAX);
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/vms/{name}/console",
+    responses((status = 101, description = "websocket: binary frames carry serial bytes both ways"),
+              (status = 409, body = corral_api::ErrorBody)))]
+pub async fn console(
+    State(mgr): State<AppState>,
+    Path(name): Path<String>,
+    ws: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let name = vm_name(&name)?;
+    let record = mgr.record(name)?;
+    crate::vm::check_allowed(&record, VmAction::Console)?;
+    let running = mgr
+        .running(name)
+        .ok_or_else(|| ApiError::conflict(format!("VM '{name}' is not running")))?;
+    if running.console_busy.swap(true, Ordering::SeqCst) {
+        return Err(ApiError::Conflict {
+            message: format!("another console is attached to VM '{name}'"),
+            hint: Some("detach the other session first (Ctrl-] in `corral console`)".into()),
+        });
+    }
+    mgr.events.emit(Some(name), "console", "console attached");
+    Ok(ws.on_upgrade(move |socket| crate::console::proxy(socket, running)))
+}

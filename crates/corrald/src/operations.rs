@@ -1,0 +1,207 @@
+//! Long work as operations (DESIGN.md §9): an id the client can follow, progress,
+//! cancellation, and a final result. Live operations are kept in memory with a watch
+//! channel for waiters; every change is written through to the store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corral_api::{ErrorBody, Operation, OperationState};
+use corral_store::Store;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::clock::now_ms;
+use crate::error::{ApiError, ApiResult};
+use crate::events::EventLog;
+
+struct Live {
+    tx: watch::Sender<Operation>,
+    cancel: watch::Sender<bool>,
+}
+
+#[derive(Clone)]
+pub struct Operations {
+    store: Arc<dyn Store>,
+    events: EventLog,
+    live: Arc<Mutex<HashMap<Uuid, Live>>>,
+}
+
+/// The worker's side of one operation.
+pub struct OpHandle {
+    ops: Operations,
+    id: Uuid,
+    cancel: watch::Receiver<bool>,
+}
+
+impl Operations {
+    pub fn new(store: Arc<dyn Store>, events: EventLog) -> Self {
+        Operations {
+            store,
+            events,
+            live: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Operations still marked running in the store belong to a previous daemon that
+    /// died; they can no longer finish.
+    pub fn fail_orphans(&self) -> ApiResult<()> {
+        for mut op in self.store.list_operations()? {
+            if op.state == OperationState::Running {
+                op.state = OperationState::Failed;
+                op.updated_ms = now_ms();
+                op.error = Some(ErrorBody {
+                    error: "corrald restarted while this operation ran".into(),
+                    field: None,
+                    hint: Some(
+                        "check the object's state and run the request again if needed".into(),
+                    ),
+                });
+                self.store.put_operation(&op)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a new running operation.
+    pub fn begin(
+        &self,
+        kind: &str,
+        target: &str,
+        cancellable: bool,
+    ) -> ApiResult<(Operation, OpHandle)> {
+        let now = now_ms();
+        let op = Operation {
+            id: Uuid::new_v4(),
+            kind: kind.to_string(),
+            target: target.to_string(),
+            state: OperationState::Running,
+            progress: 0.0,
+            created_ms: now,
+            updated_ms: now,
+            cancellable,
+            error: None,
+        };
+        self.store.put_operation(&op)?;
+        let (tx, _) = watch::channel(op.clone());
+        let (cancel, cancel_rx) = watch::channel(false);
+        self.lock().insert(op.id, Live { tx, cancel });
+        let handle = OpHandle {
+            ops: self.clone(),
+            id: op.id,
+            cancel: cancel_rx,
+        };
+        Ok((op, handle))
+    }
+
+    pub fn get(&self, id: Uuid) -> ApiResult<Operation> {
+        if let Some(live) = self.lock().get(&id) {
+            return Ok(live.tx.borrow().clone());
+        }
+        self.store.get_operation(id)?.ok_or(ApiError::NotFound {
+            kind: "operation",
+            name: id.to_string(),
+        })
+    }
+
+    pub fn list(&self) -> ApiResult<Vec<Operation>> {
+        Ok(self.store.list_operations()?)
+    }
+
+    /// Waits until the operation is final or `timeout` passes; returns it either way.
+    pub async fn wait(&self, id: Uuid, timeout: Duration) -> ApiResult<Operation> {
+        let rx = self.lock().get(&id).map(|l| l.tx.subscribe());
+        let Some(mut rx) = rx else {
+            return self.get(id);
+        };
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|op| op.state.is_final())).await;
+        let op = rx.borrow().clone();
+        Ok(op)
+    }
+
+    pub fn cancel(&self, id: Uuid) -> ApiResult<Operation> {
+        let op = self.get(id)?;
+        if op.state.is_final() {
+            return Err(ApiError::conflict(format!(
+                "operation {id} has already ended ({:?})",
+                op.state
+            )));
+        }
+        if !op.cancellable {
+            return Err(ApiError::Conflict {
+                message: format!("operation {id} ({}) cannot be cancelled", op.kind),
+                hint: Some("wait for it to finish".into()),
+            });
+        }
+        if let Some(live) = self.lock().get(&id) {
+            let _ = live.cancel.send(true);
+        }
+        Ok(op)
+    }
+
+    fn update(&self, id: Uuid, f: impl FnOnce(&mut Operation)) {
+        let op = {
+            let live = self.lock();
+            let Some(l) = live.get(&id) else { return };
+            l.tx.send_modify(|op| {
+                f(op);
+                op.updated_ms = now_ms();
+            });
+            let op = l.tx.borrow().clone();
+            op
+        };
+        if let Err(e) = self.store.put_operation(&op) {
+            tracing::warn!(error = %e, "cannot store operation {id}");
+        }
+        if op.state.is_final() {
+            self.lock().remove(&id);
+            let outcome = match op.state {
+                OperationState::Succeeded => "succeeded".to_string(),
+                OperationState::Cancelled => "was cancelled".to_string(),
+                _ => format!(
+                    "failed: {}",
+                    op.error.as_ref().map(|e| e.error.as_str()).unwrap_or("")
+                ),
+            };
+            self.events.emit(
+                Some(&op.target),
+                "operation",
+                format!("{} {outcome}", op.kind),
+            );
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl OpHandle {
+    pub fn progress(&self, percent: f32) {
+        self.ops
+            .update(self.id, |op| op.progress = percent.clamp(0.0, 100.0));
+    }
+
+    /// Resolves when a client asks to cancel.
+    pub async fn cancelled(&mut self) {
+        let _ = self.cancel.wait_for(|c| *c).await;
+    }
+
+    pub fn finish(self, result: ApiResult<()>) {
+        self.ops.update(self.id, |op| match result {
+            Ok(()) => {
+                op.state = OperationState::Succeeded;
+                op.progress = 100.0;
+            }
+            Err(e) => {
+                op.state = OperationState::Failed;
+                op.error = Some(e.to_parts().1);
+            }
+        });
+    }
+
+    pub fn cancelled_done(self) {
+        self.ops
+            .update(self.id, |op| op.state = OperationState::Cancelled);
+    }
+}

@@ -1,0 +1,265 @@
+//! Defining and deleting VMs. Everything a create needs is checked before anything is
+//! made; what is made is undone if a later step fails.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use corral_api::{
+    CreateVmRequest, Disk, DiskRequest, KernelBoot, Nic, ValidationError, Vm, VmAction, VmSpec,
+    VmStatus,
+};
+use corral_store::VmRecord;
+use rand::Rng;
+use uuid::Uuid;
+
+use super::{check_allowed, Manager};
+use crate::clock::now_secs;
+use crate::error::{ApiError, ApiResult};
+use crate::revert::Reverter;
+
+impl Manager {
+    pub async fn create(&self, req: CreateVmRequest) -> ApiResult<Vm> {
+        req.validate()?;
+        self.check_host_limits(req.memory_mib, req.vcpus)?;
+        let _reservation = self.reserve_name(&req.name)?;
+        if self.store.get_vm(&req.name)?.is_some() {
+            return Err(already_exists(&req.name));
+        }
+        let mut revert = Reverter::new();
+        let disks = self.prepare_disks(&req, &mut revert).await?;
+        let cdrom = match &req.cdrom {
+            Some(iso) => Some(check_file("cdrom", iso)?),
+            None => None,
+        };
+        let kernel = req.kernel.as_ref().map(check_kernel).transpose()?;
+        let spec = VmSpec {
+            name: req.name.clone(),
+            uuid: Uuid::new_v4(),
+            memory_mib: req.memory_mib,
+            vcpus: req.vcpus,
+            machine: req.machine,
+            disks,
+            cdrom,
+            kernel,
+            nics: self.new_nics(&req)?,
+        };
+        let record = VmRecord {
+            spec,
+            status: VmStatus::stopped(None),
+            created_at: now_secs(),
+        };
+        self.store.insert_vm(&record)?;
+        let store = self.store.clone();
+        let name = req.name.clone();
+        revert.add(move || {
+            let _ = store.delete_vm(&name);
+        });
+        self.events.emit(Some(&req.name), "created", "VM defined");
+        if req.start {
+            // One request, one outcome: a VM that cannot start is not left defined.
+            self.start(&req.name, false).await?;
+        }
+        revert.commit();
+        self.get(&req.name)
+    }
+
+    /// Deletes a VM and the volumes it owns; files it merely attached are never touched.
+    pub async fn delete(&self, name: &str, force: bool) -> ApiResult<()> {
+        let record = self.record(name)?;
+        if force && record.status.state.has_process() {
+            self.power_off(name, "powered off to be deleted").await?;
+        }
+        let _lock = self.lock(name).await;
+        let record = self.record(name)?;
+        check_allowed(&record, VmAction::Delete)?;
+        // The record goes first: a volume left behind by a failure below is an orphan
+        // file, never a VM pointing at missing data.
+        self.store.delete_vm(name)?;
+        for disk in record.spec.disks.iter().filter(|d| d.owned) {
+            if let Err(e) = corral_storage::remove_volume(Path::new(&disk.path)) {
+                tracing::warn!(error = %e, "cannot remove volume of deleted VM {name}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.vm_paths(&record.spec).dir);
+        self.events
+            .emit(None, "deleted", format!("VM '{name}' deleted"));
+        Ok(())
+    }
+
+    pub(crate) fn check_host_limits(&self, memory_mib: u64, vcpus: u32) -> ApiResult<()> {
+        let host_mib = self.host.memory_bytes >> 20;
+        if host_mib > 0 && memory_mib > host_mib {
+            return Err(ValidationError::new(
+                "memory_mib",
+                format!("{memory_mib} MiB is more than the host's {host_mib} MiB"),
+            )
+            .hint("ask for less memory")
+            .into());
+        }
+        if vcpus > self.host.cpus {
+            return Err(ValidationError::new(
+                "vcpus",
+                format!(
+                    "{vcpus} vCPUs is more than the host's {} CPUs",
+                    self.host.cpus
+                ),
+            )
+            .hint(format!("give at most {} vCPUs", self.host.cpus))
+            .into());
+        }
+        Ok(())
+    }
+
+    fn reserve_name(&self, name: &str) -> ApiResult<NameReservation<'_>> {
+        let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        if !creating.insert(name.to_string()) {
+            return Err(already_exists(name));
+        }
+        Ok(NameReservation {
+            mgr: self,
+            name: name.to_string(),
+        })
+    }
+
+    async fn prepare_disks(
+        &self,
+        req: &CreateVmRequest,
+        revert: &mut Reverter,
+    ) -> ApiResult<Vec<Disk>> {
+        // Check every attached file before making any volume.
+        let mut attached = Vec::new();
+        for (i, d) in req.disks.iter().enumerate() {
+            if let DiskRequest::Path { path, format, .. } = d {
+                let field = format!("disks[{i}].path");
+                let path = check_file(&field, path)?;
+                let info = corral_storage::inspect(Path::new(&path), *format)
+                    .await
+                    .map_err(|e| {
+                        ValidationError::new(field, crate::error::chain(&e))
+                            .hint("attach a readable qcow2 or raw image")
+                    })?;
+                attached.push((i, path, info));
+            }
+        }
+        let pool = self.cfg.default_pool();
+        std::fs::create_dir_all(&pool)
+            .map_err(|e| ApiError::Internal(format!("{}: {e}", pool.display())))?;
+        let mut disks = Vec::new();
+        for (i, d) in req.disks.iter().enumerate() {
+            let disk = match d {
+                DiskRequest::New { size_bytes } => {
+                    let path = pool.join(format!("{}-disk{i}.qcow2", req.name));
+                    corral_storage::create_qcow2(&path, *size_bytes).await?;
+                    let p = path.clone();
+                    revert.add(move || {
+                        let _ = std::fs::remove_file(p);
+                    });
+                    Disk {
+                        path: path.to_string_lossy().into_owned(),
+                        format: corral_api::DiskFormat::Qcow2,
+                        size_bytes: *size_bytes,
+                        owned: true,
+                        read_only: false,
+                    }
+                }
+                DiskRequest::Path { read_only, .. } => {
+                    let (_, path, info) = attached
+                        .iter()
+                        .find(|(j, _, _)| *j == i)
+                        .ok_or_else(|| ApiError::Internal("attached disk lost".into()))?;
+                    Disk {
+                        path: path.clone(),
+                        format: info.format,
+                        size_bytes: info.virtual_size,
+                        owned: false,
+                        read_only: *read_only,
+                    }
+                }
+            };
+            disks.push(disk);
+        }
+        Ok(disks)
+    }
+
+    fn new_nics(&self, req: &CreateVmRequest) -> ApiResult<Vec<Nic>> {
+        let mut used: std::collections::HashSet<String> = self
+            .store
+            .list_vms()?
+            .into_iter()
+            .flat_map(|r| r.spec.nics.into_iter().map(|n| n.mac))
+            .collect();
+        let mut rng = rand::thread_rng();
+        Ok(req
+            .networks
+            .iter()
+            .map(|kind| loop {
+                let b: [u8; 3] = rng.gen();
+                let mac = format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2]);
+                if used.insert(mac.clone()) {
+                    break Nic { kind: *kind, mac };
+                }
+            })
+            .collect())
+    }
+}
+
+struct NameReservation<'a> {
+    mgr: &'a Manager,
+    name: String,
+}
+
+impl Drop for NameReservation<'_> {
+    fn drop(&mut self) {
+        self.mgr
+            .creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.name);
+    }
+}
+
+fn already_exists(name: &str) -> ApiError {
+    ApiError::Conflict {
+        message: format!("vm '{name}' already exists"),
+        hint: Some("choose another name, or delete the existing VM first".into()),
+    }
+}
+
+/// A file the VM will read: absolute, existing, a regular file or block device, readable.
+fn check_file(field: &str, path: &str) -> ApiResult<String> {
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err(
+            ValidationError::new(field, format!("'{path}' is not an absolute path"))
+                .hint("give the full path; the daemon does not know the client's directory")
+                .into(),
+        );
+    }
+    let meta = std::fs::metadata(p).map_err(|e| {
+        ValidationError::new(field, format!("cannot use '{path}': {e}"))
+            .hint("check the path exists and is readable")
+    })?;
+    use std::os::unix::fs::FileTypeExt;
+    if !(meta.is_file() || meta.file_type().is_block_device()) {
+        return Err(ValidationError::new(field, format!("'{path}' is not a file")).into());
+    }
+    if let Err(e) = std::fs::File::open(p) {
+        return Err(ValidationError::new(field, format!("cannot read '{path}': {e}")).into());
+    }
+    if meta.permissions().mode() & 0o444 == 0 {
+        return Err(ValidationError::new(field, format!("'{path}' has no read permission")).into());
+    }
+    Ok(path.to_string())
+}
+
+fn check_kernel(k: &KernelBoot) -> ApiResult<KernelBoot> {
+    Ok(KernelBoot {
+        kernel: check_file("kernel.kernel", &k.kernel)?,
+        initrd: k
+            .initrd
+            .as_deref()
+            .map(|i| check_file("kernel.initrd", i))
+            .transpose()?,
+        cmdline: k.cmdline.clone(),
+    })
+}

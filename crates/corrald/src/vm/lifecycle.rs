@@ -1,0 +1,295 @@
+//! Starting and stopping: QEMU is launched paused, set up over QMP, then continued
+//! (DESIGN.md §6); a failed step kills it again. Stops wait for the monitor to record the
+//! exit, so a finished stop means the process is gone.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corral_api::{Operation, StopRequest, Vm, VmAction, VmState, VmStatus};
+use corral_qemu::argv::{build_argv, LaunchConfig};
+use corral_qemu::cgroup::VmCgroup;
+use corral_qemu::launch;
+use corral_qemu::qmp::QmpOptions;
+use tokio::sync::watch;
+
+use super::{check_allowed, Manager, Running};
+use crate::clock::now_secs;
+use crate::error::{ApiError, ApiResult};
+
+/// Default wait for a guest to shut down on the ACPI power button.
+pub const DEFAULT_STOP_TIMEOUT: u64 = 60;
+/// How long QEMU gets to exit after `quit` or SIGKILL.
+const POWER_OFF_WAIT: Duration = Duration::from_secs(10);
+
+impl Manager {
+    pub async fn start(&self, name: &str, paused: bool) -> ApiResult<Vm> {
+        let _lock = self.lock(name).await;
+        let record = self.record(name)?;
+        check_allowed(&record, VmAction::Start)?;
+        let spec = record.spec;
+        let paths = self.vm_paths(&spec);
+        prepare_runtime_dir(&paths.dir)?;
+        let cgroup = VmCgroup::create(&self.cfg.cgroup_root, &format!("vm-{}", spec.uuid));
+        let argv = build_argv(&LaunchConfig {
+            spec: &spec,
+            accel: self.host.accel.accel,
+            paths: &paths,
+            confinement: self.host.confinement,
+        });
+        let opts = QmpOptions {
+            log_path: Some(paths.qmp_log()),
+            ..QmpOptions::default()
+        };
+        let launched =
+            match launch::launch(&self.cfg.qemu_binary, &argv, &paths, cgroup.as_ref(), opts).await
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    if let Some(c) = &cgroup {
+                        let _ = c.remove();
+                    }
+                    self.events.emit(
+                        Some(name),
+                        "error",
+                        format!("start failed: {}", crate::error::chain(&e)),
+                    );
+                    return Err(e.into());
+                }
+            };
+        let started_at = now_secs();
+        let (exited_tx, exited_rx) = watch::channel(false);
+        let running = Arc::new(Running {
+            pid: launched.pid,
+            qmp: launched.qmp,
+            paths,
+            cgroup,
+            exited: exited_rx,
+            stop_reason: Mutex::new(None),
+            console_busy: AtomicBool::new(false),
+        });
+        // Watch events from before `cont`, so no transition is missed.
+        self.spawn_monitor(name, running.clone(), exited_tx);
+        self.set_running(name, Some(running.clone()));
+        let status = |state| VmStatus {
+            state,
+            pid: Some(running.pid),
+            started_at: Some(started_at),
+            reason: None,
+            accel: Some(self.host.accel.accel.as_str().to_string()),
+        };
+        self.set_status(name, status(VmState::Starting))?;
+        // Set-up hooks that need a paused, fully built machine go here.
+        let result = if paused {
+            Ok(())
+        } else {
+            running.qmp.cont().await
+        };
+        if let Err(e) = result {
+            running.set_stop_reason("start failed");
+            let _ = running.qmp.quit().await;
+            let _ = launch::kill(running.pid);
+            return Err(e.into());
+        }
+        let state = if paused {
+            VmState::Paused
+        } else {
+            VmState::Running
+        };
+        self.set_status(name, status(state))?;
+        drop(_lock);
+        self.get(name)
+    }
+
+    pub async fn pause(&self, name: &str) -> ApiResult<Vm> {
+        self.pause_resume(name, VmAction::Pause).await
+    }
+
+    pub async fn resume(&self, name: &str) -> ApiResult<Vm> {
+        self.pause_resume(name, VmAction::Resume).await
+    }
+
+    async fn pause_resume(&self, name: &str, action: VmAction) -> ApiResult<Vm> {
+        let lock = self.lock(name).await;
+        let record = self.record(name)?;
+        check_allowed(&record, action)?;
+        let running = self.running(name).ok_or_else(|| not_attached(name))?;
+        let state = if action == VmAction::Pause {
+            running.qmp.stop().await?;
+            VmState::Paused
+        } else {
+            running.qmp.cont().await?;
+            VmState::Running
+        };
+        self.set_status(
+            name,
+            VmStatus {
+                state,
+                ..record.status
+            },
+        )?;
+        drop(lock);
+        self.get(name)
+    }
+
+    /// `POST /vms/{name}/stop`: checks now, then returns an operation that ends when
+    /// QEMU is gone (or the graceful timeout passes).
+    pub async fn stop(self: &Arc<Self>, name: &str, req: StopRequest) -> ApiResult<Operation> {
+        let timeout = Duration::from_secs(req.timeout_secs.unwrap_or(DEFAULT_STOP_TIMEOUT));
+        let running = self.begin_stop(name, req.force).await?;
+        let (op, mut handle) = self.ops.begin("vm.stop", name, !req.force)?;
+        let mgr = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            tokio::select! {
+                r = mgr.finish_stop(&name, running, req.force, timeout) => handle.finish(r),
+                _ = handle.cancelled() => {
+                    mgr.abandon_stop(&name).await;
+                    handle.cancelled_done();
+                }
+            }
+        });
+        Ok(op)
+    }
+
+    /// `POST /vms/{name}/restart`: a stop (graceful unless forced), then a start.
+    pub async fn restart(self: &Arc<Self>, name: &str, req: StopRequest) -> ApiResult<Operation> {
+        let record = self.record(name)?;
+        check_allowed(&record, VmAction::Restart)?;
+        let timeout = Duration::from_secs(req.timeout_secs.unwrap_or(DEFAULT_STOP_TIMEOUT));
+        // A paused or crashed guest cannot answer the power button.
+        let force = req.force || record.status.state != VmState::Running;
+        let running = self.begin_stop(name, force).await?;
+        let (op, handle) = self.ops.begin("vm.restart", name, false)?;
+        let mgr = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let result = async {
+                mgr.finish_stop(&name, running, force, timeout).await?;
+                handle.progress(50.0);
+                mgr.start(&name, false).await.map(|_| ())
+            }
+            .await;
+            handle.finish(result);
+        });
+        Ok(op)
+    }
+
+    /// Powers a VM off at once and waits until the monitor has recorded it.
+    pub(crate) async fn power_off(&self, name: &str, reason: &str) -> ApiResult<()> {
+        let running = {
+            let _lock = self.lock(name).await;
+            let record = self.record(name)?;
+            check_allowed(&record, VmAction::ForceStop)?;
+            self.running(name).ok_or_else(|| not_attached(name))?
+        };
+        running.set_stop_reason(reason);
+        kill_qemu(&running).await;
+        self.wait_gone(name, &running, POWER_OFF_WAIT).await
+    }
+
+    async fn begin_stop(&self, name: &str, force: bool) -> ApiResult<Arc<Running>> {
+        let _lock = self.lock(name).await;
+        let record = self.record(name)?;
+        let action = if force {
+            VmAction::ForceStop
+        } else {
+            VmAction::Stop
+        };
+        check_allowed(&record, action)?;
+        let running = self.running(name).ok_or_else(|| not_attached(name))?;
+        if force {
+            running.set_stop_reason("powered off (forced stop)");
+            kill_qemu(&running).await;
+        } else {
+            running.set_stop_reason("guest shut down (ACPI power button)");
+            self.set_status(
+                name,
+                VmStatus {
+                    state: VmState::Stopping,
+                    ..record.status
+                },
+            )?;
+            running.qmp.system_powerdown().await?;
+        }
+        Ok(running)
+    }
+
+    async fn finish_stop(
+        &self,
+        name: &str,
+        running: Arc<Running>,
+        force: bool,
+        timeout: Duration,
+    ) -> ApiResult<()> {
+        let wait = if force { POWER_OFF_WAIT } else { timeout };
+        match self.wait_gone(name, &running, wait).await {
+            Ok(()) => Ok(()),
+            Err(e) if force => Err(e),
+            Err(_) => {
+                self.abandon_stop(name).await;
+                Err(ApiError::Conflict {
+                    message: format!(
+                        "VM '{name}' did not shut down within {} s",
+                        timeout.as_secs()
+                    ),
+                    hint: Some(
+                        "the guest may ignore the power button; use `corral stop --force`".into(),
+                    ),
+                })
+            }
+        }
+    }
+
+    /// A graceful stop that will not finish: the VM is running again as far as we know.
+    async fn abandon_stop(&self, name: &str) {
+        let _lock = self.lock(name).await;
+        if let (Ok(record), Some(running)) = (self.record(name), self.running(name)) {
+            running.take_stop_reason();
+            if record.status.state == VmState::Stopping {
+                let _ = self.set_status(
+                    name,
+                    VmStatus {
+                        state: VmState::Running,
+                        ..record.status
+                    },
+                );
+            }
+        }
+    }
+
+    async fn wait_gone(&self, name: &str, running: &Running, wait: Duration) -> ApiResult<()> {
+        tokio::time::timeout(wait, running.wait_exited())
+            .await
+            .map_err(|_| {
+                ApiError::Internal(format!(
+                    "QEMU of VM '{name}' (pid {}) did not exit",
+                    running.pid
+                ))
+            })
+    }
+}
+
+/// `quit` over QMP, and SIGKILL if the monitor cannot deliver it.
+async fn kill_qemu(running: &Running) {
+    if running.qmp.quit().await.is_err() {
+        let _ = launch::kill(running.pid);
+    }
+}
+
+fn not_attached(name: &str) -> ApiError {
+    ApiError::Internal(format!("VM '{name}' has no QEMU attached"))
+}
+
+/// The VM's runtime dir: root-only, since QEMU opens what it needs before it drops to its
+/// own user and chroots here, and nothing else should reach its sockets.
+fn prepare_runtime_dir(dir: &std::path::Path) -> ApiResult<()> {
+    let io = |e: std::io::Error| ApiError::Internal(format!("{}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    for stale in ["qmp.sock", "console.sock", "qemu.pid"] {
+        let _ = std::fs::remove_file(dir.join(stale));
+    }
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! Keeping observed state true: one monitor task per running QEMU turns QMP events and
+//! the monitor socket closing into state changes; at daemon start, VMs that were running
+//! are found again (re-attached) or marked stopped with the reason.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use corral_api::{VmState, VmStatus};
+use corral_qemu::cgroup::VmCgroup;
+use corral_qemu::launch;
+use corral_qemu::qmp::{Event, Qmp, QmpOptions};
+use tokio::sync::{broadcast, watch};
+
+use super::{Manager, Running};
+use crate::error::ApiResult;
+
+impl Manager {
+    pub(crate) fn spawn_monitor(
+        &self,
+        name: &str,
+        running: Arc<Running>,
+        exited: watch::Sender<bool>,
+    ) {
+        let mut events = running.qmp.events();
+        let name = name.to_string();
+        // The monitor needs the manager after this call returns; the manager lives for
+        // the whole daemon, behind the Arc every handler holds.
+        let Some(mgr) = self.self_arc() else { return };
+        tokio::spawn(async move {
+            let mut shutdown_reason: Option<String> = None;
+            loop {
+                tokio::select! {
+                    ev = events.recv() => match ev {
+                        Ok(ev) => mgr.on_event(&name, &running, &ev, &mut shutdown_reason).await,
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!("{name}: missed {n} QMP events; re-reading status");
+                            mgr.refresh_state(&name, &running).await;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = running.qmp.closed() => break,
+                }
+            }
+            mgr.on_exit(&name, &running, shutdown_reason).await;
+            let _ = exited.send(true);
+        });
+    }
+
+    async fn on_event(
+        &self,
+        name: &str,
+        running: &Running,
+        ev: &Event,
+        shutdown: &mut Option<String>,
+    ) {
+        match ev.name.as_str() {
+            "STOP" | "RESUME" => self.refresh_state(name, running).await,
+            "SHUTDOWN" => {
+                let guest = ev
+                    .data
+                    .get("guest")
+                    .and_then(|g| g.as_bool())
+                    .unwrap_or(false);
+                let reason = ev
+                    .data
+                    .get("reason")
+                    .and_then(|r| r.as_str())
+                    .unwrap_or("unknown");
+                *shutdown = Some(if guest {
+                    format!("guest powered off ({reason})")
+                } else {
+                    format!("QEMU shut down ({reason})")
+                });
+            }
+            "GUEST_PANICKED" => {
+                let _lock = self.lock(name).await;
+                if let Ok(record) = self.record(name) {
+                    let reason = Some(format!("guest panicked: {}", ev.data));
+                    let _ = self.set_status(
+                        name,
+                        VmStatus {
+                            state: VmState::Crashed,
+                            reason,
+                            ..record.status
+                        },
+                    );
+                }
+            }
+            "RESET" => self.events.emit(Some(name), "qmp", "guest reset"),
+            other => tracing::debug!("{name}: QMP event {other}"),
+        }
+    }
+
+    /// Re-reads run state from QEMU under the VM's lock, so that events processed late
+    /// never overwrite a newer truth.
+    async fn refresh_state(&self, name: &str, running: &Running) {
+        let _lock = self.lock(name).await;
+        let Ok(record) = self.record(name) else {
+            return;
+        };
+        if !matches!(record.status.state, VmState::Running | VmState::Paused) {
+            return;
+        }
+        let Ok(status) = running.qmp.query_status().await else {
+            return;
+        };
+        let state = match status.status.as_str() {
+            "running" => VmState::Running,
+            "guest-panicked" => VmState::Crashed,
+            "shutdown" => return,
+            _ => VmState::Paused,
+        };
+        let _ = self.set_status(
+            name,
+            VmStatus {
+                state,
+                ..record.status
+            },
+        );
+    }
+
+    async fn on_exit(&self, name: &str, running: &Running, shutdown: Option<String>) {
+        let _lock = self.lock(name).await;
+        // Make sure the process is really gone before saying so.
+        for _ in 0..200 {
+            if !launch::process_alive(running.pid) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let reason = running.take_stop_reason().or(shutdown).unwrap_or_else(|| {
+            let log = launch::read_log_since(&running.paths.qemu_log(), 0);
+            format!("QEMU exited unexpectedly: {}", last_line(&log))
+        });
+        if let Some(c) = &running.cgroup {
+            let _ = c.remove();
+        }
+        for f in ["qmp.sock", "console.sock", "qemu.pid"] {
+            let _ = std::fs::remove_file(running.paths.dir.join(f));
+        }
+        self.set_running(name, None);
+        if self.store.get_vm(name).ok().flatten().is_some() {
+            let _ = self.set_status(name, VmStatus::stopped(Some(reason)));
+        }
+    }
+
+    /// At start-up: re-attach to every VM whose QEMU survived, mark the rest stopped.
+    pub async fn reattach_all(&self) -> ApiResult<()> {
+        for record in self.store.list_vms()? {
+            if !record.status.state.has_process() {
+                continue;
+            }
+            let name = record.spec.name.clone();
+            let paths = self.vm_paths(&record.spec);
+            let uuid = record.spec.uuid.to_string();
+            let found = launch::find_running(&paths, &uuid);
+            let outcome = match found {
+                Some(pid) => {
+                    self.reattach(&name, pid, paths, &record.spec.uuid.to_string())
+                        .await
+                }
+                None => Err("QEMU exited while corrald was not running".to_string()),
+            };
+            if let Err(reason) = outcome {
+                if let Some(pid) = found {
+                    let _ = launch::kill(pid);
+                }
+                if let Some(c) = VmCgroup::create(&self.cfg.cgroup_root, &format!("vm-{uuid}")) {
+                    let _ = c.remove();
+                }
+                self.set_status(&name, VmStatus::stopped(Some(reason)))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn reattach(
+        &self,
+        name: &str,
+        pid: u32,
+        paths: corral_qemu::argv::VmPaths,
+        uuid: &str,
+    ) -> Result<(), String> {
+        let opts = QmpOptions {
+            log_path: Some(paths.qmp_log()),
+            ..QmpOptions::default()
+        };
+        let qmp = Qmp::connect(&paths.qmp_socket(), opts).await.map_err(|e| {
+            format!("QEMU (pid {pid}) was alive but its monitor did not answer: {e}")
+        })?;
+        let status = qmp.query_status().await.map_err(|e| e.to_string())?;
+        let record = self.record(name).map_err(|e| e.to_string())?;
+        let state = match (record.status.state, status.status.as_str()) {
+            // A start cut short by the restart: its set-up never finished.
+            (VmState::Starting, _) => {
+                return Err("start was interrupted by a daemon restart".into())
+            }
+            (_, "running") => VmState::Running,
+            (_, "guest-panicked") => VmState::Crashed,
+            _ => VmState::Paused,
+        };
+        let (exited_tx, exited_rx) = watch::channel(false);
+        let running = Arc::new(Running {
+            pid,
+            qmp,
+            paths,
+            cgroup: VmCgroup::create(&self.cfg.cgroup_root, &format!("vm-{uuid}")),
+            exited: exited_rx,
+            stop_reason: Mutex::new(None),
+            console_busy: AtomicBool::new(false),
+        });
+        self.spawn_monitor(name, running.clone(), exited_tx);
+        self.set_running(name, Some(running));
+        let _ = self.set_status(
+            name,
+            VmStatus {
+                state,
+                pid: Some(pid),
+                reason: None,
+                ..record.status
+            },
+        );
+        self.events.emit(
+            Some(name),
+            "reattached",
+            format!("re-attached to QEMU pid {pid}"),
+        );
+        Ok(())
+    }
+}
+
+fn last_line(text: &str) -> &str {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no message")
+}
