@@ -23,8 +23,8 @@ export PATH="$PATH:/usr/sbin:/sbin" LC_ALL=C
 # power button needs: the ACPI `button` driver and `evdev` for acpid to read);
 # its PS/2, serial console, devtmpfs and AF_PACKET are built in. Dependencies
 # (virtio_ring, net_failover, scsi_mod, ...) are added automatically.
-MODULES="virtio_pci virtio_mmio virtio_blk virtio_net virtio_scsi sd_mod
-virtio_console virtio_rng button evdev"
+MODULES=(virtio_pci virtio_mmio virtio_blk virtio_net virtio_scsi sd_mod
+    virtio_console virtio_rng button evdev)
 
 die() { echo "build-test-guest: $*" >&2; exit 1; }
 
@@ -83,13 +83,15 @@ download() {
 }
 if ! download; then
     # Stale lists name versions the mirror no longer has: refresh and retry.
-    apt-get update -qq >&2 && resolve && download || die "apt-get download failed"
+    apt-get update -qq >&2 || die "apt-get update failed"
+    { resolve && download; } || die "apt-get download failed"
 fi
 # The kernel package is only unpacked here, never installed on the host.
 dpkg-deb -x "$work"/debs/linux-image-*.deb "$work/kernel"
 dpkg-deb -x "$work"/debs/busybox-static_*.deb "$work/busybox"
 
-vmlinuz=$(ls "$work"/kernel/boot/vmlinuz-* | head -n1)
+kernels=("$work"/kernel/boot/vmlinuz-*)
+vmlinuz=${kernels[0]}
 kabi=${vmlinuz##*/vmlinuz-}
 # bookworm ships /lib/modules; newer releases moved to /usr/lib/modules.
 for kbase in "$work/kernel" "$work/kernel/usr"; do
@@ -108,7 +110,7 @@ done
 
 moddir="lib/modules/$kabi"
 mkdir -p "$root/$moddir"
-for m in $MODULES; do
+for m in "${MODULES[@]}"; do
     # Prints "insmod PATH" for the module and each dependency; "builtin X"
     # lines (already in the kernel) are skipped.
     modprobe -d "$kbase" -S "$kabi" --show-depends "$m" ||
@@ -155,7 +157,7 @@ mount -t devtmpfs devtmpfs /dev
 # kernel started us without stdio: attach to the console now.
 exec </dev/console >/dev/console 2>&1
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
-for m in $(echo $MODULES); do modprobe -q "\$m"; done
+modprobe -qa ${MODULES[*]}
 # Must start after button+evdev: acpid only opens the event devices present now.
 acpid -c /etc/acpi -l /var/log/acpid.log
 ip link set lo up

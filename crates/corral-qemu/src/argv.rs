@@ -81,7 +81,10 @@ pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
     a.push("-S");
     a.push2("-msg", "timestamp=on");
     a.push2("-pidfile", path(&cfg.paths.pidfile()));
-    a.push2("-qmp", format!("unix:{},server=on,wait=off", path(&cfg.paths.qmp_socket())));
+    a.push2(
+        "-qmp",
+        format!("unix:{},server=on,wait=off", path(&cfg.paths.qmp_socket())),
+    );
     serial_args(&mut a, cfg.paths);
     for (i, disk) in spec.disks.iter().enumerate() {
         disk_args(&mut a, i, disk);
@@ -102,7 +105,10 @@ pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
         match nic.kind {
             NetworkKind::User => a.push2("-netdev", format!("user,id=net{i}")),
         }
-        a.push2("-device", format!("virtio-net-pci,netdev=net{i},id=net{i}-dev,mac={}", nic.mac));
+        a.push2(
+            "-device",
+            format!("virtio-net-pci,netdev=net{i},id=net{i}-dev,mac={}", nic.mac),
+        );
     }
     confinement_args(&mut a, cfg.confinement, cfg.paths);
     a.0
@@ -147,7 +153,10 @@ fn disk_args(a: &mut Args, index: usize, disk: &Disk) {
     a.push2("-blockdev", blockdev.to_string());
     a.push2(
         "-device",
-        format!("virtio-blk-pci,drive={node},id={node}-dev,bootindex={}", index + 1),
+        format!(
+            "virtio-blk-pci,drive={node},id={node}-dev,bootindex={}",
+            index + 1
+        ),
     );
 }
 
@@ -159,14 +168,20 @@ fn cdrom_args(a: &mut Args, iso: &str, bootindex: usize) {
         "file": { "driver": "file", "filename": iso, "read-only": true },
     });
     a.push2("-blockdev", blockdev.to_string());
-    a.push2("-device", format!("ide-cd,drive=cdrom0,id=cdrom0-dev,bootindex={bootindex}"));
+    a.push2(
+        "-device",
+        format!("ide-cd,drive=cdrom0,id=cdrom0-dev,bootindex={bootindex}"),
+    );
 }
 
 fn confinement_args(a: &mut Args, c: Confinement, paths: &VmPaths) {
     if c.sandbox {
         // elevateprivileges stays allowed only because -runas needs setuid once; after
         // that the process has no privileges left to elevate to.
-        a.push2("-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny");
+        a.push2(
+            "-sandbox",
+            "on,obsolete=deny,spawn=deny,resourcecontrol=deny",
+        );
     }
     if let Some((uid, gid)) = c.run_as {
         a.push2("-runas", format!("{uid}:{gid}"));

@@ -175,7 +175,11 @@ pub fn read_log_since(path: &Path, offset: u64) -> String {
 /// Finds the running QEMU of a VM after a daemon restart: the pid from the pidfile, if
 /// that process is alive and its command line carries the VM's UUID.
 pub fn find_running(paths: &VmPaths, uuid: &str) -> Option<u32> {
-    let pid: u32 = fs::read_to_string(paths.pidfile()).ok()?.trim().parse().ok()?;
+    let pid: u32 = fs::read_to_string(paths.pidfile())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     is_our_qemu(pid, uuid).then_some(pid)
 }
 
@@ -186,7 +190,9 @@ pub fn is_our_qemu(pid: u32, uuid: &str) -> bool {
         Err(_) => return false,
     };
     // The state letter follows the parenthesised command name.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
     if matches!(state, Some('Z') | Some('X') | None) {
         return false;
     }
@@ -198,7 +204,10 @@ pub fn is_our_qemu(pid: u32, uuid: &str) -> bool {
 pub fn process_alive(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with(['Z', 'X'])))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
+        })
         .map(|zombie| !zombie)
         .unwrap_or(false)
 }

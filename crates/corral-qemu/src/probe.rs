@@ -41,14 +41,18 @@ pub async fn probe(qemu: &Path, kernel: Option<&Path>, work_dir: &Path) -> Probe
     }
     let Some(kernel) = kernel else {
         return ProbeOutcome::UseTcg {
-            reason: "/dev/kvm opens, but no guest kernel was found to prove a guest boots under it \
+            reason:
+                "/dev/kvm opens, but no guest kernel was found to prove a guest boots under it \
                      (install one at /usr/share/corral/guest/vmlinuz or pass --probe-kernel)"
-                .to_string(),
+                    .to_string(),
         };
     };
     match boot_to_panic(qemu, kernel, work_dir).await {
         Ok(elapsed) => ProbeOutcome::KvmWorks {
-            detail: format!("a Linux guest booted under KVM in {} ms", elapsed.as_millis()),
+            detail: format!(
+                "a Linux guest booted under KVM in {} ms",
+                elapsed.as_millis()
+            ),
         },
         Err(reason) => ProbeOutcome::UseTcg { reason },
     }
@@ -59,10 +63,22 @@ async fn boot_to_panic(qemu: &Path, kernel: &Path, work_dir: &Path) -> Result<Du
     let _ = std::fs::remove_file(&serial);
     let start = Instant::now();
     let mut child = Command::new(qemu)
-        .args(["-accel", "kvm", "-M", "pc", "-m", "128", "-nodefaults", "-no-user-config"])
+        .args([
+            "-accel",
+            "kvm",
+            "-M",
+            "pc",
+            "-m",
+            "128",
+            "-nodefaults",
+            "-no-user-config",
+        ])
         .args(["-display", "none", "-no-reboot", "-kernel"])
         .arg(kernel)
-        .args(["-append", "console=ttyS0 panic=-1 root=/dev/corral-probe-none"])
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 root=/dev/corral-probe-none",
+        ])
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
         .stdin(std::process::Stdio::null())

@@ -42,9 +42,16 @@ fn check(case: &str, spec: &VmSpec, accel: Accel, confinement: Confinement) {
         std::fs::write(&file, &actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&file)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", file.display()));
-    assert_eq!(actual, expected, "argv for {case} changed; if intended, run with UPDATE_GOLDEN=1 and review");
+    let expected = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            file.display()
+        )
+    });
+    assert_eq!(
+        actual, expected,
+        "argv for {case} changed; if intended, run with UPDATE_GOLDEN=1 and review"
+    );
 }
 
 #[test]
@@ -82,8 +89,14 @@ fn disks_cdrom_and_nics_on_q35() {
     ];
     spec.cdrom = Some("/srv/iso/debian-12.iso".into());
     spec.nics = vec![
-        Nic { kind: NetworkKind::User, mac: "52:54:00:12:34:56".into() },
-        Nic { kind: NetworkKind::User, mac: "52:54:00:12:34:57".into() },
+        Nic {
+            kind: NetworkKind::User,
+            mac: "52:54:00:12:34:56".into(),
+        },
+        Nic {
+            kind: NetworkKind::User,
+            mac: "52:54:00:12:34:57".into(),
+        },
     ];
     check("q35_disks_cdrom_nics", &spec, Accel::Tcg, UNCONFINED);
 }

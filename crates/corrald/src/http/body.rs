@@ -43,16 +43,13 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let mut field = (path != ".").then_some(path);
-        // serde reports an unknown field at its parent's path; name the field itself.
+        // An unknown top-level field is reported at the root path; name the field itself.
         let msg = inner.to_string();
-        if let Some(unknown) = msg
-            .strip_prefix("unknown field `")
-            .and_then(|r| r.split('`').next())
-        {
-            field = Some(match field {
-                Some(parent) => format!("{parent}.{unknown}"),
-                None => unknown.to_string(),
-            });
+        if field.is_none() {
+            field = msg
+                .strip_prefix("unknown field `")
+                .and_then(|r| r.split('`').next())
+                .map(str::to_string);
         }
         let message = msg.split(" at line ").next().unwrap_or(&msg).to_string();
         match field {

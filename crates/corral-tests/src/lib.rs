@@ -1,0 +1,299 @@
+//! Test infrastructure for end-to-end tests (like Cloud Hypervisor's `test_infra`): each
+//! test starts its own `corrald` with its own state dir and socket, drives it through the
+//! real `corral` CLI, and boots the real test guest under QEMU (TCG). Dropping a
+//! [`Daemon`] kills the daemon and every QEMU it started, so nothing outlives a test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Where cargo put the binaries (next to the test executable's `deps/`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is not built; run `cargo build --workspace` first",
+        p.display()
+    );
+    p
+}
+
+/// The test guest (kernel + initrd), built once from Debian packages and cached under
+/// `build/guest` (or `$CORRAL_TEST_GUEST`).
+pub fn guest() -> &'static (PathBuf, PathBuf) {
+    static GUEST: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    GUEST.get_or_init(|| {
+        let dir = std::env::var_os("CORRAL_TEST_GUEST")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("build/guest"));
+        // The script is cached and takes a lock, so concurrent tests share one build.
+        let status = Command::new("bash")
+            .arg(workspace().join("scripts/build-test-guest.sh"))
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the test guest failed");
+        (dir.join("vmlinuz"), dir.join("initrd.img"))
+    })
+}
+
+/// The standard `corral create` arguments that boot the test guest.
+pub fn guest_args() -> Vec<String> {
+    let (k, i) = guest();
+    vec![
+        "--kernel".into(),
+        k.display().to_string(),
+        "--initrd".into(),
+        i.display().to_string(),
+        "--cmdline".into(),
+        "console=ttyS0 quiet".into(),
+    ]
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts a daemon on TCG (the only accelerator that boots guests on these hosts).
+    pub fn start() -> Daemon {
+        Self::start_with(&["--accel", "tcg"])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Daemon {
+        // Short paths: QEMU's socket paths must fit in 108 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("corral-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let socket = dir.path().join("corral.sock");
+        let mut d = Daemon {
+            dir,
+            socket,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("corrald.log"))
+            .unwrap();
+        let child = Command::new(bin("corrald"))
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(&self.extra)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("corrald exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "corrald did not come up:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9` the daemon (VMs must survive).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Starts the daemon again on the same state dir and socket.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("corrald.log")).unwrap_or_default()
+    }
+
+    /// Runs `corral ARGS` against this daemon.
+    pub fn corral(&self, args: &[&str]) -> Output {
+        Command::new(bin("corral"))
+            .env("CORRAL_SOCKET", &self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `corral ARGS`, asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.corral(args);
+        assert!(
+            out.status.success(),
+            "corral {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `corral ARGS`, asserting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.corral(args);
+        assert!(
+            !out.status.success(),
+            "corral {args:?} should have failed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// `corral ARGS -o json`, parsed.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// Creates and starts a test-guest VM.
+    pub fn boot(&self, name: &str, extra: &[&str]) {
+        let mut args: Vec<String> = ["create", name, "--memory", "256M", "--start"]
+            .map(String::from)
+            .to_vec();
+        args.extend(guest_args());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ok(&a);
+    }
+
+    pub fn vm(&self, name: &str) -> Value {
+        self.json(&["show", name])
+    }
+
+    pub fn state(&self, name: &str) -> String {
+        self.vm(name)["status"]["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn console_log(&self, name: &str) -> String {
+        self.ok(&["console", name, "--log"])
+    }
+
+    /// Waits until the VM's console shows `text`.
+    pub fn wait_console(&self, name: &str, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.console_log(name);
+            if log.contains(text) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "'{text}' not on {name}'s console:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn wait_state(&self, name: &str, state: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.state(name);
+            if now == state {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} is {now}, expected {state}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// PIDs of every QEMU this daemon's state dir knows about.
+    pub fn qemu_pids(&self) -> Vec<u32> {
+        let run = self.state_dir().join("run");
+        std::fs::read_dir(run)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("qemu.pid")).ok())
+            .filter_map(|p| p.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        for pid in self.qemu_pids() {
+            if pid_alive(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("--- corrald log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Whether a process is alive (zombies count as dead).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
+            .unwrap_or(true),
+        Err(_) => false,
+    }
+}
+
+/// Whether `path` exists.
+pub fn exists(path: &str) -> bool {
+    Path::new(path).exists()
+}
+
+pub const BOOT: Duration = Duration::from_secs(60);

@@ -1,0 +1,340 @@
+//! The command line: flat verbs for VMs (`create`, `start`, …), nouns for the rest
+//! (`host info`, `operation list`), as DESIGN.md's CLI conventions ask.
+//!
+//! Everything clap can check (sizes, `--disk` specs, flags that need `--kernel`) is
+//! checked here, so a mistyped command is a usage error (exit 2) before anything is sent.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use corral_api::{DiskRequest, Machine};
+
+use crate::create::{parse_disk_spec, parse_memory_mib};
+use crate::output::OutputArgs;
+
+const EXAMPLES: &str = "\
+Examples:
+  corral create web --memory 1G --vcpus 2 --disk size=10G --cdrom debian.iso --start
+  corral list
+  corral console web            (detach with Ctrl-])
+  corral stop web --timeout 30
+  corral show web -o yaml";
+
+/// Manage KVM/QEMU virtual machines through corrald, Corral's per-host daemon.
+#[derive(Debug, Parser)]
+#[command(name = "corral", version, propagate_version = true, after_help = EXAMPLES)]
+pub struct Cli {
+    /// corrald's API socket.
+    #[arg(
+        long,
+        global = true,
+        display_order = 900,
+        env = "CORRAL_SOCKET",
+        hide_env_values = true,
+        default_value = "/run/corral/corral.sock",
+        value_name = "PATH"
+    )]
+    pub socket: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Define a new VM, and start it with --start
+    Create(CreateArgs),
+    /// List VMs
+    #[command(visible_alias = "ls")]
+    List(OutputArgs),
+    /// Show a VM: spec, state, disks, NICs and recent events
+    Show(NameArgs),
+    /// Start a stopped VM
+    Start(StartArgs),
+    /// Shut a VM down (ACPI), or power it off with --force
+    Stop(StopArgs),
+    /// Stop a VM, then start it again
+    Restart(StopArgs),
+    /// Pause a running VM's vCPUs
+    Pause(NameArgs),
+    /// Resume a paused VM
+    Resume(NameArgs),
+    /// Delete a VM and the disks it owns (attached files are kept)
+    #[command(visible_alias = "rm")]
+    Delete(DeleteArgs),
+    /// Change a stopped VM's memory, vCPUs or kernel command line
+    Update(UpdateArgs),
+    /// Attach to a VM's serial console, or print its log with --log
+    Console(ConsoleArgs),
+    /// This host: hardware, QEMU, accelerator
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// Long-running work: follow, inspect, cancel
+    #[command(subcommand, visible_alias = "op")]
+    Operation(OperationCommand),
+    /// What happened recently, oldest first
+    Events(EventsArgs),
+}
+
+const CREATE_EXAMPLES: &str = "\
+Examples:
+  corral create web --memory 1G --disk size=10G --cdrom ./debian.iso --start
+  corral create tiny --memory 256M --kernel vmlinuz --initrd initrd.img \\
+      --cmdline \"console=ttyS0\" --network none
+  corral create db --disk path=/srv/db.raw,format=raw --disk size=20G
+
+Relative paths are taken from the current directory.";
+
+/// `corral create`.
+#[derive(Debug, Args)]
+#[command(after_help = CREATE_EXAMPLES)]
+pub struct CreateArgs {
+    /// Name of the VM: 1-63 lowercase letters, digits and '-'.
+    pub name: String,
+
+    /// Guest memory, e.g. 512M or 2G (a bare number is MiB).
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_memory_mib)]
+    pub memory: u64,
+
+    /// Number of virtual CPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub vcpus: u32,
+
+    /// QEMU machine type: pc (i440FX, most compatible) or q35 (PCIe).
+    #[arg(long, value_enum, default_value_t = MachineArg::Pc)]
+    pub machine: MachineArg,
+
+    /// A disk, in guest order; repeatable: size=SIZE (new volume owned by the VM) or
+    /// path=FILE[,format=raw|qcow2][,readonly=on] (an existing image).
+    #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk_spec)]
+    pub disks: Vec<DiskRequest>,
+
+    /// An ISO image, attached as a read-only CD-ROM.
+    #[arg(long, value_name = "ISO")]
+    pub cdrom: Option<PathBuf>,
+
+    /// Boot this kernel directly instead of firmware.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+
+    /// Initramfs for --kernel.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+
+    /// Kernel command line for --kernel, e.g. "console=ttyS0".
+    #[arg(
+        long,
+        value_name = "ARGS",
+        requires = "kernel",
+        allow_hyphen_values = true
+    )]
+    pub cmdline: Option<String>,
+
+    /// A NIC, in guest order; repeatable. Without it: one user NIC; `none` for no network.
+    #[arg(long = "network", value_enum, value_name = "KIND")]
+    pub networks: Vec<NetArg>,
+
+    /// Start the VM once it is defined.
+    #[arg(long)]
+    pub start: bool,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// clap's view of [`Machine`] (the wire type cannot derive clap traits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MachineArg {
+    Pc,
+    Q35,
+}
+
+impl From<MachineArg> for Machine {
+    fn from(m: MachineArg) -> Self {
+        match m {
+            MachineArg::Pc => Machine::Pc,
+            MachineArg::Q35 => Machine::Q35,
+        }
+    }
+}
+
+/// `--network` values (variant docs stay `//` comments: clap would print them one per
+/// line, which makes `create --help` twice as long).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetArg {
+    // User-mode networking inside QEMU: outbound only.
+    User,
+    // No NIC at all.
+    None,
+}
+
+/// A command on one VM that prints it.
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    /// Name of the VM.
+    pub name: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Name of the VM.
+    pub name: String,
+    /// Set the VM up but leave its vCPUs paused (resume it later).
+    #[arg(long)]
+    pub paused: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `stop` and `restart` (for restart, these apply to its stop half).
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Name of the VM.
+    pub name: String,
+    /// Seconds to wait for the guest to shut down before giving up (daemon default: 60).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Power off at once instead of asking the guest to shut down.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Name of the VM.
+    pub name: String,
+    /// Power the VM off first if it is running.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("changes").required(true).multiple(true)))]
+pub struct UpdateArgs {
+    /// Name of the VM.
+    pub name: String,
+    /// New guest memory, e.g. 1G (a bare number is MiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_mib, group = "changes")]
+    pub memory: Option<u64>,
+    /// New number of virtual CPUs.
+    #[arg(long, value_name = "N", group = "changes")]
+    pub vcpus: Option<u32>,
+    /// New kernel command line (direct-kernel-boot VMs only).
+    #[arg(
+        long,
+        value_name = "ARGS",
+        allow_hyphen_values = true,
+        group = "changes"
+    )]
+    pub cmdline: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    /// Name of the VM.
+    pub name: String,
+    /// Print what the serial port has written so far, and exit.
+    #[arg(long)]
+    pub log: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Hostname, CPUs, memory, QEMU, accelerator and VM counts
+    Info(OutputArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperationCommand {
+    /// List operations
+    #[command(visible_alias = "ls")]
+    List(OutputArgs),
+    /// Show one operation
+    Show(OperationArgs),
+    /// Cancel a running operation
+    Cancel(OperationArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OperationArgs {
+    /// Operation id (a UUID).
+    pub id: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events about this VM.
+    #[arg(long, value_name = "NAME")]
+    pub vm: Option<String>,
+    /// Only events after this event id.
+    #[arg(long, value_name = "ID")]
+    pub since: Option<u64>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::Format;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn socket_defaults_and_global() {
+        let cli = Cli::try_parse_from(["corral", "list"]).unwrap();
+        if std::env::var_os("CORRAL_SOCKET").is_none() {
+            assert_eq!(cli.socket, PathBuf::from("/run/corral/corral.sock"));
+        }
+        let cli = Cli::try_parse_from(["corral", "list", "--socket", "/tmp/c.sock", "-o", "json"])
+            .unwrap();
+        assert_eq!(cli.socket, PathBuf::from("/tmp/c.sock"));
+        match cli.command {
+            Command::List(out) => assert_eq!(out.output, Format::Json),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn update_needs_a_change() {
+        let err = Cli::try_parse_from(["corral", "update", "a"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let cli = Cli::try_parse_from(["corral", "update", "a", "--memory", "1G"]).unwrap();
+        match cli.command {
+            Command::Update(u) => assert_eq!(u.memory, Some(1024)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn stop_flags() {
+        let cli =
+            Cli::try_parse_from(["corral", "stop", "a", "--timeout", "5", "--force"]).unwrap();
+        match cli.command {
+            Command::Stop(s) => {
+                assert_eq!(s.timeout, Some(5));
+                assert!(s.force);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn output_format_is_checked() {
+        let err = Cli::try_parse_from(["corral", "list", "-o", "xml"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+}

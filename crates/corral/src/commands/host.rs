@@ -1,0 +1,81 @@
+//! `corral host info`: what this host is and how it runs VMs, including why it picked
+//! its accelerator (the probe's verdict matters on hosts where KVM only looks usable).
+
+use anyhow::Result;
+
+use corral_api::{format_size, HostInfo};
+
+use crate::client::{Client, API};
+use crate::output::{details, emit, format_time, Format};
+
+pub async fn info(client: &Client, format: Format) -> Result<()> {
+    let host: HostInfo = client.get(&format!("{API}/host")).await?;
+    emit(format, &host, host_details)
+}
+
+fn host_details(host: &HostInfo) -> String {
+    details(&[
+        ("Hostname", host.hostname.clone()),
+        ("CPUs", host.cpus.to_string()),
+        ("Memory", format_size(host.memory_bytes)),
+        (
+            "QEMU",
+            format!("{} ({})", host.qemu_version, host.qemu_binary),
+        ),
+        ("Accelerator", host.accel.accel.as_str().to_string()),
+        ("Accel reason", host.accel.reason.clone()),
+        ("Accel chosen", accel_origin(host)),
+        ("Confinement", host.confinement.clone()),
+        (
+            "VMs",
+            format!("{} total, {} running", host.vms_total, host.vms_running),
+        ),
+        ("State dir", host.state_dir.clone()),
+        ("corrald", host.corral_version.clone()),
+    ])
+}
+
+/// `forced (--accel)` or `probed at <time>`: whether to trust it as measured.
+fn accel_origin(host: &HostInfo) -> String {
+    if host.accel.forced {
+        return "forced (corrald --accel)".to_string();
+    }
+    match host.accel.probed_at {
+        Some(at) => format!("probed at {}", format_time(at)),
+        None => "probed".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_api::{Accel, AccelInfo};
+
+    #[test]
+    fn shows_accel_and_reason() {
+        let host = HostInfo {
+            hostname: "h1".into(),
+            cpus: 2,
+            memory_bytes: 24 << 30,
+            qemu_binary: "/usr/bin/qemu-system-x86_64".into(),
+            qemu_version: "7.2.0".into(),
+            accel: AccelInfo {
+                accel: Accel::Tcg,
+                reason: "KVM guest hung in early boot".into(),
+                forced: false,
+                probed_at: Some(0),
+            },
+            corral_version: "0.1.0".into(),
+            state_dir: "/var/lib/corral".into(),
+            confinement: "uid corral-qemu, seccomp sandbox".into(),
+            vms_total: 3,
+            vms_running: 1,
+        };
+        let text = host_details(&host);
+        assert!(text.contains("Memory:        24 GiB"), "{text}");
+        assert!(text.contains("Accelerator:   tcg"), "{text}");
+        assert!(text.contains("KVM guest hung"), "{text}");
+        assert!(text.contains("probed at 1970-01-01 00:00:00"), "{text}");
+        assert!(text.contains("3 total, 1 running"), "{text}");
+    }
+}

@@ -1,0 +1,40 @@
+//! One function per command; each asks corrald and prints through [`crate::output`].
+
+mod host;
+mod operation;
+mod vm;
+mod vm_view;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command, HostCommand, OperationCommand};
+use crate::client::Client;
+use crate::console;
+
+/// Runs the parsed command line against the daemon at `--socket`.
+pub async fn run(cli: Cli) -> Result<()> {
+    let client = Client::new(&cli.socket);
+    match cli.command {
+        Command::Create(args) => vm::create(&client, &args).await,
+        Command::List(out) => vm::list(&client, out.output).await,
+        Command::Show(args) => vm::show(&client, &args).await,
+        Command::Start(args) => vm::start(&client, &args).await,
+        Command::Stop(args) => vm::stop(&client, &args).await,
+        Command::Restart(args) => vm::restart(&client, &args).await,
+        Command::Pause(args) => vm::pause(&client, &args).await,
+        Command::Resume(args) => vm::resume(&client, &args).await,
+        Command::Delete(args) => vm::delete(&client, &args).await,
+        Command::Update(args) => vm::update(&client, &args).await,
+        Command::Console(args) if args.log => console::print_log(&client, &args.name).await,
+        Command::Console(args) => console::attach(&client, &args.name).await,
+        Command::Host(HostCommand::Info(out)) => host::info(&client, out.output).await,
+        Command::Operation(OperationCommand::List(out)) => {
+            operation::list(&client, out.output).await
+        }
+        Command::Operation(OperationCommand::Show(args)) => operation::show(&client, &args).await,
+        Command::Operation(OperationCommand::Cancel(args)) => {
+            operation::cancel(&client, &args).await
+        }
+        Command::Events(args) => operation::events(&client, &args).await,
+    }
+}

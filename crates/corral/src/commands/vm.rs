@@ -1,0 +1,144 @@
+//! The VM verbs: create, list, show, and the lifecycle actions.
+//!
+//! Action commands print one plain line for people (`stopped vm web`) and the API's
+//! reply object with `-o json|yaml`, so scripts get the same data the daemon sent.
+
+use anyhow::{Context, Result};
+
+use corral_api::{format_size, Operation, StartRequest, StopRequest, UpdateVmRequest, Vm};
+
+use super::operation::follow;
+use super::vm_view;
+use crate::cli::{CreateArgs, DeleteArgs, NameArgs, StartArgs, StopArgs, UpdateArgs};
+use crate::client::{vm_path, Client, API};
+use crate::create::build_request;
+use crate::output::{emit, print_out, Format};
+
+pub async fn create(client: &Client, args: &CreateArgs) -> Result<()> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let request = build_request(args, &cwd)?;
+    let vm: Vm = client.post(&format!("{API}/vms"), &request).await?;
+    emit(args.output.output, &vm, |vm| {
+        let name = &vm.spec.name;
+        let mut text = format!("created vm {name}\n");
+        if args.start {
+            text.push_str(&format!("started vm {name}\n"));
+        }
+        text
+    })
+}
+
+pub async fn list(client: &Client, format: Format) -> Result<()> {
+    let mut vms: Vec<Vm> = client.get(&format!("{API}/vms")).await?;
+    vms.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    emit(format, &vms, |vms| vm_view::list_table(vms))
+}
+
+pub async fn show(client: &Client, args: &NameArgs) -> Result<()> {
+    let vm: Vm = client.get(&vm_path(&args.name)).await?;
+    emit(args.output.output, &vm, vm_view::show)
+}
+
+pub async fn start(client: &Client, args: &StartArgs) -> Result<()> {
+    let request = StartRequest {
+        paused: args.paused,
+    };
+    let vm: Vm = client
+        .post(&format!("{}/start", vm_path(&args.name)), &request)
+        .await?;
+    let paused = if args.paused { " (paused)" } else { "" };
+    emit(args.output.output, &vm, |vm| {
+        format!("started vm {}{paused}\n", vm.spec.name)
+    })
+}
+
+pub async fn stop(client: &Client, args: &StopArgs) -> Result<()> {
+    let verb = if args.force {
+        "powering off"
+    } else {
+        "stopping"
+    };
+    let op = lifecycle_operation(client, args, "stop", verb).await?;
+    let done = if args.force { "powered off" } else { "stopped" };
+    emit(args.output.output, &op, |_| {
+        format!("{done} vm {}\n", args.name)
+    })
+}
+
+pub async fn restart(client: &Client, args: &StopArgs) -> Result<()> {
+    let op = lifecycle_operation(client, args, "restart", "restarting").await?;
+    emit(args.output.output, &op, |_| {
+        format!("restarted vm {}\n", args.name)
+    })
+}
+
+/// Posts `stop` or `restart` and follows the operation it starts until it ends.
+async fn lifecycle_operation(
+    client: &Client,
+    args: &StopArgs,
+    action: &str,
+    verb: &str,
+) -> Result<Operation> {
+    let request = StopRequest {
+        force: args.force,
+        timeout_secs: args.timeout,
+    };
+    let op: Operation = client
+        .post(&format!("{}/{action}", vm_path(&args.name)), &request)
+        .await?;
+    follow(client, op, &format!("{verb} vm {}", args.name)).await
+}
+
+pub async fn pause(client: &Client, args: &NameArgs) -> Result<()> {
+    simple_action(client, args, "pause", "paused").await
+}
+
+pub async fn resume(client: &Client, args: &NameArgs) -> Result<()> {
+    simple_action(client, args, "resume", "resumed").await
+}
+
+/// An action with no body that answers with the VM at once.
+async fn simple_action(client: &Client, args: &NameArgs, action: &str, done: &str) -> Result<()> {
+    let vm: Vm = client
+        .post(
+            &format!("{}/{action}", vm_path(&args.name)),
+            &serde_json::json!({}),
+        )
+        .await?;
+    emit(args.output.output, &vm, |vm| {
+        format!("{done} vm {}\n", vm.spec.name)
+    })
+}
+
+pub async fn delete(client: &Client, args: &DeleteArgs) -> Result<()> {
+    let path = format!("{}?force={}", vm_path(&args.name), args.force);
+    let _: serde_json::Value = client.delete(&path).await?;
+    print_out(format!("deleted vm {}\n", args.name).as_bytes())
+}
+
+pub async fn update(client: &Client, args: &UpdateArgs) -> Result<()> {
+    let request = UpdateVmRequest {
+        memory_mib: args.memory,
+        vcpus: args.vcpus,
+        cmdline: args.cmdline.clone(),
+    };
+    let vm: Vm = client.patch(&vm_path(&args.name), &request).await?;
+    emit(args.output.output, &vm, |vm| {
+        format!("updated vm {}: {}\n", vm.spec.name, changes(&request, vm))
+    })
+}
+
+/// Says what an update changed, in the VM's new terms: `memory 1 GiB, 2 vCPUs`.
+fn changes(request: &UpdateVmRequest, vm: &Vm) -> String {
+    let mut parts = Vec::new();
+    if request.memory_mib.is_some() {
+        parts.push(format!("memory {}", format_size(vm.spec.memory_mib << 20)));
+    }
+    if request.vcpus.is_some() {
+        parts.push(format!("{} vCPUs", vm.spec.vcpus));
+    }
+    if let Some(cmdline) = &request.cmdline {
+        parts.push(format!("cmdline {cmdline:?}"));
+    }
+    parts.join(", ")
+}

@@ -1,0 +1,203 @@
+//! How a VM looks to people: the `list` table and the `show` page.
+
+use corral_api::{format_size, Disk, Event, Nic, Vm, VmState};
+
+use crate::output::{details, format_time, format_time_ms, format_uptime, or_dash, render, table};
+
+/// `corral list`: one row per VM.
+pub fn list_table(vms: &[Vm]) -> String {
+    let mut t = table(&["NAME", "STATE", "VCPUS", "MEMORY", "DISKS", "UPTIME", "PID"]);
+    for vm in vms {
+        t.add_row(vec![
+            vm.spec.name.clone(),
+            vm.status.state.as_str().to_string(),
+            vm.spec.vcpus.to_string(),
+            format_size(vm.spec.memory_mib << 20),
+            vm.spec.disks.len().to_string(),
+            uptime(vm),
+            or_dash(vm.status.pid),
+        ]);
+    }
+    render(t)
+}
+
+/// `corral show`: the details, then disks, NICs and recent events as indented tables.
+pub fn show(vm: &Vm) -> String {
+    let mut out = details(&summary_rows(vm));
+    section(&mut out, "Disks", vm.spec.disks.is_empty(), || {
+        disks_table(&vm.spec.disks)
+    });
+    section(&mut out, "NICs", vm.spec.nics.is_empty(), || {
+        nics_table(&vm.spec.nics)
+    });
+    section(&mut out, "Recent events", vm.events.is_empty(), || {
+        events_table(&vm.events)
+    });
+    out
+}
+
+fn summary_rows(vm: &Vm) -> Vec<(&'static str, String)> {
+    let (spec, status) = (&vm.spec, &vm.status);
+    let mut rows = vec![
+        ("Name", spec.name.clone()),
+        ("UUID", spec.uuid.to_string()),
+        ("State", status.state.as_str().to_string()),
+    ];
+    if let Some(reason) = &status.reason {
+        rows.push(("Reason", reason.clone()));
+    }
+    rows.extend([
+        ("Uptime", uptime(vm)),
+        ("PID", or_dash(status.pid)),
+        ("Accelerator", or_dash(status.accel.as_deref())),
+        ("Machine", spec.machine.as_str().to_string()),
+        ("vCPUs", spec.vcpus.to_string()),
+        ("Memory", format_size(spec.memory_mib << 20)),
+        ("Created", format_time(vm.created_at)),
+    ]);
+    if let Some(cdrom) = &spec.cdrom {
+        rows.push(("CD-ROM", cdrom.clone()));
+    }
+    if let Some(boot) = &spec.kernel {
+        rows.push(("Kernel", boot.kernel.clone()));
+        rows.push(("Initrd", or_dash(boot.initrd.as_deref())));
+        rows.push(("Cmdline", or_dash(boot.cmdline.as_deref())));
+    }
+    rows
+}
+
+/// Appends `Title:` and an indented table, or `Title: none` when there is nothing.
+fn section(out: &mut String, title: &str, empty: bool, body: impl FnOnce() -> String) {
+    out.push('\n');
+    if empty {
+        out.push_str(&format!("{title}: none\n"));
+        return;
+    }
+    out.push_str(&format!("{title}:\n"));
+    for line in body().lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+}
+
+fn disks_table(disks: &[Disk]) -> String {
+    let mut t = table(&["#", "PATH", "FORMAT", "SIZE", "OWNERSHIP", "MODE"]);
+    for (i, disk) in disks.iter().enumerate() {
+        t.add_row(vec![
+            i.to_string(),
+            disk.path.clone(),
+            disk.format.as_str().to_string(),
+            format_size(disk.size_bytes),
+            if disk.owned { "owned" } else { "attached" }.to_string(),
+            if disk.read_only { "ro" } else { "rw" }.to_string(),
+        ]);
+    }
+    render(t)
+}
+
+fn nics_table(nics: &[Nic]) -> String {
+    let mut t = table(&["#", "KIND", "MAC"]);
+    for (i, nic) in nics.iter().enumerate() {
+        let kind = serde_json::to_value(nic.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("{:?}", nic.kind));
+        t.add_row(vec![i.to_string(), kind, nic.mac.clone()]);
+    }
+    render(t)
+}
+
+/// Events as a table; shared with `corral events`, which adds the ID and VM columns.
+pub fn events_table(events: &[Event]) -> String {
+    let mut t = table(&["TIME", "KIND", "MESSAGE"]);
+    for e in events {
+        t.add_row(vec![
+            format_time_ms(e.time_ms),
+            e.kind.clone(),
+            e.message.clone(),
+        ]);
+    }
+    render(t)
+}
+
+/// Uptime while QEMU runs, `-` otherwise.
+fn uptime(vm: &Vm) -> String {
+    match vm.uptime_secs {
+        Some(secs) if vm.status.state != VmState::Stopped => format_uptime(secs),
+        _ => "-".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_api::{DiskFormat, Machine, NetworkKind, VmSpec, VmStatus};
+
+    fn sample() -> Vm {
+        Vm {
+            spec: VmSpec {
+                name: "web".into(),
+                uuid: Default::default(),
+                memory_mib: 512,
+                vcpus: 2,
+                machine: Machine::Pc,
+                disks: vec![Disk {
+                    path: "/var/lib/corral/web/disk0.qcow2".into(),
+                    format: DiskFormat::Qcow2,
+                    size_bytes: 2 << 30,
+                    owned: true,
+                    read_only: false,
+                }],
+                cdrom: None,
+                kernel: None,
+                nics: vec![Nic {
+                    kind: NetworkKind::User,
+                    mac: "52:54:00:12:34:56".into(),
+                }],
+            },
+            status: VmStatus {
+                state: VmState::Running,
+                pid: Some(4242),
+                started_at: Some(1_700_000_000),
+                reason: None,
+                accel: Some("tcg".into()),
+            },
+            uptime_secs: Some(3_723),
+            created_at: 1_700_000_000,
+            events: vec![Event {
+                id: 1,
+                time_ms: 1_700_000_000_000,
+                vm: Some("web".into()),
+                kind: "state".into(),
+                message: "running".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn list_row() {
+        let text = list_table(&[sample()]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("NAME"));
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            cells,
+            ["web", "running", "2", "512", "MiB", "1", "1h", "2m", "3s", "4242"]
+        );
+    }
+
+    #[test]
+    fn show_page() {
+        let text = show(&sample());
+        assert!(text.contains("State:"), "{text}");
+        assert!(text.contains("Uptime:       1h 2m 3s"), "{text}");
+        assert!(text.contains("Disks:\n  #  PATH"), "{text}");
+        assert!(text.contains("owned"), "{text}");
+        assert!(text.contains("52:54:00:12:34:56"), "{text}");
+        assert!(
+            text.contains("2023-11-14 22:13:20  state  running"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what Corral needs on a Debian 12 host (as root), idempotently:
+# QEMU and tools from Debian's packages, the unprivileged user QEMU runs as,
+# and the test guest (built from Debian packages) for tests, the demo and the
+# accelerator probe. Safe to run again: it only adds what is missing.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=${CORRAL_BUILD_DIR:-$ROOT/build}
+log() { echo "setup: $*" >&2; }
+
+[[ $(id -u) == 0 ]] || { log "run as root (it installs packages and creates a user)"; exit 1; }
+
+# Packages, by the command that proves each is there. qemu-utils is only
+# installed when qemu-img is missing: a newer one (backports) is fine.
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have qemu-system-x86_64 || need+=(qemu-system-x86)
+have qemu-img || need+=(qemu-utils)
+have cpio || need+=(cpio)
+have depmod || [[ -x /usr/sbin/depmod ]] || need+=(kmod)
+have curl || need+=(curl)
+have socat || need+=(socat)
+have flock || need+=(util-linux)
+have ps || need+=(procps)
+if ((${#need[@]})); then
+    log "installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
+
+if ! have cargo; then
+    log "Rust is missing: install a current stable toolchain (rustup) and run this again"
+    exit 1
+fi
+
+# QEMU drops to this user after opening its files (see docs/ARCHITECTURE.md).
+if ! getent passwd corral-qemu >/dev/null; then
+    log "creating system user corral-qemu"
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin corral-qemu
+fi
+getent group corral >/dev/null || groupadd --system corral
+
+# The test guest: cached under the build dir, rebuilt only when its recipe changes.
+bash "$ROOT/scripts/build-test-guest.sh" "$BUILD/guest" >&2
+# The accelerator probe boots this kernel by default.
+install -D -m 0644 "$BUILD/guest/vmlinuz" /usr/share/corral/guest/vmlinuz
+install -D -m 0644 "$BUILD/guest/initrd.img" /usr/share/corral/guest/initrd.img
+log "ready"
