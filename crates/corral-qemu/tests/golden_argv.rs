@@ -2,6 +2,8 @@
 //! `tests/golden/NAME.args`). Run with `UPDATE_GOLDEN=1` to rewrite the files after an
 //! intended change, then review the diff.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 use corral_api::{Accel, Disk, DiskFormat, KernelBoot, Machine, NetworkKind, Nic, VmSpec};

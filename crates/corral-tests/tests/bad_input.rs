@@ -1,6 +1,8 @@
 //! Bad input: a clear error naming the field with a hint, a non-zero exit from the CLI, a
 //! 4xx from the API, and nothing half-made.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;

@@ -1,6 +1,8 @@
 //! VMs outlive the daemon (DESIGN.md §5): `kill -9` of corrald leaves guests running, a
 //! restarted daemon re-attaches, and a VM that died meanwhile is shown stopped with why.
 
+#![allow(clippy::unwrap_used)]
+
 use corral_tests::{pid_alive, Daemon, BOOT};
 
 #[test]

@@ -1,6 +1,8 @@
 //! Host facts: the accelerator probe tells the truth, QEMU is confined, the API documents
 //! itself.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 
 use corral_tests::{Daemon, BOOT};

@@ -1,5 +1,7 @@
 //! What a user does with one VM, end to end, against real QEMU.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use corral_tests::{exists, guest_args, pid_alive, Daemon, BOOT};
