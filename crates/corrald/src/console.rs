@@ -2,7 +2,7 @@
 //! a websocket client and QEMU's console socket.
 
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use crate::vm::{Manager, Running};
 /// `console.log.1` (replacing the older one) and emptied. QEMU writes with O_APPEND, so
 /// its next write lands at the start of the emptied file.
 pub async fn rotate_logs_forever(mgr: Arc<Manager>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let Ok(vms) = mgr.list() else { continue };
@@ -40,7 +40,12 @@ pub fn rotate_if_big(log: &Path, limit: u64) -> std::io::Result<()> {
     if len <= limit {
         return Ok(());
     }
-    fs::copy(log, log.with_extension("log.1"))?;
+    // Keep only the newest `limit` bytes of what is rotated out.
+    let mut f = fs::File::open(log)?;
+    f.seek(SeekFrom::Start(len - limit))?;
+    let mut tail = Vec::with_capacity(limit as usize);
+    f.take(limit).read_to_end(&mut tail)?;
+    fs::write(log.with_extension("log.1"), tail)?;
     fs::OpenOptions::new().write(true).open(log)?.set_len(0)
 }
 
@@ -101,4 +106,28 @@ pub async fn proxy(ws: WebSocket, running: Arc<Running>) {
         tracing::warn!(error = %e, "console session ended with an error");
     }
     running.console_busy.store(false, Ordering::SeqCst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_keeps_the_newest_bytes_within_twice_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let rotated = dir.path().join("console.log.1");
+        fs::write(&log, b"0123456789abcdef").unwrap();
+        rotate_if_big(&log, 32).unwrap();
+        assert!(!rotated.exists(), "under the limit: untouched");
+        fs::write(&log, (0..100u8).collect::<Vec<_>>()).unwrap();
+        rotate_if_big(&log, 32).unwrap();
+        assert_eq!(fs::read(&rotated).unwrap(), (68..100u8).collect::<Vec<_>>());
+        assert_eq!(fs::metadata(&log).unwrap().len(), 0);
+        fs::write(&log, b"new").unwrap();
+        let all = read_log(&rotated, &log, 1 << 20);
+        assert_eq!(&all[all.len() - 3..], b"new");
+        assert_eq!(all.len(), 35);
+        assert_eq!(read_log(&rotated, &log, 4), b"\x63new".to_vec());
+    }
 }

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what the benchmarks need on a Debian 12 host (as root), idempotently:
+# libvirt (the peer Corral is measured against), its Python binding, and the
+# test guest via the project's own setup. Safe to run again.
+#
+#   bash bench/setup.sh
+#
+# It does not start libvirtd: bench/run.sh does that (and stops it again if it
+# started it), since this machine may have no systemd as PID 1.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+log() { echo "bench/setup: $*" >&2; }
+
+[[ $(id -u) == 0 ]] || { log "run as root (it installs packages)"; exit 1; }
+
+# Corral's own prerequisites: QEMU, the corral-qemu user, the test guest.
+bash "$ROOT/scripts/setup.sh"
+
+have() { command -v "$1" >/dev/null 2>&1; }
+need=()
+have virsh || need+=(libvirt-clients)
+have libvirtd || [[ -x /usr/sbin/libvirtd ]] || need+=(libvirt-daemon-system)
+/usr/bin/python3 -c 'import libvirt' 2>/dev/null || need+=(python3-libvirt)
+if ((${#need[@]})); then
+    log "installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # Service start-up inside postinst fails without an init system; that is fine,
+    # run.sh starts the daemon itself. policy-rc.d 101 tells invoke-rc.d not to try.
+    policy=/usr/sbin/policy-rc.d
+    made_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+    fi
+    apt_install() { apt-get install -y -qq --no-install-recommends "${need[@]}" >&2; }
+    apt_install || { apt-get update -qq >&2 && apt_install; } || {
+        ((made_policy)) && rm -f "$policy"
+        log "could not install ${need[*]}"; exit 1; }
+    ((made_policy)) && rm -f "$policy"
+fi
+
+# Optional: hyperfine is not used by run.sh's numbers, but is handy for ad-hoc checks.
+have hyperfine || apt-get install -y -qq --no-install-recommends hyperfine >&2 ||
+    log "hyperfine not installed (optional)"
+
+log "ready: $(virsh --version 2>/dev/null | sed 's/^/libvirt /') $(qemu-system-x86_64 --version | head -1)"
