@@ -26,6 +26,7 @@ mod proto;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -716,13 +717,36 @@ async fn read_loop(
                 tracing::debug!("QMP socket closed by QEMU");
                 break;
             }
+            // QEMU 7.2 sometimes resets the connection on `quit` instead of a clean EOF.
+            Err(e) if is_disconnect(&e) => {
+                tracing::debug!(error = %e, "QMP socket closed by QEMU");
+                break;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "QMP socket read failed; treating as closed");
                 break;
             }
         }
     }
+    shutdown_socket(reader.get_ref().as_ref());
     shared.close();
+}
+
+/// Shut the socket down in both directions, so that QEMU sees the monitor
+/// disconnect (and accepts a new client) even while `Qmp` handles remain, and
+/// a write blocked on a full socket buffer fails instead of hanging.
+fn shutdown_socket(stream: &UnixStream) {
+    // `shutdown(2)` acts on the socket, not the descriptor, so a duplicate will do.
+    let result = stream
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::os::unix::net::UnixStream::from)
+        .and_then(|dup| dup.shutdown(std::net::Shutdown::Both));
+    if let Err(e) = result {
+        if e.kind() != io::ErrorKind::NotConnected {
+            tracing::debug!(error = %e, "QMP socket shutdown failed");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -896,6 +920,12 @@ mod tests {
             pending.await.unwrap(),
             Err(QmpError::Disconnected)
         ));
+        // The client hung up although `qmp` is still alive.
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), server.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]

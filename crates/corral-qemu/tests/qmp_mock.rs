@@ -1,6 +1,8 @@
 //! The QMP client against a mock QMP server speaking the real wire protocol, and
 //! against a real QEMU (skipped when `qemu-system-x86_64` is not installed).
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -142,6 +144,15 @@ async fn serve(stream: UnixStream, config: MockConfig, received: Arc<Mutex<Vec<S
                 }
                 send(&mut w, ok(&id, json!({}))).await;
             }
+            "system_reset" => {
+                let data = json!({"guest": false, "reason": "host-qmp-system-reset"});
+                send(&mut w, event("RESET", Some(data))).await;
+                send(&mut w, ok(&id, json!({}))).await;
+            }
+            "system_powerdown" => {
+                send(&mut w, event("POWERDOWN", None)).await;
+                send(&mut w, ok(&id, json!({}))).await;
+            }
             "query-cpus-fast" => {
                 // The main thread's id is the process id, so Tgid maps back to it.
                 let ret = json!([{
@@ -230,6 +241,19 @@ async fn stop_and_cont_emit_events() {
     let status = qmp.query_status().await.unwrap();
     assert!(!status.running);
     assert_eq!(status.status, "paused");
+}
+
+#[tokio::test]
+async fn reset_and_powerdown() {
+    let mock = Mock::start(MockConfig::default());
+    let qmp = mock.connect().await;
+    let mut events = qmp.events();
+    qmp.system_reset().await.unwrap();
+    let ev = next_event(&mut events).await;
+    assert_eq!(ev.name, "RESET");
+    assert_eq!(ev.data["reason"], "host-qmp-system-reset");
+    qmp.system_powerdown().await.unwrap();
+    assert_eq!(next_event(&mut events).await.name, "POWERDOWN");
 }
 
 #[tokio::test]
@@ -568,6 +592,14 @@ mod real_qemu {
             .await
             .unwrap_err();
         assert!(e.is_class("CommandNotFound"), "{e:?}");
+
+        // No guest is loaded, so these only produce their events.
+        qmp.system_reset().await.unwrap();
+        let ev = next_event(&mut events).await;
+        assert_eq!(ev.name, "RESET");
+        assert_eq!(ev.data["reason"], "host-qmp-system-reset");
+        qmp.system_powerdown().await.unwrap();
+        assert_eq!(next_event(&mut events).await.name, "POWERDOWN");
 
         qmp.quit().await.unwrap();
         let ev = next_event(&mut events).await;

@@ -193,6 +193,50 @@ impl Daemon {
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
+    /// Types `input` into an interactive `corral console NAME` session (stdin piped, so
+    /// no raw mode; EOF detaches after `linger`) and returns what the session printed.
+    pub fn console_session(&self, name: &str, input: &[u8], linger: Duration) -> String {
+        use std::io::Write;
+        let mut child = Command::new(bin("corral"))
+            .env("CORRAL_SOCKET", &self.socket)
+            .args(["console", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(input).unwrap();
+            std::thread::sleep(linger);
+        }
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A raw HTTP request to the API socket: (status, JSON body or Null).
+    pub fn http(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status: u16 = resp[9..12].parse().unwrap();
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+        // Tolerate chunked encoding: from the first '{' or '[' to the last '}' or ']'.
+        let start = body.find(['{', '[']).unwrap_or(0);
+        let end = body.rfind(['}', ']']).map(|i| i + 1).unwrap_or(body.len());
+        (
+            status,
+            serde_json::from_str(&body[start..end]).unwrap_or(Value::Null),
+        )
+    }
+
     /// Creates and starts a test-guest VM.
     pub fn boot(&self, name: &str, extra: &[&str]) {
         let mut args: Vec<String> = ["create", name, "--memory", "256M", "--start"]

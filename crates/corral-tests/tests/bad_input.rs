@@ -3,33 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
-
-use corral_tests::{guest_args, Daemon, Value};
-
-/// A raw HTTP request over the socket: (status, body).
-fn http(socket: &Path, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let mut s = UnixStream::connect(socket).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status: u16 = resp[9..12].parse().unwrap();
-    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
-    // Tolerate chunked encoding: take from the first '{' or '[' to the last '}' or ']'.
-    let start = body.find(['{', '[']).unwrap_or(0);
-    let end = body.rfind(['}', ']']).map(|i| i + 1).unwrap_or(body.len());
-    (
-        status,
-        serde_json::from_str(&body[start..end]).unwrap_or(Value::Null),
-    )
-}
+use corral_tests::{guest_args, Daemon};
 
 fn assert_nothing_made(d: &Daemon) {
     assert!(
@@ -108,9 +82,7 @@ fn cli_rejects_bad_input_naming_the_field() {
 #[test]
 fn api_rejects_bad_bodies_with_4xx() {
     let d = Daemon::start();
-    let s = &d.socket;
-    let (status, body) = http(
-        s,
+    let (status, body) = d.http(
         "POST",
         "/api/v1/vms",
         r#"{"name":"a","memory_mib":256,"vcpus":1,"colour":"red","disks":[{"new":{"size_bytes":1048576}}]}"#,
@@ -118,24 +90,23 @@ fn api_rejects_bad_bodies_with_4xx() {
     assert_eq!(status, 400);
     assert_eq!(body["field"], "colour");
     assert!(body["hint"].is_string());
-    let (status, body) = http(
-        s,
+    let (status, body) = d.http(
         "POST",
         "/api/v1/vms",
         r#"{"name":"a","memory_mib":"lots","vcpus":1}"#,
     );
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["field"], "memory_mib");
-    let (status, _) = http(s, "POST", "/api/v1/vms", "not json");
+    let (status, _) = d.http("POST", "/api/v1/vms", "not json");
     assert_eq!(status, 400);
-    let (status, body) = http(s, "GET", "/api/v1/vms/nope", "");
+    let (status, body) = d.http("GET", "/api/v1/vms/nope", "");
     assert_eq!(status, 404);
     assert!(body["error"].as_str().unwrap().contains("nope"));
-    let (status, _) = http(s, "GET", "/api/v1/vms/..%2Fetc", "");
+    let (status, _) = d.http("GET", "/api/v1/vms/..%2Fetc", "");
     assert_eq!(status, 400);
-    let (status, _) = http(s, "POST", "/api/v1/vms/nope/start", "");
+    let (status, _) = d.http("POST", "/api/v1/vms/nope/start", "");
     assert_eq!(status, 404);
-    let (status, _) = http(s, "GET", "/api/v1/operations/not-a-uuid", "");
+    let (status, _) = d.http("GET", "/api/v1/operations/not-a-uuid", "");
     assert_eq!(status, 400);
     assert_nothing_made(&d);
 }
@@ -151,9 +122,9 @@ fn wrong_state_is_409_and_duplicates_are_refused() {
     assert!(err.contains("already exists"), "{err}");
     let err = d.fails(&["pause", "dup"]);
     assert!(err.contains("stopped"), "{err}");
-    let (status, body) = http(&d.socket, "POST", "/api/v1/vms/dup/resume", "");
+    let (status, body) = d.http("POST", "/api/v1/vms/dup/resume", "");
     assert_eq!(status, 409, "{body}");
-    let (status, _) = http(&d.socket, "POST", "/api/v1/vms/dup/stop", "{}");
+    let (status, _) = d.http("POST", "/api/v1/vms/dup/stop", "{}");
     assert_eq!(status, 409);
 }
 
@@ -164,7 +135,7 @@ fn concurrent_creates_of_one_name_one_wins() {
         r#"{"name":"race","memory_mib":128,"vcpus":1,"disks":[{"new":{"size_bytes":1073741824}}]}"#;
     let statuses: Vec<u16> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..8)
-            .map(|_| scope.spawn(|| http(&d.socket, "POST", "/api/v1/vms", body).0))
+            .map(|_| scope.spawn(|| d.http("POST", "/api/v1/vms", body).0))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });

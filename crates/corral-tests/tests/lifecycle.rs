@@ -118,22 +118,7 @@ fn interactive_console() {
     let d = Daemon::start();
     d.boot("con", &[]);
     d.wait_console("con", "CORRAL-GUEST-READY", BOOT);
-    // Piped stdin: no raw mode; EOF on stdin detaches.
-    let mut child = std::process::Command::new(corral_tests::bin("corral"))
-        .env("CORRAL_SOCKET", &d.socket)
-        .args(["console", "con"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"echo hello-$((40+2))\n").unwrap();
-        std::thread::sleep(Duration::from_secs(3));
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = d.console_session("con", b"echo hello-$((40+2))\n", Duration::from_secs(3));
     assert!(text.contains("hello-42"), "console output: {text}");
     // The log keeps what the interactive session saw.
     assert!(d.console_log("con").contains("hello-42"));

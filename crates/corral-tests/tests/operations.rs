@@ -3,31 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use corral_tests::{guest, Daemon, Value, BOOT};
-
-fn http(socket: &std::path::Path, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let mut s = UnixStream::connect(socket).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status: u16 = resp[9..12].parse().unwrap();
-    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
-    let start = body.find('{').unwrap_or(0);
-    let end = body.rfind('}').map(|i| i + 1).unwrap_or(body.len());
-    (
-        status,
-        serde_json::from_str(&body[start..end]).unwrap_or(Value::Null),
-    )
-}
+use corral_tests::{guest, Daemon, BOOT};
 
 fn boot_deaf(d: &Daemon, name: &str) {
     let (k, i) = guest();
@@ -65,12 +43,7 @@ fn graceful_stop_times_out_and_can_be_cancelled() {
     );
 
     // Cancel a graceful stop through the operations API.
-    let (status, op) = http(
-        &d.socket,
-        "POST",
-        "/api/v1/vms/deaf/stop",
-        r#"{"timeout_secs":60}"#,
-    );
+    let (status, op) = d.http("POST", "/api/v1/vms/deaf/stop", r#"{"timeout_secs":60}"#);
     assert_eq!(status, 202, "{op}");
     assert_eq!(op["state"], "running");
     assert_eq!(d.state("deaf"), "stopping");
@@ -80,7 +53,7 @@ fn graceful_stop_times_out_and_can_be_cancelled() {
     assert_eq!(op["state"], "cancelled");
     d.wait_state("deaf", "running", Duration::from_secs(5));
     // A finished operation cannot be cancelled again.
-    let (status, _) = http(&d.socket, "DELETE", &format!("/api/v1/operations/{id}"), "");
+    let (status, _) = d.http("DELETE", &format!("/api/v1/operations/{id}"), "");
     assert_eq!(status, 409);
 
     d.ok(&["stop", "deaf", "--force"]);
@@ -136,22 +109,9 @@ fn console_log_is_bounded() {
     let d = Daemon::start_with(&["--accel", "tcg", "--console-log-limit", &limit.to_string()]);
     d.boot("chatty", &["--network", "none"]);
     d.wait_console("chatty", "CORRAL-GUEST-READY", BOOT);
-    let mut child = std::process::Command::new(corral_tests::bin("corral"))
-        .env("CORRAL_SOCKET", &d.socket)
-        .args(["console", "chatty"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        // ~100 KiB of output, then a marker.
-        stdin
-            .write_all(b"i=0; while [ $i -lt 4000 ]; do echo line-$i-xxxxxxxxxxxx; i=$((i+1)); done; echo DONE-$((6*7))\n")
-            .unwrap();
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    child.wait().unwrap();
+    // ~100 KiB of output, then a marker.
+    let script = b"i=0; while [ $i -lt 4000 ]; do echo line-$i-xxxxxxxxxxxx; i=$((i+1)); done; echo DONE-$((6*7))\n";
+    d.console_session("chatty", script, Duration::from_secs(1));
     d.wait_console("chatty", "DONE-42", Duration::from_secs(60));
     // Rotation runs every second; give it a moment after the burst.
     std::thread::sleep(Duration::from_secs(3));
