@@ -152,3 +152,32 @@ fn several_vms_at_once() {
         assert_eq!(d.state(n), "stopped");
     }
 }
+
+#[test]
+fn q35_with_cdrom_boots() {
+    let d = Daemon::start();
+    let iso = d.dir.path().join("install.iso");
+    std::fs::write(&iso, vec![0u8; 2 << 20]).unwrap();
+    let iso = iso.display().to_string();
+    d.boot(
+        "q",
+        &[
+            "--machine",
+            "q35",
+            "--cdrom",
+            &iso,
+            "--disk",
+            "size=512M",
+            "--vcpus",
+            "2",
+        ],
+    );
+    d.wait_console("q", "CORRAL-GUEST-READY", BOOT);
+    let vm = d.vm("q");
+    assert_eq!(vm["spec"]["machine"], "q35");
+    assert_eq!(vm["spec"]["cdrom"], iso);
+    assert_eq!(vm["spec"]["vcpus"], 2);
+    assert!(d.console_log("q").contains("disk /dev/vda"));
+    d.ok(&["delete", "q", "--force"]);
+    assert!(exists(&iso), "the ISO is the user's, never deleted");
+}
