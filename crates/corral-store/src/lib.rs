@@ -51,6 +51,8 @@ pub trait Store: Send + Sync {
     fn list_vms(&self) -> Result<Vec<VmRecord>>;
     fn update_vm_spec(&self, spec: &VmSpec) -> Result<()>;
     fn update_vm_status(&self, name: &str, status: &VmStatus) -> Result<()>;
+    /// Whether any VM has a NIC with this MAC address.
+    fn mac_in_use(&self, mac: &str) -> Result<bool>;
     /// Removes a VM and its events.
     fn delete_vm(&self, name: &str) -> Result<()>;
 

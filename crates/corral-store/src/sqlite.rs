@@ -36,6 +36,9 @@ fn migrations() -> Migrations<'static> {
     )])
 }
 
+/// Events kept per VM (and for the host), newest first.
+pub const EVENTS_KEPT: i64 = 1000;
+
 pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
@@ -160,6 +163,17 @@ impl Store for SqliteStore {
         })
     }
 
+    fn mac_in_use(&self, mac: &str) -> Result<bool> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM vms, json_each(vms.spec, '$.nics') AS nic
+                                WHERE nic.value ->> 'mac' = ?1)",
+                [mac],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
     fn delete_vm(&self, name: &str) -> Result<()> {
         self.with(|c| {
             let tx = c.transaction()?;
@@ -185,8 +199,15 @@ impl Store for SqliteStore {
                 "INSERT INTO events (time_ms, vm, kind, message) VALUES (?1, ?2, ?3, ?4)",
                 params![time_ms as i64, vm, kind, message],
             )?;
+            let id = c.last_insert_rowid();
+            // History is bounded per VM (and for host events): drop what falls out.
+            c.execute(
+                "DELETE FROM events WHERE vm IS ?1 AND id <= (
+                     SELECT id FROM events WHERE vm IS ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                params![vm, EVENTS_KEPT],
+            )?;
             Ok(Event {
-                id: c.last_insert_rowid() as u64,
+                id: id as u64,
                 time_ms,
                 vm: vm.map(str::to_string),
                 kind: kind.to_string(),

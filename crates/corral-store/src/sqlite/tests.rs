@@ -132,3 +132,30 @@ fn operations_upsert() {
     assert_eq!(s.get_operation(op.id).unwrap(), Some(op.clone()));
     assert_eq!(s.list_operations().unwrap(), vec![op]);
 }
+
+#[test]
+fn mac_lookup() {
+    let s = SqliteStore::in_memory().unwrap();
+    let mut r = record("n");
+    r.spec.nics.push(corral_api::Nic {
+        kind: corral_api::NetworkKind::User,
+        mac: "52:54:00:aa:bb:cc".into(),
+    });
+    s.insert_vm(&r).unwrap();
+    assert!(s.mac_in_use("52:54:00:aa:bb:cc").unwrap());
+    assert!(!s.mac_in_use("52:54:00:aa:bb:cd").unwrap());
+}
+
+#[test]
+fn event_history_is_bounded() {
+    let s = SqliteStore::in_memory().unwrap();
+    for i in 0..(EVENTS_KEPT + 10) {
+        s.append_event(Some("a"), "state", &format!("e{i}"), i as u64)
+            .unwrap();
+    }
+    s.append_event(Some("b"), "state", "other", 0).unwrap();
+    let all = s.events(Some("a"), 0, 10_000).unwrap();
+    assert_eq!(all.len() as i64, EVENTS_KEPT);
+    assert_eq!(all.last().unwrap().message, format!("e{}", EVENTS_KEPT + 9));
+    assert_eq!(s.events(Some("b"), 0, 10).unwrap().len(), 1);
+}

@@ -181,25 +181,21 @@ impl Manager {
         Ok(disks)
     }
 
+    /// Random locally administered MACs in QEMU's 52:54:00 prefix, unique on the host.
     fn new_nics(&self, req: &CreateVmRequest) -> ApiResult<Vec<Nic>> {
-        let mut used: std::collections::HashSet<String> = self
-            .store
-            .list_vms()?
-            .into_iter()
-            .flat_map(|r| r.spec.nics.into_iter().map(|n| n.mac))
-            .collect();
         let mut rng = rand::thread_rng();
-        Ok(req
-            .networks
-            .iter()
-            .map(|kind| loop {
+        let mut nics: Vec<Nic> = Vec::new();
+        for kind in &req.networks {
+            let mac = loop {
                 let b: [u8; 3] = rng.gen();
                 let mac = format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2]);
-                if used.insert(mac.clone()) {
-                    break Nic { kind: *kind, mac };
+                if !nics.iter().any(|n| n.mac == mac) && !self.store.mac_in_use(&mac)? {
+                    break mac;
                 }
-            })
-            .collect())
+            };
+            nics.push(Nic { kind: *kind, mac });
+        }
+        Ok(nics)
     }
 }
 
