@@ -21,10 +21,11 @@ export PATH="$PATH:/usr/sbin:/sbin" LC_ALL=C
 # Modules the guest loads. Everything here is =m in Debian's cloud kernel
 # (virtio core, virtio_pci and the device drivers, SCSI, and both pieces the
 # power button needs: the ACPI `button` driver and `evdev` for acpid to read);
-# its PS/2, serial console, devtmpfs and AF_PACKET are built in. Dependencies
+# its PS/2, serial console, devtmpfs and AF_PACKET are built in. pvpanic_mmio
+# drives QEMU's ISA pvpanic device, so a guest panic is reported over QMP. Dependencies
 # (virtio_ring, net_failover, scsi_mod, ...) are added automatically.
 MODULES=(virtio_pci virtio_mmio virtio_blk virtio_net virtio_scsi sd_mod
-    virtio_console virtio_rng button evdev)
+    virtio_console virtio_rng button evdev pvpanic_mmio)
 
 die() { echo "build-test-guest: $*" >&2; exit 1; }
 

@@ -110,6 +110,10 @@ pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
             format!("virtio-net-pci,netdev=net{i},id=net{i}-dev,mac={}", nic.mac),
         );
     }
+    // A panicking guest tells QEMU (pvpanic), which keeps it paused for inspection;
+    // the daemon shows the VM as crashed instead of silently hung.
+    a.push2("-device", "pvpanic");
+    a.push2("-action", "panic=pause");
     confinement_args(&mut a, cfg.confinement, cfg.paths);
     a.0
 }

@@ -181,3 +181,33 @@ fn q35_with_cdrom_boots() {
     d.ok(&["delete", "q", "--force"]);
     assert!(exists(&iso), "the ISO is the user's, never deleted");
 }
+
+#[test]
+fn guest_panic_shows_crashed_and_restart_recovers() {
+    let d = Daemon::start();
+    d.boot("oops", &["--network", "none"]);
+    d.wait_console("oops", "CORRAL-GUEST-READY", BOOT);
+    let pid = d.vm("oops")["status"]["pid"].as_u64().unwrap();
+    d.console_session(
+        "oops",
+        b"echo c > /proc/sysrq-trigger\n",
+        Duration::from_secs(1),
+    );
+    d.wait_state("oops", "crashed", Duration::from_secs(30));
+    let vm = d.vm("oops");
+    assert!(
+        vm["status"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("panicked"),
+        "{vm}"
+    );
+    assert!(
+        pid_alive(pid as u32),
+        "a crashed guest is kept for inspection"
+    );
+    d.ok(&["restart", "oops"]);
+    assert_eq!(d.state("oops"), "running");
+    d.wait_console("oops", "CORRAL-GUEST-READY", BOOT);
+    d.ok(&["delete", "oops", "--force"]);
+}
