@@ -27,10 +27,12 @@ impl VmCgroup {
         (!dirs.is_empty()).then_some(VmCgroup { dirs })
     }
 
-    /// The procs files a new process writes its pid into (done between fork and exec, so
-    /// QEMU never runs a single instruction outside its cgroup).
-    pub fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    /// Moves a process (all its threads) into this cgroup.
+    pub fn attach(&self, pid: u32) -> io::Result<()> {
+        for dir in &self.dirs {
+            fs::write(dir.join("cgroup.procs"), pid.to_string())?;
+        }
+        Ok(())
     }
 
     pub fn dirs(&self) -> &[PathBuf] {
@@ -75,30 +77,6 @@ fn hierarchies(root: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Joins the calling process to every procs file. Async-signal-safe: it is called
-/// between fork and exec, so it only uses raw syscalls, no allocation.
-///
-/// # Safety
-/// `paths` must be NUL-terminated C strings prepared before the fork.
-pub unsafe fn join_in_child(paths: &[std::ffi::CString]) -> io::Result<()> {
-    for p in paths {
-        // SAFETY: p is a valid NUL-terminated string owned by the caller.
-        let fd = unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // "0" means "the writing process".
-        // SAFETY: fd is open and the buffer is a static byte string.
-        let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
-        // SAFETY: fd was opened above and is closed once.
-        unsafe { libc::close(fd) };
-        if n != 1 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +88,10 @@ mod tests {
         let cg = VmCgroup::create(root.path(), "vm-x").unwrap();
         assert_eq!(cg.dirs(), &[root.path().join("corral/vm-x")]);
         assert_eq!(describe(root.path()), "cgroup v2");
+        cg.attach(4242).unwrap();
+        let procs = root.path().join("corral/vm-x/cgroup.procs");
+        assert_eq!(fs::read_to_string(&procs).unwrap(), "4242");
+        fs::remove_file(procs).unwrap();
         cg.remove().unwrap();
         assert!(!root.path().join("corral/vm-x").exists());
     }

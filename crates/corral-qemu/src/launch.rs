@@ -1,22 +1,20 @@
 //! Starting QEMU so that it outlives the daemon, and finding it again after a restart.
 //!
 //! QEMU is spawned in its own session (no SIGHUP, no shared process group with corrald),
-//! joined to its cgroup before exec, with stdout/stderr going to the VM's `qemu.log`.
+//! joined to its cgroup while it initialises, with stdout/stderr going to the VM's `qemu.log`.
 //! The daemon reaps it while alive; if the daemon dies, init inherits it and the guest
 //! keeps running. A restarted daemon finds it through the pidfile, checks the process is
 //! really this VM's QEMU (its UUID is on the command line), and reconnects to QMP.
 
-use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio::process::Command;
 
 use crate::argv::VmPaths;
-use crate::cgroup::{self, VmCgroup};
+use crate::cgroup::VmCgroup;
 use crate::qmp::{Qmp, QmpError, QmpOptions};
 
 /// How long QEMU may take to open its monitor socket.
@@ -70,13 +68,6 @@ pub async fn launch(
         path: paths.qemu_log(),
         source,
     })?;
-    let procs: Vec<CString> = cgroup
-        .map(|c| c.procs_files())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|p| CString::new(p.as_os_str().as_bytes()).ok())
-        .collect();
-
     let mut cmd = Command::new(binary);
     cmd.args(argv)
         .current_dir(&paths.dir)
@@ -84,14 +75,10 @@ pub async fn launch(
         .stdout(log)
         .stderr(stderr)
         .kill_on_drop(false);
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // syscalls (setsid, open, write, close) on `procs`, NUL-terminated strings built
-    // before the fork.
+    // SAFETY: the closure runs between fork and exec and only calls setsid(2), which is
+    // async-signal-safe.
     unsafe {
-        cmd.pre_exec(move || {
-            nix::unistd::setsid().map_err(io::Error::from)?;
-            cgroup::join_in_child(&procs)
-        });
+        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(io::Error::from));
     }
     let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
         binary: binary.display().to_string(),
@@ -99,7 +86,27 @@ pub async fn launch(
     })?;
     let pid = child.id().unwrap_or(0);
 
-    let qmp = match wait_for_monitor(&mut child, paths, qmp_opts).await {
+    // Joining a cgroup costs tens of milliseconds on cgroup v1 (the kernel waits for an
+    // RCU grace period per hierarchy), so it runs while QEMU initialises rather than
+    // before it starts; QEMU is in its cgroup before its vCPUs ever run.
+    let joined = cgroup
+        .cloned()
+        .map(|c| tokio::task::spawn_blocking(move || c.attach(pid)));
+    let monitor = wait_for_monitor(&mut child, paths, qmp_opts).await;
+    let joined = match joined {
+        Some(task) => task
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e.to_string()))),
+        None => Ok(()),
+    };
+    let monitor = match joined {
+        Ok(()) => monitor,
+        Err(source) => Err(LaunchError::Files {
+            path: cgroup.map(|c| c.dirs()[0].clone()).unwrap_or_default(),
+            source,
+        }),
+    };
+    let qmp = match monitor {
         Ok(qmp) => qmp,
         Err(e) => {
             let _ = child.start_kill();
