@@ -9,6 +9,7 @@ pub mod event;
 pub mod host;
 pub mod operation;
 pub mod size;
+pub mod storage;
 pub mod vm;
 
 pub use error::{ErrorBody, ValidationError};
@@ -16,4 +17,5 @@ pub use event::Event;
 pub use host::{Accel, AccelInfo, HostInfo};
 pub use operation::{Operation, OperationState};
 pub use size::{format_size, parse_size};
+pub use storage::*;
 pub use vm::*;

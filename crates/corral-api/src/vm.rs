@@ -47,6 +47,12 @@ pub struct CreateVmRequest {
 pub enum DiskRequest {
     /// A new thin qcow2 volume of this many bytes, owned by the VM (deleted with it).
     New { size_bytes: u64 },
+    /// An existing Corral volume (see `corral volume create`), attached, not owned.
+    Volume {
+        name: String,
+        #[serde(default)]
+        read_only: bool,
+    },
     /// An existing image file, attached but never modified in shape, moved or deleted.
     Path {
         path: String,
@@ -132,6 +138,12 @@ pub struct VmSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Disk {
+    /// Stable id within the VM (`disk0`, `disk1`, …): QEMU's node name for it, kept
+    /// while other disks come and go.
+    pub id: String,
+    /// The Corral volume holding it; `None` for a file attached by path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
     /// The active image file (top of its chain).
     pub path: String,
     pub format: DiskFormat,

@@ -87,7 +87,7 @@ pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
     );
     serial_args(&mut a, cfg.paths);
     for (i, disk) in spec.disks.iter().enumerate() {
-        disk_args(&mut a, i, disk);
+        disk_args(&mut a, i + 1, disk);
     }
     if let Some(iso) = &spec.cdrom {
         cdrom_args(&mut a, iso, spec.disks.len() + 1);
@@ -140,8 +140,8 @@ fn serial_args(a: &mut Args, paths: &VmPaths) {
     a.push2("-serial", "chardev:serial0");
 }
 
-fn disk_args(a: &mut Args, index: usize, disk: &Disk) {
-    let node = format!("disk{index}");
+fn disk_args(a: &mut Args, bootindex: usize, disk: &Disk) {
+    let node = &disk.id;
     // JSON form: file names may hold commas, which the key=value syntax would split.
     let blockdev = json!({
         "node-name": node,
@@ -157,10 +157,7 @@ fn disk_args(a: &mut Args, index: usize, disk: &Disk) {
     a.push2("-blockdev", blockdev.to_string());
     a.push2(
         "-device",
-        format!(
-            "virtio-blk-pci,drive={node},id={node}-dev,bootindex={}",
-            index + 1
-        ),
+        format!("virtio-blk-pci,drive={node},id={node}-dev,bootindex={bootindex}"),
     );
 }
 

@@ -8,6 +8,7 @@
 
 pub mod argv;
 pub mod cgroup;
+pub mod hotplug;
 pub mod launch;
 pub mod probe;
 pub mod qmp;

@@ -12,6 +12,9 @@
 //! - when the socket closes (QEMU quit or crashed), every pending command fails
 //!   with [`QmpError::Disconnected`], [`Qmp::closed`] resolves, the event
 //!   stream ends, and later commands fail at once;
+//! - [`Qmp::execute_with_fds`] passes file descriptors with a command
+//!   (`SCM_RIGHTS`), for `add-fd`/`getfd`: a confined QEMU cannot open files
+//!   itself, see [`crate::hotplug`];
 //! - optionally every line sent and received is appended, timestamped, to a
 //!   bounded log file ([`QmpOptions::log_path`]), and always to `tracing` at
 //!   debug level.
@@ -20,13 +23,16 @@
 //! reply (QEMU 7.2 sends `RESUME` before the `return` of `cont`), so subscribe
 //! before issuing a command whose event you want to see.
 
+mod fds;
 mod log;
 mod proto;
+
+pub use self::fds::{AddFdInfo, FdsetFdInfo, FdsetInfo, MAX_FDS_PER_COMMAND};
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -101,6 +107,16 @@ pub enum QmpError {
     /// The QEMU process id cannot be determined from this connection.
     #[error("cannot determine the QEMU process id from the QMP connection")]
     PidUnavailable,
+    /// More descriptors than QEMU accepts with one command; nothing was sent.
+    #[error(
+        "cannot pass {count} file descriptors with one QMP command (QEMU takes at most {max})"
+    )]
+    TooManyFds {
+        /// How many were given.
+        count: usize,
+        /// The most QEMU reads from one message.
+        max: usize,
+    },
 }
 
 impl QmpError {
@@ -199,6 +215,10 @@ pub struct Qmp {
 struct Inner {
     shared: Arc<Shared>,
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// Held from sending a descriptor-carrying command until its reply: QEMU
+    /// keeps only one batch of unclaimed descriptors per connection, so a second
+    /// batch arriving early would make it close the first.
+    fd_commands: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
     version: QemuVersion,
     default_timeout: Duration,
@@ -357,6 +377,7 @@ impl Qmp {
             inner: Arc::new(Inner {
                 shared,
                 writer: tokio::sync::Mutex::new(write),
+                fd_commands: tokio::sync::Mutex::new(()),
                 next_id: AtomicU64::new(1),
                 version,
                 default_timeout: opts.default_timeout,
@@ -411,6 +432,18 @@ impl Qmp {
         arguments: Option<Value>,
         timeout: Duration,
     ) -> Result<Value, QmpError> {
+        self.execute_inner(command, arguments, timeout, Vec::new())
+            .await
+    }
+
+    /// Send one command, with `fds` (if any) attached to its line, and await its reply.
+    async fn execute_inner(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        timeout: Duration,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Value, QmpError> {
         let shared = &*self.inner.shared;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut msg = serde_json::Map::new();
@@ -436,7 +469,7 @@ impl Qmp {
         let _guard = PendingGuard { shared, id };
 
         let exchange = async {
-            self.send_line(line).await?;
+            self.send_line(line, fds).await?;
             rx.await.map_err(|_| QmpError::Disconnected)
         };
         match tokio::time::timeout(timeout, exchange).await {
@@ -457,19 +490,27 @@ impl Qmp {
         }
     }
 
-    /// Write one command line. The write runs in its own task so that a caller
-    /// giving up (timeout, cancellation) cannot leave a partial line behind.
-    async fn send_line(&self, line: String) -> Result<(), QmpError> {
+    /// Write one command line, with `fds` (if any) as `SCM_RIGHTS` on its first
+    /// bytes. The write runs in its own task, which owns the descriptors, so that
+    /// a caller giving up (timeout, cancellation) cannot leave a partial line behind.
+    async fn send_line(&self, line: String, fds: Vec<OwnedFd>) -> Result<(), QmpError> {
         let inner = Arc::clone(&self.inner);
         let write = tokio::spawn(async move {
             let mut writer = inner.writer.lock().await;
-            tracing::debug!(line = %line, "QMP ->");
+            tracing::debug!(line = %line, fds = fds.len(), "QMP ->");
             if let Some(log) = &inner.log {
                 log.record(Direction::Sent, &line);
             }
-            writer.write_all(line.as_bytes()).await?;
-            writer.write_all(b"\n").await?;
-            writer.flush().await
+            if fds.is_empty() {
+                writer.write_all(line.as_bytes()).await?;
+                writer.write_all(b"\n").await?;
+                writer.flush().await
+            } else {
+                // One buffer, so the descriptors ride on the command itself.
+                let mut data = line.into_bytes();
+                data.push(b'\n');
+                fds::write_with_fds(&mut writer, &data, &fds).await
+            }
         });
         match write.await {
             Ok(Ok(())) => Ok(()),
@@ -951,6 +992,202 @@ mod tests {
         };
         let err = Qmp::from_stream(client, opts).await.unwrap_err();
         assert!(matches!(err, QmpError::Timeout { .. }), "{err}");
+    }
+
+    /// Read one line from the peer end of the socket, with every descriptor
+    /// that arrived alongside it (as QEMU's socket chardev does).
+    async fn recv_line_with_fds(server: &UnixStream) -> (String, Vec<OwnedFd>) {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        use std::io::IoSliceMut;
+        use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+        use tokio::io::Interest;
+
+        let (mut data, mut fds) = (Vec::new(), Vec::new());
+        let mut buf = vec![0u8; 64 * 1024];
+        while !data.ends_with(b"\n") {
+            server.readable().await.unwrap();
+            let got = server.try_io(Interest::READABLE, || {
+                let mut iov = [IoSliceMut::new(&mut buf)];
+                let mut space = nix::cmsg_space!([RawFd; 32]);
+                let msg = recvmsg::<()>(
+                    server.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut space),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                )?;
+                let mut raw = Vec::new();
+                for cmsg in msg.cmsgs()? {
+                    if let ControlMessageOwned::ScmRights(r) = cmsg {
+                        raw.extend(r);
+                    }
+                }
+                Ok((msg.bytes, raw))
+            });
+            match got {
+                Ok((n, raw)) => {
+                    assert!(n > 0, "EOF in the middle of a line");
+                    data.extend_from_slice(&buf[..n]);
+                    // SAFETY: SCM_RIGHTS installed these descriptors in this
+                    // process just now; nothing else owns them.
+                    fds.extend(
+                        raw.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("recvmsg: {e}"),
+            }
+        }
+        (String::from_utf8(data).unwrap(), fds)
+    }
+
+    fn same_file(a: &std::fs::File, b: OwnedFd) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let (a, b) = (
+            a.metadata().unwrap(),
+            std::fs::File::from(b).metadata().unwrap(),
+        );
+        (a.dev(), a.ino()) == (b.dev(), b.ino())
+    }
+
+    async fn reply(server: &mut UnixStream, line: &str, ret: Value) {
+        let sent: Value = serde_json::from_str(line).unwrap();
+        let reply = json!({"return": ret, "id": sent["id"]});
+        server
+            .write_all(format!("{reply}\r\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn fds_travel_with_their_command() {
+        let (qmp, server) = pair().await;
+        let mut server = server.into_inner();
+        let image = Arc::new(tempfile::tempfile().unwrap());
+
+        let call = tokio::spawn({
+            let (qmp, image) = (qmp.clone(), Arc::clone(&image));
+            async move { qmp.add_fd(image.as_fd(), Some(3), "disk7").await }
+        });
+        let (line, fds) = recv_line_with_fds(&server).await;
+        let sent: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(sent["execute"], "add-fd");
+        assert_eq!(sent["arguments"], json!({"fdset-id": 3, "opaque": "disk7"}));
+        assert_eq!(fds.len(), 1);
+        assert!(same_file(&image, fds.into_iter().next().unwrap()));
+        reply(&mut server, &line, json!({"fdset-id": 3, "fd": 42})).await;
+        let info = call.await.unwrap().unwrap();
+        assert_eq!(
+            info,
+            AddFdInfo {
+                fdset_id: 3,
+                fd: 42
+            }
+        );
+
+        // Ordinary commands still carry nothing.
+        let call = tokio::spawn({
+            let qmp = qmp.clone();
+            async move { qmp.query_fdsets().await }
+        });
+        let (line, fds) = recv_line_with_fds(&server).await;
+        assert!(fds.is_empty());
+        reply(
+            &mut server,
+            &line,
+            json!([{"fdset-id": 3, "fds": [{"fd": 42, "opaque": "disk7"}, {"fd": 43}]}]),
+        )
+        .await;
+        let sets = call.await.unwrap().unwrap();
+        assert_eq!(sets[0].fds[0].opaque.as_deref(), Some("disk7"));
+        assert_eq!(
+            sets[0].fds[1],
+            FdsetFdInfo {
+                fd: 43,
+                opaque: None
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn long_line_with_fds_is_written_whole() {
+        let (qmp, server) = pair().await;
+        let mut server = server.into_inner();
+        let file = Arc::new(tempfile::tempfile().unwrap());
+        // Far more than a socket buffer holds: sendmsg takes part, the rest follows.
+        let big = "x".repeat(4 * 1024 * 1024);
+        let call = tokio::spawn({
+            let (qmp, file, big) = (qmp.clone(), Arc::clone(&file), big.clone());
+            async move {
+                let fds = [file.as_fd(), file.as_fd()];
+                qmp.execute_with_fds("getfd", Some(json!({"fdname": big})), &fds)
+                    .await
+            }
+        });
+        let (line, fds) = recv_line_with_fds(&server).await;
+        let sent: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            sent["arguments"]["fdname"].as_str().map(str::len),
+            Some(big.len())
+        );
+        assert_eq!(fds.len(), 2);
+        reply(&mut server, &line, json!({})).await;
+        call.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn fd_commands_wait_for_each_other() {
+        let (qmp, server) = pair().await;
+        let mut server = server.into_inner();
+        let file = Arc::new(tempfile::tempfile().unwrap());
+        let getfd = |name: &'static str| {
+            let (qmp, file) = (qmp.clone(), Arc::clone(&file));
+            tokio::spawn(async move { qmp.getfd(name, file.as_fd()).await })
+        };
+        let first = getfd("a");
+        let (line, fds) = recv_line_with_fds(&server).await;
+        assert_eq!(fds.len(), 1);
+        let second = getfd("b");
+        // An ordinary command is not held up by the pending fd command...
+        let closefd = tokio::spawn({
+            let qmp = qmp.clone();
+            async move { qmp.closefd("z").await }
+        });
+        let (other, fds) = recv_line_with_fds(&server).await;
+        assert!(other.contains("closefd") && fds.is_empty(), "{other}");
+        reply(&mut server, &other, json!({})).await;
+        closefd.await.unwrap().unwrap();
+        // ...but the second fd command is, until the first is answered.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut probe = [0u8; 1];
+        assert!(matches!(
+            server.try_read(&mut probe),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock
+        ));
+        reply(&mut server, &line, json!({})).await;
+        first.await.unwrap().unwrap();
+        let (line, fds) = recv_line_with_fds(&server).await;
+        assert!(line.contains("\"b\""), "{line}");
+        assert_eq!(fds.len(), 1);
+        reply(&mut server, &line, json!({})).await;
+        second.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn too_many_fds_are_refused_before_sending() {
+        let (qmp, server) = pair().await;
+        let file = tempfile::tempfile().unwrap();
+        let fds = vec![file.as_fd(); MAX_FDS_PER_COMMAND + 1];
+        let e = qmp
+            .execute_with_fds("getfd", Some(json!({"fdname": "x"})), &fds)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, QmpError::TooManyFds { count: 17, max: 16 }),
+            "{e}"
+        );
+        let mut probe = [0u8; 1];
+        assert!(server.get_ref().try_read(&mut probe).is_err());
     }
 
     #[tokio::test]

@@ -75,6 +75,8 @@ fn disks_cdrom_and_nics_on_q35() {
     spec.memory_mib = 4096;
     spec.disks = vec![
         Disk {
+            id: "disk0".into(),
+            volume: Some("web-01-disk0".into()),
             path: "/var/lib/corral/pools/default/web-01-disk0.qcow2".into(),
             format: DiskFormat::Qcow2,
             size_bytes: 2 << 30,
@@ -82,6 +84,8 @@ fn disks_cdrom_and_nics_on_q35() {
             read_only: false,
         },
         Disk {
+            id: "disk1".into(),
+            volume: None,
             path: "/srv/images/data,with-comma.raw".into(),
             format: DiskFormat::Raw,
             size_bytes: 1 << 30,
@@ -107,6 +111,8 @@ fn disks_cdrom_and_nics_on_q35() {
 fn kvm_confined() {
     let mut spec = base_spec();
     spec.disks = vec![Disk {
+        id: "disk0".into(),
+        volume: Some("web-01-disk0".into()),
         path: "/var/lib/corral/pools/default/web-01-disk0.qcow2".into(),
         format: DiskFormat::Qcow2,
         size_bytes: 2 << 30,

@@ -8,7 +8,7 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
-use corral_api::{Event, Operation, VmSpec, VmStatus};
+use corral_api::{Event, Operation, PoolSpec, VmSpec, VmStatus, Volume};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +19,13 @@ pub enum StoreError {
     /// The object does not exist.
     #[error("{kind} '{name}' not found")]
     NotFound { kind: &'static str, name: String },
+    /// The object is still used by others.
+    #[error("{kind} '{name}' is in use by {by}")]
+    InUse {
+        kind: &'static str,
+        name: String,
+        by: String,
+    },
     /// The database failed.
     #[error("state database error")]
     Sqlite(#[from] rusqlite::Error),
@@ -72,4 +79,19 @@ pub trait Store: Send + Sync {
     fn put_operation(&self, op: &Operation) -> Result<()>;
     fn get_operation(&self, id: Uuid) -> Result<Option<Operation>>;
     fn list_operations(&self) -> Result<Vec<Operation>>;
+
+    fn insert_pool(&self, spec: &PoolSpec) -> Result<()>;
+    fn get_pool(&self, name: &str) -> Result<Option<PoolSpec>>;
+    fn list_pools(&self) -> Result<Vec<PoolSpec>>;
+    /// Removes a pool; fails with `InUse` while any volume is in it.
+    fn delete_pool(&self, name: &str) -> Result<()>;
+
+    /// Adds a volume; fails with `AlreadyExists` if the name is taken.
+    fn insert_volume(&self, volume: &Volume) -> Result<()>;
+    fn update_volume(&self, volume: &Volume) -> Result<()>;
+    fn get_volume(&self, name: &str) -> Result<Option<Volume>>;
+    fn list_volumes(&self, pool: Option<&str>) -> Result<Vec<Volume>>;
+    fn delete_volume(&self, name: &str) -> Result<()>;
+    /// Names of the VMs with a disk on this volume.
+    fn vms_using_volume(&self, name: &str) -> Result<Vec<String>>;
 }

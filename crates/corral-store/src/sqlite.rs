@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use corral_api::{Event, Operation, VmSpec, VmStatus};
+use corral_api::{Event, Operation, PoolSpec, VmSpec, VmStatus, Volume};
 use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 use uuid::Uuid;
@@ -13,8 +13,9 @@ use crate::{Result, Store, StoreError, VmRecord};
 
 /// Schema history. Append only: a released migration is never edited.
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(
-        "CREATE TABLE vms (
+    Migrations::new(vec![
+        M::up(
+            "CREATE TABLE vms (
              name TEXT PRIMARY KEY,
              spec TEXT NOT NULL,
              status TEXT NOT NULL,
@@ -33,7 +34,20 @@ fn migrations() -> Migrations<'static> {
              created_ms INTEGER NOT NULL,
              body TEXT NOT NULL
          );",
-    )])
+        ),
+        M::up(
+            "CREATE TABLE pools (
+             name TEXT PRIMARY KEY,
+             spec TEXT NOT NULL
+         );
+         CREATE TABLE volumes (
+             name TEXT PRIMARY KEY,
+             pool TEXT NOT NULL REFERENCES pools (name),
+             body TEXT NOT NULL
+         );
+         CREATE INDEX volumes_by_pool ON volumes (pool);",
+        ),
+    ])
 }
 
 /// Events kept per VM (and for the host), newest first.
@@ -280,6 +294,159 @@ impl Store for SqliteStore {
             .iter()
             .map(|b| serde_json::from_str(b).map_err(StoreError::from))
             .collect()
+    }
+
+    fn insert_pool(&self, spec: &PoolSpec) -> Result<()> {
+        let body = serde_json::to_string(spec)?;
+        self.with(|c| {
+            let n = c.execute(
+                "INSERT INTO pools (name, spec) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                params![spec.name, body],
+            )?;
+            if n == 0 {
+                return Err(StoreError::AlreadyExists {
+                    kind: "pool",
+                    name: spec.name.clone(),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn get_pool(&self, name: &str) -> Result<Option<PoolSpec>> {
+        let body: Option<String> = self.with(|c| {
+            Ok(
+                c.query_row("SELECT spec FROM pools WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
+        })?;
+        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+    }
+
+    fn list_pools(&self) -> Result<Vec<PoolSpec>> {
+        let bodies: Vec<String> = self.with(|c| {
+            let mut stmt = c.prepare_cached("SELECT spec FROM pools ORDER BY name")?;
+            let rows = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })?;
+        bodies
+            .iter()
+            .map(|b| serde_json::from_str(b).map_err(StoreError::from))
+            .collect()
+    }
+
+    fn delete_pool(&self, name: &str) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let volumes: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM volumes WHERE pool = ?1",
+                [name],
+                |r| r.get(0),
+            )?;
+            if volumes > 0 {
+                return Err(StoreError::InUse {
+                    kind: "pool",
+                    name: name.to_string(),
+                    by: format!("{volumes} volume(s)"),
+                });
+            }
+            let n = tx.execute("DELETE FROM pools WHERE name = ?1", [name])?;
+            tx.commit()?;
+            match n {
+                0 => Err(StoreError::NotFound {
+                    kind: "pool",
+                    name: name.to_string(),
+                }),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    fn insert_volume(&self, volume: &Volume) -> Result<()> {
+        let body = serde_json::to_string(volume)?;
+        self.with(|c| {
+            let n = c.execute(
+                "INSERT INTO volumes (name, pool, body) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
+                params![volume.name, volume.pool, body],
+            )?;
+            if n == 0 {
+                return Err(StoreError::AlreadyExists { kind: "volume", name: volume.name.clone() });
+            }
+            Ok(())
+        })
+    }
+
+    fn update_volume(&self, volume: &Volume) -> Result<()> {
+        let body = serde_json::to_string(volume)?;
+        self.with(|c| {
+            match c.execute(
+                "UPDATE volumes SET body = ?2 WHERE name = ?1",
+                params![volume.name, body],
+            )? {
+                0 => Err(StoreError::NotFound {
+                    kind: "volume",
+                    name: volume.name.clone(),
+                }),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    fn get_volume(&self, name: &str) -> Result<Option<Volume>> {
+        let body: Option<String> = self.with(|c| {
+            Ok(
+                c.query_row("SELECT body FROM volumes WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
+        })?;
+        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+    }
+
+    fn list_volumes(&self, pool: Option<&str>) -> Result<Vec<Volume>> {
+        let bodies: Vec<String> = self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT body FROM volumes WHERE (?1 IS NULL OR pool = ?1) ORDER BY name",
+            )?;
+            let rows = stmt
+                .query_map([pool], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })?;
+        bodies
+            .iter()
+            .map(|b| serde_json::from_str(b).map_err(StoreError::from))
+            .collect()
+    }
+
+    fn delete_volume(&self, name: &str) -> Result<()> {
+        self.with(
+            |c| match c.execute("DELETE FROM volumes WHERE name = ?1", [name])? {
+                0 => Err(StoreError::NotFound {
+                    kind: "volume",
+                    name: name.to_string(),
+                }),
+                _ => Ok(()),
+            },
+        )
+    }
+
+    fn vms_using_volume(&self, name: &str) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT DISTINCT vms.name FROM vms, json_each(vms.spec, '$.disks') AS d
+                 WHERE d.value ->> 'volume' = ?1 ORDER BY vms.name",
+            )?;
+            let rows = stmt
+                .query_map([name], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })
     }
 }
 

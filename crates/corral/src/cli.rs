@@ -3,6 +3,10 @@
 //!
 //! Everything clap can check (sizes, `--disk` specs, flags that need `--kernel`) is
 //! checked here, so a mistyped command is a usage error (exit 2) before anything is sent.
+//! Pools and volumes have their own modules, [`pool`] and [`volume`].
+
+mod pool;
+mod volume;
 
 use std::path::PathBuf;
 
@@ -13,13 +17,17 @@ use corral_api::{DiskRequest, Machine};
 use crate::create::{parse_disk_spec, parse_memory_mib};
 use crate::output::OutputArgs;
 
+pub use pool::*;
+pub use volume::*;
+
 const EXAMPLES: &str = "\
 Examples:
   corral create web --memory 1G --vcpus 2 --disk size=10G --cdrom debian.iso --start
   corral list
   corral console web            (detach with Ctrl-])
   corral stop web --timeout 30
-  corral show web -o yaml";
+  corral show web -o yaml
+  corral volume create data --size 10G && corral volume attach data web";
 
 /// Manage KVM/QEMU virtual machines through corrald, Corral's per-host daemon.
 #[derive(Debug, Parser)]
@@ -60,13 +68,19 @@ pub enum Command {
     Pause(NameArgs),
     /// Resume a paused VM
     Resume(NameArgs),
-    /// Delete a VM and the disks it owns (attached files are kept)
+    /// Delete a VM and the disks it owns (attached volumes and files are kept)
     #[command(visible_alias = "rm")]
     Delete(DeleteArgs),
     /// Change a stopped VM's memory, vCPUs or kernel command line
     Update(UpdateArgs),
     /// Attach to a VM's serial console, or print its log with --log
     Console(ConsoleArgs),
+    /// Storage pools: where volumes live
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Volumes: disks that can outlive VMs, be attached, detached and grown
+    #[command(subcommand, visible_alias = "vol")]
+    Volume(VolumeCommand),
     /// This host: hardware, QEMU, accelerator
     #[command(subcommand)]
     Host(HostCommand),
@@ -83,6 +97,7 @@ Examples:
   corral create tiny --memory 256M --kernel vmlinuz --initrd initrd.img \\
       --cmdline \"console=ttyS0\" --network none
   corral create db --disk path=/srv/db.raw,format=raw --disk size=20G
+  corral create app --disk size=8G --disk vol=data,readonly=on
 
 Relative paths are taken from the current directory.";
 
@@ -105,7 +120,8 @@ pub struct CreateArgs {
     #[arg(long, value_enum, default_value_t = MachineArg::Pc)]
     pub machine: MachineArg,
 
-    /// A disk, in guest order; repeatable: size=SIZE (new volume owned by the VM) or
+    /// A disk, in guest order; repeatable: size=SIZE (new volume owned by the VM),
+    /// vol=NAME[,readonly=on] (an existing volume) or
     /// path=FILE[,format=raw|qcow2][,readonly=on] (an existing image).
     #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk_spec)]
     pub disks: Vec<DiskRequest>,
@@ -287,6 +303,20 @@ mod tests {
     use super::*;
     use crate::output::Format;
     use clap::CommandFactory;
+
+    /// Parses `corral ARGV…` (shared with the pool and volume modules' tests).
+    pub(crate) fn parse(argv: &[&str]) -> Result<Command, clap::Error> {
+        let mut full = vec!["corral"];
+        full.extend_from_slice(argv);
+        Cli::try_parse_from(full).map(|cli| cli.command)
+    }
+
+    /// Asserts `corral ARGV…` is a usage error (exit 2) whose message has `expected`.
+    pub(crate) fn usage_error(argv: &[&str], expected: &str) {
+        let err = parse(argv).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{argv:?}");
+        assert!(err.to_string().contains(expected), "{argv:?}: {err}");
+    }
 
     #[test]
     fn clap_definition_is_consistent() {

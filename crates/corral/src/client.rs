@@ -209,6 +209,16 @@ pub fn vm_path(name: &str) -> String {
     format!("{API}/vms/{}", encode(name))
 }
 
+/// `/api/v1/pools/{name}`.
+pub fn pool_path(name: &str) -> String {
+    format!("{API}/pools/{}", encode(name))
+}
+
+/// `/api/v1/volumes/{name}`.
+pub fn volume_path(name: &str) -> String {
+    format!("{API}/volumes/{}", encode(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +228,8 @@ mod tests {
         assert_eq!(encode("web-01"), "web-01");
         assert_eq!(encode("a b/c?"), "a%20b%2Fc%3F");
         assert_eq!(vm_path("x y"), "/api/v1/vms/x%20y");
+        assert_eq!(pool_path("fast"), "/api/v1/pools/fast");
+        assert_eq!(volume_path("a/b"), "/api/v1/volumes/a%2Fb");
     }
 
     #[test]

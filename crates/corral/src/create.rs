@@ -4,13 +4,17 @@
 //! error (exit 2) that names the flag. Paths are made absolute against the CLI's working
 //! directory because the daemon runs elsewhere and resolves nothing relative.
 
+mod disk_spec;
+
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::Result;
 
-use corral_api::{parse_size, CreateVmRequest, DiskFormat, DiskRequest, KernelBoot, NetworkKind};
+use corral_api::{parse_size, CreateVmRequest, DiskRequest, KernelBoot, NetworkKind};
 
 use crate::cli::{CreateArgs, NetArg};
+
+pub use disk_spec::parse_disk_spec;
 
 /// `--memory`: a size (`512M`, `2G`) in MiB; a bare number is MiB, like virt-install.
 pub fn parse_memory_mib(text: &str) -> Result<u64, String> {
@@ -27,92 +31,6 @@ pub fn parse_memory_mib(text: &str) -> Result<u64, String> {
         ));
     }
     Ok(bytes >> 20)
-}
-
-/// `--disk`: `size=2G` for a new volume, or `path=FILE[,format=raw|qcow2][,readonly=on]`
-/// to attach an existing image. `,,` stands for a literal comma in a path, as in QEMU.
-pub fn parse_disk_spec(spec: &str) -> Result<DiskRequest, String> {
-    let mut size = None;
-    let mut path = None;
-    let mut format = None;
-    let mut read_only = None;
-    for item in split_options(spec) {
-        let (key, value) = item.split_once('=').ok_or_else(|| {
-            format!("'{item}' is not key=value (use size=2G or path=FILE[,format=raw|qcow2][,readonly=on])")
-        })?;
-        if value.is_empty() {
-            return Err(format!("'{key}=' needs a value"));
-        }
-        let slot_taken = match key {
-            "size" => size.replace(parse_size(value)?).is_some(),
-            "path" => path.replace(value.to_string()).is_some(),
-            "format" => format.replace(parse_format(value)?).is_some(),
-            "readonly" | "ro" => read_only.replace(parse_switch(key, value)?).is_some(),
-            other => {
-                return Err(format!(
-                    "unknown key '{other}' (use size, path, format or readonly)"
-                ))
-            }
-        };
-        if slot_taken {
-            return Err(format!("'{key}' is given twice"));
-        }
-    }
-    match (size, path) {
-        (Some(size_bytes), None) => {
-            if format.is_some() || read_only.is_some() {
-                return Err(
-                    "format= and readonly= apply only to path= disks (new disks are qcow2)".into(),
-                );
-            }
-            Ok(DiskRequest::New { size_bytes })
-        }
-        (None, Some(path)) => Ok(DiskRequest::Path {
-            path,
-            format,
-            read_only: read_only.unwrap_or(false),
-        }),
-        (Some(_), Some(_)) => {
-            Err("give either size= (a new disk) or path= (an existing file), not both".into())
-        }
-        (None, None) => Err("give size= for a new disk or path= for an existing file".into()),
-    }
-}
-
-/// Splits `a=1,b=2` on commas, where `,,` is an escaped comma.
-fn split_options(spec: &str) -> Vec<String> {
-    let mut items = Vec::new();
-    let mut current = String::new();
-    let mut chars = spec.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            ',' if chars.peek() == Some(&',') => {
-                chars.next();
-                current.push(',');
-            }
-            ',' => items.push(std::mem::take(&mut current)),
-            c => current.push(c),
-        }
-    }
-    items.push(current);
-    items.retain(|s| !s.is_empty());
-    items
-}
-
-fn parse_format(value: &str) -> Result<DiskFormat, String> {
-    match value {
-        "raw" => Ok(DiskFormat::Raw),
-        "qcow2" => Ok(DiskFormat::Qcow2),
-        other => Err(format!("unknown format '{other}' (use raw or qcow2)")),
-    }
-}
-
-fn parse_switch(key: &str, value: &str) -> Result<bool, String> {
-    match value {
-        "on" | "yes" | "true" | "1" => Ok(true),
-        "off" | "no" | "false" | "0" => Ok(false),
-        other => Err(format!("{key}={other}: use on or off")),
-    }
 }
 
 /// Makes `path` absolute against `cwd`, dropping `.` parts; `..` and symlinks are kept as
@@ -158,7 +76,8 @@ pub fn build_request(args: &CreateArgs, cwd: &Path) -> Result<CreateVmRequest> {
                 format,
                 read_only,
             },
-            new => new,
+            // New disks and volumes carry no path to resolve.
+            other => other,
         })
         .collect();
     let kernel = args.kernel.as_ref().map(|kernel| KernelBoot {
@@ -211,65 +130,6 @@ mod tests {
     }
 
     #[test]
-    fn disk_new() {
-        assert_eq!(
-            parse_disk_spec("size=2G"),
-            Ok(DiskRequest::New {
-                size_bytes: 2 << 30
-            })
-        );
-    }
-
-    #[test]
-    fn disk_path_with_options() {
-        assert_eq!(
-            parse_disk_spec("path=/img/a.raw,format=raw,readonly=on"),
-            Ok(DiskRequest::Path {
-                path: "/img/a.raw".into(),
-                format: Some(DiskFormat::Raw),
-                read_only: true,
-            })
-        );
-        assert_eq!(
-            parse_disk_spec("path=a,,b.qcow2"),
-            Ok(DiskRequest::Path {
-                path: "a,b.qcow2".into(),
-                format: None,
-                read_only: false,
-            })
-        );
-    }
-
-    #[test]
-    fn disk_errors_are_specific() {
-        let cases = [
-            ("", "give size="),
-            ("size=2G,path=/a", "not both"),
-            ("colour=red", "unknown key 'colour'"),
-            ("path=/a,format=vmdk", "unknown format 'vmdk'"),
-            ("path=/a,readonly=maybe", "use on or off"),
-            ("size=big", "not a size"),
-            ("size=2G,format=raw", "apply only to path="),
-            ("path=/a,path=/b", "given twice"),
-            ("/some/file.img", "is not key=value"),
-            ("path=", "needs a value"),
-        ];
-        for (spec, expected) in cases {
-            let err = parse_disk_spec(spec).unwrap_err();
-            assert!(err.contains(expected), "{spec}: {err}");
-        }
-    }
-
-    #[test]
-    fn bad_disk_is_a_usage_error_naming_the_flag() {
-        let err = Cli::try_parse_from(["corral", "create", "a", "--disk", "colour=red"])
-            .err()
-            .unwrap();
-        assert_eq!(err.exit_code(), 2);
-        assert!(err.to_string().contains("--disk"), "{err}");
-    }
-
-    #[test]
     fn defaults() {
         let req =
             build_request(&create_args(&["vm1", "--disk", "size=2G"]), Path::new("/")).unwrap();
@@ -294,6 +154,8 @@ mod tests {
             "q35",
             "--disk",
             "path=./disks/root.qcow2",
+            "--disk",
+            "vol=data,readonly=on",
             "--cdrom",
             "iso/install.iso",
             "--kernel",
@@ -312,11 +174,17 @@ mod tests {
         assert_eq!(req.machine, Machine::Q35);
         assert_eq!(
             req.disks,
-            vec![DiskRequest::Path {
-                path: "/home/me/disks/root.qcow2".into(),
-                format: None,
-                read_only: false,
-            }]
+            vec![
+                DiskRequest::Path {
+                    path: "/home/me/disks/root.qcow2".into(),
+                    format: None,
+                    read_only: false,
+                },
+                DiskRequest::Volume {
+                    name: "data".into(),
+                    read_only: true,
+                },
+            ]
         );
         assert_eq!(req.cdrom.as_deref(), Some("/home/me/iso/install.iso"));
         let kernel = req.kernel.unwrap();

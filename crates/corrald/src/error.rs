@@ -34,6 +34,9 @@ pub enum ApiError {
     Qmp(#[from] QmpError),
     #[error("storage")]
     Storage(#[from] StorageError),
+    /// Hot-plugging into a running VM failed (nothing was left half-attached).
+    #[error("hot-plug failed")]
+    Hotplug(#[from] corral_qemu::hotplug::HotplugError),
     #[error("state store")]
     Store(StoreError),
     /// Anything else that should not happen.
@@ -98,6 +101,13 @@ impl ApiError {
             ApiError::Launch(LaunchError::EarlyExit { log }) => (
                 StatusCode::CONFLICT,
                 body(format!("QEMU refused to start the VM: {log}"), None),
+            ),
+            ApiError::Hotplug(e) => (
+                StatusCode::CONFLICT,
+                body(
+                    chain(e),
+                    Some("the VM's disks are unchanged; check the guest and try again"),
+                ),
             ),
             ApiError::Storage(e @ StorageError::Exists(_)) => (
                 StatusCode::CONFLICT,

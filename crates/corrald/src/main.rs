@@ -10,6 +10,7 @@ mod host;
 mod http;
 mod operations;
 mod revert;
+mod storage;
 mod vm;
 
 use std::os::unix::fs::PermissionsExt;
@@ -94,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
     let host = Arc::new(host::HostFacts::discover(&cfg).await?);
     tracing::info!(accel = host.accel.accel.as_str(), reason = %host.accel.reason, "accelerator chosen");
     let mgr = vm::Manager::new(cfg.clone(), host, store);
+    mgr.ensure_default_pool().await?;
     mgr.ops.fail_orphans()?;
     mgr.reattach_all().await?;
     tokio::spawn(console::rotate_logs_forever(mgr.clone()));

@@ -2,8 +2,11 @@
 
 mod host;
 mod operation;
+mod pool;
+mod storage_view;
 mod vm;
 mod vm_view;
+mod volume;
 
 use anyhow::Result;
 
@@ -27,6 +30,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Update(args) => vm::update(&client, &args).await,
         Command::Console(args) if args.log => console::print_log(&client, &args.name).await,
         Command::Console(args) => console::attach(&client, &args.name).await,
+        Command::Pool(command) => pool::run(&client, &command).await,
+        Command::Volume(command) => volume::run(&client, &command).await,
         Command::Host(HostCommand::Info(out)) => host::info(&client, out.output).await,
         Command::Operation(OperationCommand::List(out)) => {
             operation::list(&client, out.output).await

@@ -81,11 +81,23 @@ fn section(out: &mut String, title: &str, empty: bool, body: impl FnOnce() -> St
     }
 }
 
+/// Disks in guest order. ID is the disk's stable name (it survives other disks being
+/// detached, unlike a position); VOLUME is `-` for files attached by path; PATH is the
+/// active image file.
 fn disks_table(disks: &[Disk]) -> String {
-    let mut t = table(&["#", "PATH", "FORMAT", "SIZE", "OWNERSHIP", "MODE"]);
-    for (i, disk) in disks.iter().enumerate() {
+    let mut t = table(&[
+        "ID",
+        "VOLUME",
+        "PATH",
+        "FORMAT",
+        "SIZE",
+        "OWNERSHIP",
+        "MODE",
+    ]);
+    for disk in disks {
         t.add_row(vec![
-            i.to_string(),
+            disk.id.clone(),
+            or_dash(disk.volume.as_deref()),
             disk.path.clone(),
             disk.format.as_str().to_string(),
             format_size(disk.size_bytes),
@@ -142,13 +154,26 @@ mod tests {
                 memory_mib: 512,
                 vcpus: 2,
                 machine: Machine::Pc,
-                disks: vec![Disk {
-                    path: "/var/lib/corral/web/disk0.qcow2".into(),
-                    format: DiskFormat::Qcow2,
-                    size_bytes: 2 << 30,
-                    owned: true,
-                    read_only: false,
-                }],
+                disks: vec![
+                    Disk {
+                        id: "disk0".into(),
+                        volume: Some("web-disk0".into()),
+                        path: "/var/lib/corral/pools/default/web-disk0.qcow2".into(),
+                        format: DiskFormat::Qcow2,
+                        size_bytes: 2 << 30,
+                        owned: true,
+                        read_only: false,
+                    },
+                    Disk {
+                        id: "disk2".into(),
+                        volume: None,
+                        path: "/srv/base.raw".into(),
+                        format: DiskFormat::Raw,
+                        size_bytes: 1 << 30,
+                        owned: false,
+                        read_only: true,
+                    },
+                ],
                 cdrom: None,
                 kernel: None,
                 nics: vec![Nic {
@@ -183,7 +208,54 @@ mod tests {
         let cells: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(
             cells,
-            ["web", "running", "2", "512", "MiB", "1", "1h", "2m", "3s", "4242"]
+            ["web", "running", "2", "512", "MiB", "2", "1h", "2m", "3s", "4242"]
+        );
+    }
+
+    #[test]
+    fn disks_show_id_and_volume() {
+        let text = disks_table(&sample().spec.disks);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows[0],
+            [
+                "ID",
+                "VOLUME",
+                "PATH",
+                "FORMAT",
+                "SIZE",
+                "OWNERSHIP",
+                "MODE"
+            ]
+        );
+        assert_eq!(
+            rows[1],
+            [
+                "disk0",
+                "web-disk0",
+                "/var/lib/corral/pools/default/web-disk0.qcow2",
+                "qcow2",
+                "2",
+                "GiB",
+                "owned",
+                "rw"
+            ]
+        );
+        assert_eq!(
+            rows[2],
+            [
+                "disk2",
+                "-",
+                "/srv/base.raw",
+                "raw",
+                "1",
+                "GiB",
+                "attached",
+                "ro"
+            ]
         );
     }
 
@@ -192,7 +264,7 @@ mod tests {
         let text = show(&sample());
         assert!(text.contains("State:"), "{text}");
         assert!(text.contains("Uptime:       1h 2m 3s"), "{text}");
-        assert!(text.contains("Disks:\n  #  PATH"), "{text}");
+        assert!(text.contains("Disks:\n  ID     VOLUME     PATH "), "{text}");
         assert!(text.contains("owned"), "{text}");
         assert!(text.contains("52:54:00:12:34:56"), "{text}");
         assert!(

@@ -3,6 +3,7 @@
 
 mod body;
 pub mod openapi;
+mod storage;
 mod vms;
 
 use std::sync::Arc;
@@ -39,6 +40,34 @@ pub fn router(mgr: Arc<Manager>) -> Router {
         .route("/api/v1/vms/{name}/resume", post(vms::resume))
         .route("/api/v1/vms/{name}/console", get(vms::console))
         .route("/api/v1/vms/{name}/console/log", get(vms::console_log))
+        .route(
+            "/api/v1/pools",
+            get(storage::list_pools).post(storage::create_pool),
+        )
+        .route(
+            "/api/v1/pools/{name}",
+            get(storage::show_pool).delete(storage::delete_pool),
+        )
+        .route(
+            "/api/v1/volumes",
+            get(storage::list_volumes).post(storage::create_volume),
+        )
+        .route(
+            "/api/v1/volumes/{name}",
+            get(storage::show_volume).delete(storage::delete_volume),
+        )
+        .route(
+            "/api/v1/volumes/{name}/resize",
+            post(storage::resize_volume),
+        )
+        .route(
+            "/api/v1/volumes/{name}/attach",
+            post(storage::attach_volume),
+        )
+        .route(
+            "/api/v1/volumes/{name}/detach",
+            post(storage::detach_volume),
+        )
         .route("/api/v1/operations", get(list_operations))
         .route(
             "/api/v1/operations/{id}",

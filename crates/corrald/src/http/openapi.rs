@@ -6,7 +6,7 @@ use utoipa::OpenApi;
 
 use super::{
     __path_cancel_operation, __path_get_operation, __path_host_info, __path_list_events,
-    __path_list_operations, __path_stream_events, __path_wait_operation, vms,
+    __path_list_operations, __path_stream_events, __path_wait_operation, storage, vms,
 };
 
 #[derive(OpenApi)]
@@ -28,6 +28,17 @@ use super::{
         vms::pause,
         vms::resume,
         vms::console,
+        storage::list_pools,
+        storage::show_pool,
+        storage::create_pool,
+        storage::delete_pool,
+        storage::list_volumes,
+        storage::show_volume,
+        storage::create_volume,
+        storage::delete_volume,
+        storage::resize_volume,
+        storage::attach_volume,
+        storage::detach_volume,
         vms::console_log,
         list_operations,
         get_operation,

@@ -5,8 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use corral_api::{
-    CreateVmRequest, Disk, DiskRequest, KernelBoot, Nic, ValidationError, Vm, VmAction, VmSpec,
-    VmStatus,
+    CreateVmRequest, Disk, DiskFormat, DiskRequest, KernelBoot, Nic, ValidationError, Vm, VmAction,
+    VmSpec, VmStatus, DEFAULT_POOL,
 };
 use corral_store::VmRecord;
 use rand::Rng;
@@ -76,9 +76,7 @@ impl Manager {
         // file, never a VM pointing at missing data.
         self.store.delete_vm(name)?;
         for disk in record.spec.disks.iter().filter(|d| d.owned) {
-            if let Err(e) = corral_storage::remove_volume(Path::new(&disk.path)) {
-                tracing::warn!(error = %e, "cannot remove volume of deleted VM {name}");
-            }
+            self.delete_owned_disk(name, disk).await;
         }
         let _ = std::fs::remove_dir_all(self.vm_paths(&record.spec).dir);
         self.events
@@ -121,60 +119,110 @@ impl Manager {
         })
     }
 
+    /// Checks every disk of the request, then makes the VM's own volumes. Nothing is
+    /// made until everything has been checked; what is made is undone on failure.
     async fn prepare_disks(
         &self,
         req: &CreateVmRequest,
         revert: &mut Reverter,
     ) -> ApiResult<Vec<Disk>> {
-        // Check every attached file before making any volume.
-        let mut attached = Vec::new();
+        let mut checked: Vec<Option<Disk>> = Vec::new();
         for (i, d) in req.disks.iter().enumerate() {
-            if let DiskRequest::Path { path, format, .. } = d {
-                let field = format!("disks[{i}].path");
-                let path = check_file(&field, path)?;
-                let info = corral_storage::inspect(Path::new(&path), *format)
-                    .await
-                    .map_err(|e| {
-                        ValidationError::new(field, crate::error::chain(&e))
-                            .hint("attach a readable qcow2 or raw image")
-                    })?;
-                attached.push((i, path, info));
-            }
-        }
-        let pool = self.cfg.default_pool();
-        std::fs::create_dir_all(&pool)
-            .map_err(|e| ApiError::Internal(format!("{}: {e}", pool.display())))?;
-        let mut disks = Vec::new();
-        for (i, d) in req.disks.iter().enumerate() {
-            let disk = match d {
-                DiskRequest::New { size_bytes } => {
-                    let path = pool.join(format!("{}-disk{i}.qcow2", req.name));
-                    corral_storage::create_qcow2(&path, *size_bytes).await?;
-                    let p = path.clone();
-                    revert.add(move || {
-                        let _ = std::fs::remove_file(p);
-                    });
-                    Disk {
-                        path: path.to_string_lossy().into_owned(),
-                        format: corral_api::DiskFormat::Qcow2,
-                        size_bytes: *size_bytes,
-                        owned: true,
-                        read_only: false,
+            let id = format!("disk{i}");
+            checked.push(match d {
+                DiskRequest::New { .. } => {
+                    let field = format!("disks[{i}]");
+                    let name = owned_volume_name(&req.name, i);
+                    if self.store.get_volume(&name)?.is_some() {
+                        return Err(ValidationError::new(
+                            field,
+                            format!("volume name '{name}' is taken"),
+                        )
+                        .hint("rename or delete that volume, or pick another VM name")
+                        .into());
                     }
+                    None
                 }
-                DiskRequest::Path { read_only, .. } => {
-                    let (_, path, info) = attached
-                        .iter()
-                        .find(|(j, _, _)| *j == i)
-                        .ok_or_else(|| ApiError::Internal("attached disk lost".into()))?;
-                    Disk {
-                        path: path.clone(),
+                DiskRequest::Path {
+                    path,
+                    format,
+                    read_only,
+                } => {
+                    let field = format!("disks[{i}].path");
+                    let path = check_file(&field, path)?;
+                    let info = corral_storage::inspect(Path::new(&path), *format)
+                        .await
+                        .map_err(|e| {
+                            ValidationError::new(field, crate::error::chain(&e))
+                                .hint("attach a readable qcow2 or raw image")
+                        })?;
+                    Some(Disk {
+                        id,
+                        volume: None,
+                        path,
                         format: info.format,
                         size_bytes: info.virtual_size,
                         owned: false,
                         read_only: *read_only,
+                    })
+                }
+                DiskRequest::Volume { name, read_only } => {
+                    let field = format!("disks[{i}].name");
+                    let v = self.store.get_volume(name)?.ok_or_else(|| {
+                        ValidationError::new(&field, format!("volume '{name}' does not exist"))
+                            .hint("`corral volume list` shows the volumes")
+                    })?;
+                    if let Some(user) = self.store.vms_using_volume(name)?.first() {
+                        return Err(ValidationError::new(
+                            field,
+                            format!("volume '{name}' is attached to VM '{user}'"),
+                        )
+                        .hint("a volume is attached to one VM at a time")
+                        .into());
+                    }
+                    Some(Disk {
+                        id,
+                        volume: Some(v.name),
+                        path: v.path,
+                        format: v.format,
+                        size_bytes: v.size_bytes,
+                        owned: false,
+                        read_only: *read_only,
+                    })
+                }
+            });
+        }
+        let mut disks = Vec::new();
+        for (i, (d, checked)) in req.disks.iter().zip(checked).enumerate() {
+            let disk = match (d, checked) {
+                (_, Some(disk)) => disk,
+                (DiskRequest::New { size_bytes }, None) => {
+                    let name = owned_volume_name(&req.name, i);
+                    let v = self
+                        .make_volume(
+                            &name,
+                            DEFAULT_POOL,
+                            Some(DiskFormat::Qcow2),
+                            *size_bytes,
+                            Some(&req.name),
+                        )
+                        .await?;
+                    let (store, path, vname) = (self.store.clone(), v.path.clone(), v.name.clone());
+                    revert.add(move || {
+                        let _ = store.delete_volume(&vname);
+                        let _ = std::fs::remove_file(path);
+                    });
+                    Disk {
+                        id: format!("disk{i}"),
+                        volume: Some(v.name),
+                        path: v.path,
+                        format: v.format,
+                        size_bytes: v.size_bytes,
+                        owned: true,
+                        read_only: false,
                     }
                 }
+                (_, None) => return Err(ApiError::Internal("disk check lost".into())),
             };
             disks.push(disk);
         }
@@ -211,6 +259,33 @@ impl Drop for NameReservation<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.name);
+    }
+}
+
+/// The volume made for `create --disk size=`: `<vm>-disk<N>`.
+fn owned_volume_name(vm: &str, index: usize) -> String {
+    format!("{vm}-disk{index}")
+}
+
+impl Manager {
+    async fn delete_owned_disk(&self, vm: &str, disk: &Disk) {
+        let volume = match &disk.volume {
+            Some(v) => self.store.get_volume(v).ok().flatten(),
+            None => None,
+        };
+        match volume {
+            Some(v) => {
+                if let Err(e) = self.store.delete_volume(&v.name) {
+                    tracing::warn!(error = %e, "cannot forget volume '{}' of deleted VM {vm}", v.name);
+                }
+                self.remove_volume_storage(&v).await;
+            }
+            None => {
+                if let Err(e) = corral_storage::remove_volume(Path::new(&disk.path)) {
+                    tracing::warn!(error = %e, "cannot remove disk of deleted VM {vm}");
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,197 @@
+//! Storage pools and volumes: where disks live, what a pool can do, and who uses a volume.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::ValidationError;
+use crate::vm::{validate_name, DiskFormat};
+
+/// The pool every host has, in the state dir.
+pub const DEFAULT_POOL: &str = "default";
+
+/// `POST /api/v1/pools`, and the stored definition of a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// `[a-z0-9][a-z0-9-]{0,62}`, unique on the host.
+    pub name: String,
+    /// Driver name: `dir` or `lvm-thin`.
+    pub driver: String,
+    /// `dir`: the directory holding the volumes (absolute).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `lvm-thin`: the volume group.
+    #[serde(default)]
+    pub volume_group: Option<String>,
+    /// `lvm-thin`: the thin pool LV inside the volume group.
+    #[serde(default)]
+    pub thin_pool: Option<String>,
+    /// The directory is shared by several hosts (e.g. NFS): volumes on it can be used by
+    /// any of them (migration, HA).
+    #[serde(default)]
+    pub shared: bool,
+}
+
+impl PoolSpec {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_name("name", &self.name)?;
+        match self.driver.as_str() {
+            "dir" => match &self.path {
+                Some(p) if p.starts_with('/') && !p.split('/').any(|c| c == "..") => Ok(()),
+                Some(p) => Err(ValidationError::new(
+                    "path",
+                    format!("'{p}' is not a clean absolute path"),
+                )
+                .hint("give the pool's directory as an absolute path without '..'")),
+                None => Err(ValidationError::new("path", "a dir pool needs a path")
+                    .hint("add --path /srv/pool")),
+            },
+            "lvm-thin" => {
+                if self.volume_group.as_deref().unwrap_or("").is_empty() {
+                    return Err(ValidationError::new(
+                        "volume_group",
+                        "an lvm-thin pool needs a volume group",
+                    )
+                    .hint("add --volume-group VG"));
+                }
+                if self.shared {
+                    return Err(ValidationError::new(
+                        "shared",
+                        "lvm-thin pools are local to one host",
+                    )
+                    .hint("use a dir pool on shared storage instead"));
+                }
+                Ok(())
+            }
+            other => Err(
+                ValidationError::new("driver", format!("unknown pool driver '{other}'"))
+                    .hint("use dir or lvm-thin"),
+            ),
+        }
+    }
+}
+
+/// What a pool's driver can do, so callers ask "can you" instead of matching on names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolCapabilities {
+    /// Volume formats the pool stores.
+    pub formats: Vec<DiskFormat>,
+    /// Volumes take space only as they are written.
+    pub thin: bool,
+    /// Several hosts may use the pool's volumes.
+    pub shared: bool,
+    /// Volumes can grow while attached to a running VM.
+    pub online_grow: bool,
+    /// qcow2 overlays (linked clones, external snapshots) can be made on it.
+    pub overlays: bool,
+}
+
+/// `GET /api/v1/pools/{name}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Pool {
+    pub spec: PoolSpec,
+    pub capabilities: PoolCapabilities,
+    /// Bytes the pool's storage holds in all.
+    pub capacity_bytes: u64,
+    /// Bytes in use on that storage (by anything).
+    pub allocation_bytes: u64,
+    /// Bytes still free.
+    pub free_bytes: u64,
+    /// Volumes Corral knows in this pool.
+    pub volumes: u32,
+    /// Files in the pool no volume accounts for (left by a crash or by hand), and volumes
+    /// whose file is missing. Reported, never removed automatically.
+    #[serde(default)]
+    pub orphans: Vec<String>,
+    #[serde(default)]
+    pub missing: Vec<String>,
+    /// Set when the pool's storage could not be read (e.g. an unmounted share); the
+    /// numbers above are then zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /api/v1/volumes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVolumeRequest {
+    /// `[a-z0-9][a-z0-9-]{0,62}`, unique on the host.
+    pub name: String,
+    /// Defaults to the `default` pool.
+    #[serde(default)]
+    pub pool: Option<String>,
+    pub size_bytes: u64,
+    /// Defaults to the pool's first format (qcow2 on dir pools).
+    #[serde(default)]
+    pub format: Option<DiskFormat>,
+}
+
+impl CreateVolumeRequest {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_name("name", &self.name)?;
+        if let Some(p) = &self.pool {
+            validate_name("pool", p)?;
+        }
+        validate_volume_size("size_bytes", self.size_bytes)
+    }
+}
+
+/// Smallest and largest volume: QEMU's qcow2 limit is 64 TiB per image by default cluster.
+pub const MIN_VOLUME_BYTES: u64 = 1 << 20;
+pub const MAX_VOLUME_BYTES: u64 = 64 << 40;
+
+pub fn validate_volume_size(field: &str, size: u64) -> Result<(), ValidationError> {
+    if !(MIN_VOLUME_BYTES..=MAX_VOLUME_BYTES).contains(&size) {
+        return Err(
+            ValidationError::new(field, format!("size {size} bytes is out of range"))
+                .hint("give a size from 1M to 64T, e.g. 10G"),
+        );
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/volumes/{name}/resize`. Volumes only grow: shrinking loses data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeVolumeRequest {
+    pub size_bytes: u64,
+}
+
+/// `POST /api/v1/volumes/{name}/attach`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachVolumeRequest {
+    pub vm: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// `POST /api/v1/volumes/{name}/detach`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DetachVolumeRequest {
+    pub vm: String,
+}
+
+/// A volume as stored and shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Volume {
+    pub name: String,
+    pub pool: String,
+    pub format: DiskFormat,
+    /// Virtual size: what the guest sees.
+    pub size_bytes: u64,
+    /// The file or block device holding it.
+    pub path: String,
+    /// The VM that owns it (made with `create --disk size=`; deleted with the VM).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// VMs whose disks use it (filled in on read).
+    #[serde(default)]
+    pub used_by: Vec<String>,
+    /// Bytes the volume takes on its storage now (filled in on read).
+    #[serde(default)]
+    pub allocation_bytes: Option<u64>,
+}

@@ -1,0 +1,960 @@
+//! Disk hot-plug on a running, confined QEMU.
+//!
+//! Corral's QEMU drops to an unprivileged uid and chroots into its runtime
+//! directory right after start-up, so it cannot open an image by path later.
+//! Instead the daemon (root) opens the image and passes the descriptor over
+//! QMP into a new *fd set* (`add-fd`, tagged with the node name); QEMU then
+//! opens `/dev/fdset/<id>`, which it serves by duplicating a descriptor from
+//! the set.
+//!
+//! What QEMU 7.2 needs (checked against 7.2.22 by `tests/hotplug_real.rs`):
+//!
+//! - `/dev/fdset/N` is served only from a descriptor whose access mode equals
+//!   the one QEMU asks for (`monitor_fdset_dup_fd_add` compares `O_ACCMODE`;
+//!   anything else fails with `EACCES`, "Could not dup FD"). A read-write disk
+//!   (qcow2 or raw) is opened `O_RDWR` exactly once by the `file` driver; a
+//!   read-only one `O_RDONLY`. So one descriptor of the matching mode suffices.
+//! - Image locking needs nothing extra: `file-posix` takes its OFD locks on
+//!   the image descriptor itself; QEMU holds exactly two descriptors on an
+//!   attached image, the set's own and the one duplicate (no lock fd, no reopen).
+//! - Nothing reopens the image in this flow: `blockdev-add` leaves
+//!   `auto-read-only` off, and `block_resize` truncates through the open
+//!   descriptor. A later `blockdev-reopen` to another mode would need a second
+//!   descriptor of that mode in the same set; Corral does not do that.
+//! - The duplicate QEMU opens belongs to the block node: `blockdev-del` closes
+//!   it, after which `remove-fd` closes the set's own descriptor and the set
+//!   disappears. Removing the set first would only mark it; QEMU keeps the
+//!   descriptor until the node goes. The set also survives a QMP reconnect
+//!   while its descriptor is in use, so a restarted daemon still finds it by
+//!   its tag.
+//! - QEMU 7.2 frees fd-set descriptors only while the VM *runs*: a
+//!   `remove-fd` on a paused (or not yet started) VM merely marks them, and the
+//!   set stays listed, holding the image open, until a `remove-fd` on it is
+//!   repeated while the VM runs. So a rollback on a paused VM leaves such a
+//!   marked set behind; [`attach_disk`] and [`detach_disk`] remove every set
+//!   tagged with their node that no block node uses, which finishes the job.
+//!
+//! Every operation runs to completion in its own task: a caller that gives up
+//! (timeout, cancellation) never leaves a disk half attached or half detached.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use corral_api::DiskFormat;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::qmp::{Event, Qmp, QmpError};
+
+/// How long [`detach_disk`] waits for the guest to release the device. A Linux
+/// guest answers the ACPI unplug request within about a second.
+pub const UNPLUG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest node name QEMU accepts (its `node_name` buffer holds 32 bytes).
+const MAX_NODE_NAME: usize = 31;
+
+/// The bus a hot-plugged disk sits on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HotBus {
+    /// A `virtio-blk-pci` device; on `pc` it lands in a free slot of the root
+    /// bus, which supports ACPI hot-plug.
+    #[default]
+    VirtioBlk,
+}
+
+impl HotBus {
+    fn device_driver(self) -> &'static str {
+        match self {
+            HotBus::VirtioBlk => "virtio-blk-pci",
+        }
+    }
+}
+
+/// A disk to hot-plug.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HotDisk {
+    /// The block node name, e.g. `disk3`. The guest device gets the id
+    /// `<node>-dev` and the fd set the tag `<node>`, like cold-plugged disks.
+    pub node: String,
+    /// The image, opened by the daemon (so it may lie anywhere QEMU cannot reach).
+    pub path: PathBuf,
+    /// The image format.
+    pub format: DiskFormat,
+    /// Attach read-only: the image is opened `O_RDONLY` and the guest sees a
+    /// read-only disk.
+    pub read_only: bool,
+    /// The device model.
+    pub bus: HotBus,
+}
+
+impl HotDisk {
+    /// The guest device's qdev id.
+    pub fn device_id(&self) -> String {
+        device_id(&self.node)
+    }
+}
+
+/// One block node, from `query-named-block-nodes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockNode {
+    /// The node name (QEMU's own nodes are named `#block…`).
+    pub node_name: String,
+    /// The driver: `qcow2`, `raw`, `file`, …
+    pub driver: String,
+    /// The file QEMU believes it has open; `/dev/fdset/<id>` for passed descriptors.
+    pub file: String,
+    /// Whether the node is read-only.
+    pub read_only: bool,
+    /// The size the guest sees, in bytes.
+    pub virtual_size: u64,
+}
+
+/// Everything that can go wrong hot-plugging a disk.
+#[derive(Debug, thiserror::Error)]
+pub enum HotplugError {
+    /// The node name is not one QEMU accepts (checked before anything is done).
+    #[error("invalid disk node name {node:?}: {reason}")]
+    InvalidNode {
+        /// The rejected name.
+        node: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The daemon could not open the image.
+    #[error("cannot open disk image {} {mode}", path.display())]
+    Open {
+        /// The image.
+        path: PathBuf,
+        /// `read-write` or `read-only`.
+        mode: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A QMP step failed. During attach, what was done before it has been undone.
+    #[error("QMP `{command}` failed for disk {node}")]
+    Qmp {
+        /// The QMP command that failed.
+        command: &'static str,
+        /// The disk's node name.
+        node: String,
+        /// QEMU's (or the connection's) error.
+        #[source]
+        source: QmpError,
+    },
+    /// The guest did not release the device in time. The unplug request stays
+    /// pending in QEMU and the disk stays attached; calling [`detach_disk`]
+    /// again later finishes the job once the guest lets go.
+    #[error(
+        "the guest did not release device {device} within {timeout:?} \
+         (no ACPI hot-plug support, or it refused); the disk is still attached"
+    )]
+    UnplugTimeout {
+        /// The guest device's id.
+        device: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// Nothing of the disk exists: no device, no block node, no fd set.
+    #[error("disk {node} is not attached")]
+    NotAttached {
+        /// The node name.
+        node: String,
+    },
+    /// The operation's task was stopped before finishing (runtime shutdown).
+    #[error("hot-plug operation on disk {node} was interrupted")]
+    Interrupted {
+        /// The node name.
+        node: String,
+    },
+}
+
+impl HotplugError {
+    /// The underlying QMP error, if this is one.
+    pub fn qmp(&self) -> Option<&QmpError> {
+        match self {
+            HotplugError::Qmp { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Attach `spec` to the running VM: open the image, pass it in as a new fd set,
+/// `blockdev-add` the node over `/dev/fdset/<id>`, `device_add` the device.
+///
+/// On any failure everything done so far is undone (`blockdev-del`,
+/// `remove-fd`), so the VM is left as it was — except that on a VM that is
+/// not running QEMU 7.2 keeps the removed fd set until it runs (see the module
+/// docs; the next attach or detach of this node clears it). The guest needs no
+/// cooperation.
+pub async fn attach_disk(qmp: &Qmp, spec: &HotDisk) -> Result<(), HotplugError> {
+    validate_node(&spec.node)?;
+    let (qmp, spec) = (qmp.clone(), spec.clone());
+    let node = spec.node.clone();
+    run_to_completion(node, async move { attach(&qmp, &spec).await }).await
+}
+
+/// Detach disk `node`: `device_del`, wait up to [`UNPLUG_TIMEOUT`] for the guest
+/// to release it (`DEVICE_DELETED`), `blockdev-del`, and remove its fd set.
+///
+/// Safe to repeat: steps already done (device gone, node gone, set gone) are
+/// skipped, so a retry after [`HotplugError::UnplugTimeout`] completes the job.
+/// Fails with [`HotplugError::NotAttached`] when none of them existed.
+pub async fn detach_disk(qmp: &Qmp, node: &str) -> Result<(), HotplugError> {
+    detach_disk_with_timeout(qmp, node, UNPLUG_TIMEOUT).await
+}
+
+/// [`detach_disk`] with an explicit wait for the guest.
+pub async fn detach_disk_with_timeout(
+    qmp: &Qmp,
+    node: &str,
+    timeout: Duration,
+) -> Result<(), HotplugError> {
+    validate_node(node)?;
+    let (qmp, owned) = (qmp.clone(), node.to_owned());
+    run_to_completion(node.to_owned(), async move {
+        detach(&qmp, &owned, timeout).await
+    })
+    .await
+}
+
+/// Grow (or, where the format allows, shrink) disk `node` to `new_size_bytes`
+/// with `block_resize`. The guest is told of the new capacity at once.
+pub async fn resize_disk(qmp: &Qmp, node: &str, new_size_bytes: u64) -> Result<(), HotplugError> {
+    validate_node(node)?;
+    let args = json!({ "node-name": node, "size": new_size_bytes });
+    qmp.execute_raw("block_resize", Some(args))
+        .await
+        .map(drop)
+        .map_err(qmp_err("block_resize", node))
+}
+
+/// Every named block node (`query-named-block-nodes`, flat: format nodes and
+/// their protocol children alike).
+pub async fn list_block(qmp: &Qmp) -> Result<Vec<BlockNode>, QmpError> {
+    #[derive(Deserialize)]
+    struct Raw {
+        #[serde(rename = "node-name")]
+        node_name: String,
+        drv: String,
+        file: String,
+        ro: bool,
+        image: RawImage,
+    }
+    #[derive(Deserialize)]
+    struct RawImage {
+        #[serde(rename = "virtual-size")]
+        virtual_size: u64,
+    }
+    let raw: Vec<Raw> = qmp
+        .execute("query-named-block-nodes", Some(json!({ "flat": true })))
+        .await?;
+    Ok(raw
+        .into_iter()
+        .map(|r| BlockNode {
+            node_name: r.node_name,
+            driver: r.drv,
+            file: r.file,
+            read_only: r.ro,
+            virtual_size: r.image.virtual_size,
+        })
+        .collect())
+}
+
+impl BlockNode {
+    /// The fd set this node's file is opened from, if it is `/dev/fdset/<id>`.
+    pub fn fdset_id(&self) -> Option<u32> {
+        self.file.strip_prefix("/dev/fdset/")?.parse().ok()
+    }
+}
+
+async fn attach(qmp: &Qmp, spec: &HotDisk) -> Result<(), HotplugError> {
+    let node = spec.node.as_str();
+    let image = open_image(spec).await?;
+    sweep_stale_fdsets(qmp, node).await;
+    let added = qmp
+        .add_fd(std::os::fd::AsFd::as_fd(&image), None, node)
+        .await
+        .map_err(qmp_err("add-fd", node))?;
+    // QEMU holds its own copy now; keeping ours would pin the image after detach.
+    drop(image);
+
+    let blockdev = blockdev_args(spec, added.fdset_id);
+    if let Err(e) = qmp.execute_raw("blockdev-add", Some(blockdev)).await {
+        undo_fdset(qmp, node, added.fdset_id).await;
+        return Err(qmp_err("blockdev-add", node)(e));
+    }
+    if let Err(e) = qmp.execute_raw("device_add", Some(device_args(spec))).await {
+        undo_blockdev(qmp, node).await;
+        undo_fdset(qmp, node, added.fdset_id).await;
+        return Err(qmp_err("device_add", node)(e));
+    }
+    tracing::info!(node, path = %spec.path.display(), fdset = added.fdset_id, "disk hot-plugged");
+    Ok(())
+}
+
+async fn detach(qmp: &Qmp, node: &str, timeout: Duration) -> Result<(), HotplugError> {
+    let device = device_id(node);
+    // Subscribe first: the event may arrive before device_del's reply.
+    let mut events = qmp.events();
+    let device_found = match qmp
+        .execute_raw("device_del", Some(json!({ "id": device })))
+        .await
+    {
+        Ok(_) => true,
+        Err(e) if e.is_class("DeviceNotFound") => false,
+        // An earlier detach timed out and the guest still has not answered: keep waiting.
+        Err(QmpError::Command { desc, .. })
+            if desc.contains("already in the process of unplug") =>
+        {
+            true
+        }
+        Err(e) => return Err(qmp_err("device_del", node)(e)),
+    };
+    if device_found {
+        wait_device_deleted(qmp, &mut events, node, &device, timeout).await?;
+    }
+
+    let node_found = list_block(qmp)
+        .await
+        .map_err(qmp_err("query-named-block-nodes", node))?
+        .iter()
+        .any(|n| n.node_name == node);
+    if node_found {
+        qmp.execute_raw("blockdev-del", Some(json!({ "node-name": node })))
+            .await
+            .map_err(qmp_err("blockdev-del", node))?;
+    }
+
+    let mut sets_found = false;
+    for set in qmp
+        .query_fdsets()
+        .await
+        .map_err(qmp_err("query-fdsets", node))?
+    {
+        if set.fds.iter().any(|fd| fd.opaque.as_deref() == Some(node)) {
+            sets_found = true;
+            qmp.remove_fd(set.fdset_id, None)
+                .await
+                .map_err(qmp_err("remove-fd", node))?;
+        }
+    }
+
+    if !(device_found || node_found || sets_found) {
+        return Err(HotplugError::NotAttached {
+            node: node.to_owned(),
+        });
+    }
+    tracing::info!(node, "disk detached");
+    Ok(())
+}
+
+/// Remove fd sets tagged `node` while no block node of that name exists.
+///
+/// They are leftovers of a `remove-fd` issued while the VM was not running:
+/// QEMU 7.2 frees fd-set descriptors only while the VM runs
+/// (`monitor_fdset_cleanup` checks `runstate_is_running()`), and otherwise
+/// merely marks them removed — the set stays listed and keeps the image open
+/// until a later `remove-fd` on it runs while the VM runs. Best effort: a
+/// failure here is logged and the attach goes on.
+async fn sweep_stale_fdsets(qmp: &Qmp, node: &str) {
+    let sweep = async {
+        if list_block(qmp).await?.iter().any(|n| n.node_name == node) {
+            // In use (or a duplicate name, which blockdev-add will refuse).
+            return Ok(());
+        }
+        for set in qmp.query_fdsets().await? {
+            if set.fds.iter().any(|fd| fd.opaque.as_deref() == Some(node)) {
+                tracing::debug!(node, fdset_id = set.fdset_id, "removing a stale fd set");
+                qmp.remove_fd(set.fdset_id, None).await?;
+            }
+        }
+        Ok::<(), QmpError>(())
+    };
+    if let Err(e) = sweep.await {
+        tracing::warn!(node, error = %e, "cannot sweep stale fd sets; going on");
+    }
+}
+
+/// Wait for `DEVICE_DELETED` naming `device`. QEMU also sends one for the
+/// device's virtio backend (a QOM path, no `device` member); that one is skipped.
+async fn wait_device_deleted(
+    qmp: &Qmp,
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    node: &str,
+    device: &str,
+    timeout: Duration,
+) -> Result<(), HotplugError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Err(_) => {
+                return Err(HotplugError::UnplugTimeout {
+                    device: device.to_owned(),
+                    timeout,
+                })
+            }
+            Ok(Ok(ev)) if is_deleted(&ev, device) => return Ok(()),
+            Ok(Ok(_)) => {}
+            // Missed some events: ask QEMU instead whether the device is still there.
+            Ok(Err(RecvError::Lagged(_))) => {
+                if !device_exists(qmp, device)
+                    .await
+                    .map_err(qmp_err("qom-list", node))?
+                {
+                    return Ok(());
+                }
+            }
+            Ok(Err(RecvError::Closed)) => {
+                return Err(qmp_err("device_del", node)(QmpError::Disconnected))
+            }
+        }
+    }
+}
+
+fn is_deleted(ev: &Event, device: &str) -> bool {
+    ev.name == "DEVICE_DELETED" && ev.data.get("device").and_then(Value::as_str) == Some(device)
+}
+
+/// Whether a device with this id exists (user-created devices live under
+/// `/machine/peripheral`).
+async fn device_exists(qmp: &Qmp, device: &str) -> Result<bool, QmpError> {
+    let children: Vec<Value> = qmp
+        .execute("qom-list", Some(json!({ "path": "/machine/peripheral" })))
+        .await?;
+    Ok(children
+        .iter()
+        .any(|c| c.get("name").and_then(Value::as_str) == Some(device)))
+}
+
+/// Open the image with the access mode QEMU will ask `/dev/fdset/<id>` for.
+async fn open_image(spec: &HotDisk) -> Result<std::fs::File, HotplugError> {
+    let mode = if spec.read_only {
+        "read-only"
+    } else {
+        "read-write"
+    };
+    let opened = tokio::fs::OpenOptions::new()
+        .read(true)
+        .write(!spec.read_only)
+        .open(&spec.path)
+        .await;
+    match opened {
+        Ok(file) => Ok(file.into_std().await),
+        Err(source) => Err(HotplugError::Open {
+            path: spec.path.clone(),
+            mode,
+            source,
+        }),
+    }
+}
+
+/// `blockdev-add` arguments: the format node over a `file` node reading the fd
+/// set. Same shape as the cold-plugged disks' `-blockdev` (see `argv`).
+fn blockdev_args(spec: &HotDisk, fdset_id: u32) -> Value {
+    json!({
+        "node-name": spec.node,
+        "driver": spec.format.as_str(),
+        "read-only": spec.read_only,
+        "discard": "unmap",
+        "file": {
+            "driver": "file",
+            "filename": format!("/dev/fdset/{fdset_id}"),
+            "read-only": spec.read_only,
+        },
+    })
+}
+
+fn device_args(spec: &HotDisk) -> Value {
+    json!({
+        "driver": spec.bus.device_driver(),
+        "drive": spec.node,
+        "id": spec.device_id(),
+    })
+}
+
+fn device_id(node: &str) -> String {
+    format!("{node}-dev")
+}
+
+/// Roll back a `blockdev-add`; failures are logged, the original error wins.
+async fn undo_blockdev(qmp: &Qmp, node: &str) {
+    if let Err(e) = qmp
+        .execute_raw("blockdev-del", Some(json!({ "node-name": node })))
+        .await
+    {
+        tracing::warn!(node, error = %e, "rollback: blockdev-del failed; the node may remain");
+    }
+}
+
+/// Roll back an `add-fd`; failures are logged, the original error wins.
+async fn undo_fdset(qmp: &Qmp, node: &str, fdset_id: u32) {
+    if let Err(e) = qmp.remove_fd(fdset_id, None).await {
+        tracing::warn!(node, fdset_id, error = %e, "rollback: remove-fd failed; the fd set may remain");
+    }
+}
+
+fn qmp_err(command: &'static str, node: &str) -> impl FnOnce(QmpError) -> HotplugError {
+    let node = node.to_owned();
+    move |source| HotplugError::Qmp {
+        command,
+        node,
+        source,
+    }
+}
+
+/// QEMU's rules for node names (`id_wellformed`, 31 bytes), checked up front so
+/// that the derived device id and fd-set tag are well-formed too.
+fn validate_node(node: &str) -> Result<(), HotplugError> {
+    let invalid = |reason| {
+        Err(HotplugError::InvalidNode {
+            node: node.to_owned(),
+            reason,
+        })
+    };
+    let mut chars = node.chars();
+    match chars.next() {
+        None => return invalid("empty"),
+        Some(c) if !c.is_ascii_alphabetic() => return invalid("must start with a letter"),
+        Some(_) => {}
+    }
+    if node.len() > MAX_NODE_NAME {
+        return invalid("longer than 31 characters");
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')) {
+        return invalid("only letters, digits, '-', '.' and '_' are allowed");
+    }
+    Ok(())
+}
+
+/// Run `op` in its own task and wait for it, so dropping the caller's future
+/// cannot interrupt a multi-step operation halfway.
+async fn run_to_completion<F>(node: String, op: F) -> Result<(), HotplugError>
+where
+    F: std::future::Future<Output = Result<(), HotplugError>> + Send + 'static,
+{
+    match tokio::spawn(op).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(HotplugError::Interrupted { node }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::UnixStream;
+
+    use crate::qmp::QmpOptions;
+
+    /// A scripted QMP peer: the test says which command comes next and what
+    /// to answer, so the order of steps (and rollbacks) is checked exactly.
+    struct Peer(BufReader<UnixStream>);
+
+    impl Peer {
+        async fn start() -> (Qmp, Peer) {
+            let (client, server) = UnixStream::pair().unwrap();
+            let mut peer = Peer(BufReader::new(server));
+            let handshake = async {
+                peer.send(json!({"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}}, "capabilities": []}}))
+                    .await;
+                let (id, _) = peer.expect("qmp_capabilities").await;
+                peer.ok(id, json!({})).await;
+            };
+            let (qmp, ()) =
+                tokio::join!(Qmp::from_stream(client, QmpOptions::default()), handshake);
+            (qmp.unwrap(), peer)
+        }
+
+        async fn send(&mut self, v: Value) {
+            let line = format!("{v}\r\n");
+            self.0.get_mut().write_all(line.as_bytes()).await.unwrap();
+        }
+
+        /// Read the next command (descriptors sent with it are dropped by the
+        /// kernel, as plain reads do not take them), check its name, return id and arguments.
+        async fn expect(&mut self, command: &str) -> (Value, Value) {
+            let mut line = String::new();
+            tokio::time::timeout(Duration::from_secs(10), self.0.read_line(&mut line))
+                .await
+                .unwrap()
+                .unwrap();
+            let msg: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(msg["execute"], command, "{line}");
+            (
+                msg["id"].clone(),
+                msg.get("arguments").cloned().unwrap_or(Value::Null),
+            )
+        }
+
+        async fn ok(&mut self, id: Value, ret: Value) {
+            self.send(json!({"return": ret, "id": id})).await;
+        }
+
+        async fn err(&mut self, id: Value, class: &str, desc: &str) {
+            self.send(json!({"error": {"class": class, "desc": desc}, "id": id}))
+                .await;
+        }
+
+        async fn event(&mut self, name: &str, data: Value) {
+            self.send(json!({"event": name, "data": data, "timestamp": {"seconds": 1, "microseconds": 2}}))
+                .await;
+        }
+
+        /// The stale-fd-set sweep that starts an attach, with no node and no sets.
+        async fn expect_clean_sweep(&mut self) {
+            let (id, _) = self.expect("query-named-block-nodes").await;
+            self.ok(id, json!([])).await;
+            let (id, _) = self.expect("query-fdsets").await;
+            self.ok(id, json!([])).await;
+        }
+
+        /// Nothing more is sent within a short while (the client hanging up,
+        /// once its last handle is dropped, counts as nothing).
+        async fn expect_silence(&mut self) {
+            let mut line = String::new();
+            let read =
+                tokio::time::timeout(Duration::from_millis(200), self.0.read_line(&mut line)).await;
+            assert!(matches!(read, Err(_) | Ok(Ok(0))), "unexpected: {line}");
+        }
+    }
+
+    fn spec(path: &std::path::Path, read_only: bool) -> HotDisk {
+        HotDisk {
+            node: "disk3".into(),
+            path: path.to_owned(),
+            format: DiskFormat::Qcow2,
+            read_only,
+            bus: HotBus::VirtioBlk,
+        }
+    }
+
+    #[test]
+    fn node_names_follow_qemu_rules() {
+        for good in ["disk3", "a", "d-1.x_y", &"n".repeat(31)] {
+            assert!(validate_node(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "3disk",
+            "#block1",
+            "disk 3",
+            "disk,3",
+            "dísk",
+            &"n".repeat(32),
+        ] {
+            assert!(
+                matches!(validate_node(bad), Err(HotplugError::InvalidNode { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn blockdev_and_device_arguments() {
+        let s = spec(std::path::Path::new("/img/x.qcow2"), true);
+        assert_eq!(
+            blockdev_args(&s, 4),
+            json!({
+                "node-name": "disk3", "driver": "qcow2", "read-only": true, "discard": "unmap",
+                "file": {"driver": "file", "filename": "/dev/fdset/4", "read-only": true},
+            })
+        );
+        assert_eq!(
+            device_args(&s),
+            json!({"driver": "virtio-blk-pci", "drive": "disk3", "id": "disk3-dev"})
+        );
+        let node = BlockNode {
+            node_name: "disk3".into(),
+            driver: "qcow2".into(),
+            file: "/dev/fdset/12".into(),
+            read_only: false,
+            virtual_size: 1,
+        };
+        assert_eq!(node.fdset_id(), Some(12));
+        let node = BlockNode {
+            file: "/var/lib/x.img".into(),
+            ..node
+        };
+        assert_eq!(node.fdset_id(), None);
+    }
+
+    #[tokio::test]
+    async fn attach_steps_in_order() {
+        let image = tempfile::NamedTempFile::new().unwrap();
+        let (qmp, mut peer) = Peer::start().await;
+        let s = spec(image.path(), false);
+        let call = tokio::spawn(async move { attach_disk(&qmp, &s).await });
+        // A set left by a rollback on a paused VM is removed again first.
+        let (id, _) = peer.expect("query-named-block-nodes").await;
+        peer.ok(id, json!([])).await;
+        let (id, _) = peer.expect("query-fdsets").await;
+        peer.ok(
+            id,
+            json!([{"fdset-id": 0, "fds": [{"fd": 30, "opaque": "disk2"}]},
+                   {"fdset-id": 7, "fds": [{"fd": 31, "opaque": "disk3"}]}]),
+        )
+        .await;
+        let (id, args) = peer.expect("remove-fd").await;
+        assert_eq!(args, json!({"fdset-id": 7}));
+        peer.ok(id, json!({})).await;
+        let (id, args) = peer.expect("add-fd").await;
+        assert_eq!(args, json!({"opaque": "disk3"}));
+        peer.ok(id, json!({"fdset-id": 2, "fd": 31})).await;
+        let (id, args) = peer.expect("blockdev-add").await;
+        assert_eq!(args["file"]["filename"], "/dev/fdset/2");
+        assert_eq!(args["read-only"], false);
+        peer.ok(id, json!({})).await;
+        let (id, args) = peer.expect("device_add").await;
+        assert_eq!(args["id"], "disk3-dev");
+        peer.ok(id, json!({})).await;
+        call.await.unwrap().unwrap();
+        peer.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn failed_blockdev_add_removes_the_fdset() {
+        let image = tempfile::NamedTempFile::new().unwrap();
+        let (qmp, mut peer) = Peer::start().await;
+        let s = spec(image.path(), true);
+        let call = tokio::spawn(async move { attach_disk(&qmp, &s).await });
+        // The node exists: its fd sets are in use and must not be swept.
+        let (id, _) = peer.expect("query-named-block-nodes").await;
+        let node = json!({"node-name": "disk3", "drv": "raw", "file": "/dev/fdset/0",
+                          "ro": true, "image": {"virtual-size": 512}});
+        peer.ok(id, json!([node])).await;
+        let (id, _) = peer.expect("add-fd").await;
+        peer.ok(id, json!({"fdset-id": 1, "fd": 31})).await;
+        let (id, _) = peer.expect("blockdev-add").await;
+        peer.err(id, "GenericError", "Duplicate nodes with node-name='disk3'")
+            .await;
+        let (id, args) = peer.expect("remove-fd").await;
+        assert_eq!(args, json!({"fdset-id": 1}));
+        peer.ok(id, json!({})).await;
+        let e = call.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&e, HotplugError::Qmp { command: "blockdev-add", source, .. } if source.is_class("GenericError")),
+            "{e:?}"
+        );
+        peer.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn failed_device_add_deletes_node_then_fdset() {
+        let image = tempfile::NamedTempFile::new().unwrap();
+        let (qmp, mut peer) = Peer::start().await;
+        let s = spec(image.path(), false);
+        let call = tokio::spawn(async move { attach_disk(&qmp, &s).await });
+        peer.expect_clean_sweep().await;
+        let (id, _) = peer.expect("add-fd").await;
+        peer.ok(id, json!({"fdset-id": 1, "fd": 31})).await;
+        let (id, _) = peer.expect("blockdev-add").await;
+        peer.ok(id, json!({})).await;
+        let (id, _) = peer.expect("device_add").await;
+        peer.err(id, "GenericError", "Duplicate device ID 'disk3-dev'")
+            .await;
+        let (id, args) = peer.expect("blockdev-del").await;
+        assert_eq!(args, json!({"node-name": "disk3"}));
+        peer.ok(id, json!({})).await;
+        let (id, args) = peer.expect("remove-fd").await;
+        assert_eq!(args, json!({"fdset-id": 1}));
+        peer.ok(id, json!({})).await;
+        let e = call.await.unwrap().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                HotplugError::Qmp {
+                    command: "device_add",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn abandoned_attach_still_rolls_back() {
+        let image = tempfile::NamedTempFile::new().unwrap();
+        let (qmp, mut peer) = Peer::start().await;
+        let s = spec(image.path(), false);
+        let call = tokio::spawn(async move { attach_disk(&qmp, &s).await });
+        peer.expect_clean_sweep().await;
+        let (id, _) = peer.expect("add-fd").await;
+        peer.ok(id, json!({"fdset-id": 0, "fd": 31})).await;
+        let (id, _) = peer.expect("blockdev-add").await;
+        // The caller gives up mid-way; the operation must still finish cleanly.
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+        peer.err(id, "GenericError", "nope").await;
+        let (id, _) = peer.expect("remove-fd").await;
+        peer.ok(id, json!({})).await;
+    }
+
+    #[tokio::test]
+    async fn unopenable_image_sends_nothing() {
+        let (qmp, mut peer) = Peer::start().await;
+        let s = spec(std::path::Path::new("/nonexistent/corral/x.qcow2"), false);
+        let e = attach_disk(&qmp, &s).await.unwrap_err();
+        assert!(
+            matches!(&e, HotplugError::Open { mode: "read-write", source, .. } if source.kind() == io::ErrorKind::NotFound),
+            "{e:?}"
+        );
+        peer.expect_silence().await;
+        let bad = HotDisk {
+            node: "#block1".into(),
+            ..s
+        };
+        assert!(matches!(
+            attach_disk(&qmp, &bad).await,
+            Err(HotplugError::InvalidNode { .. })
+        ));
+        peer.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn detach_waits_for_the_guest_then_cleans_up() {
+        let (qmp, mut peer) = Peer::start().await;
+        let call = tokio::spawn({
+            let qmp = qmp.clone();
+            async move { detach_disk(&qmp, "disk3").await }
+        });
+        let (id, args) = peer.expect("device_del").await;
+        assert_eq!(args, json!({"id": "disk3-dev"}));
+        peer.ok(id, json!({})).await;
+        // QEMU 7.2 first reports the virtio backend, then the device itself.
+        peer.event(
+            "DEVICE_DELETED",
+            json!({"path": "/machine/peripheral/disk3-dev/virtio-backend"}),
+        )
+        .await;
+        peer.event(
+            "DEVICE_DELETED",
+            json!({"device": "other-dev", "path": "/x"}),
+        )
+        .await;
+        peer.expect_silence().await;
+        peer.event(
+            "DEVICE_DELETED",
+            json!({"device": "disk3-dev", "path": "/machine/peripheral/disk3-dev"}),
+        )
+        .await;
+        let (id, args) = peer.expect("query-named-block-nodes").await;
+        assert_eq!(args, json!({"flat": true}));
+        let node = |name: &str, drv: &str| {
+            json!({"node-name": name, "drv": drv, "file": "/dev/fdset/1", "ro": false,
+                   "image": {"virtual-size": 1024, "filename": "/dev/fdset/1", "format": drv}})
+        };
+        peer.ok(
+            id,
+            json!([node("disk3", "qcow2"), node("#block123", "file")]),
+        )
+        .await;
+        let (id, args) = peer.expect("blockdev-del").await;
+        assert_eq!(args, json!({"node-name": "disk3"}));
+        peer.ok(id, json!({})).await;
+        let (id, _) = peer.expect("query-fdsets").await;
+        peer.ok(
+            id,
+            json!([{"fdset-id": 0, "fds": [{"fd": 30, "opaque": "disk2"}]},
+                   {"fdset-id": 1, "fds": [{"fd": 31, "opaque": "disk3"}]}]),
+        )
+        .await;
+        let (id, args) = peer.expect("remove-fd").await;
+        assert_eq!(args, json!({"fdset-id": 1}));
+        peer.ok(id, json!({})).await;
+        call.await.unwrap().unwrap();
+        peer.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn detach_times_out_when_the_guest_ignores_it() {
+        let (qmp, mut peer) = Peer::start().await;
+        let call = tokio::spawn({
+            let qmp = qmp.clone();
+            async move { detach_disk_with_timeout(&qmp, "disk3", Duration::from_millis(100)).await }
+        });
+        let (id, _) = peer.expect("device_del").await;
+        peer.ok(id, json!({})).await;
+        let e = call.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&e, HotplugError::UnplugTimeout { device, .. } if device == "disk3-dev"),
+            "{e:?}"
+        );
+        // The disk stays fully attached: nothing else was touched.
+        peer.expect_silence().await;
+
+        // A retry while the request is still pending keeps waiting for the guest.
+        let call = tokio::spawn({
+            let qmp = qmp.clone();
+            async move { detach_disk(&qmp, "disk3").await }
+        });
+        let (id, _) = peer.expect("device_del").await;
+        peer.err(
+            id,
+            "GenericError",
+            "Device disk3-dev is already in the process of unplug",
+        )
+        .await;
+        peer.event(
+            "DEVICE_DELETED",
+            json!({"device": "disk3-dev", "path": "/p"}),
+        )
+        .await;
+        let (id, _) = peer.expect("query-named-block-nodes").await;
+        peer.ok(id, json!([])).await;
+        let (id, _) = peer.expect("query-fdsets").await;
+        peer.ok(
+            id,
+            json!([{"fdset-id": 0, "fds": [{"fd": 30, "opaque": "disk3"}]}]),
+        )
+        .await;
+        let (id, _) = peer.expect("remove-fd").await;
+        peer.ok(id, json!({})).await;
+        call.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn detaching_nothing_is_not_attached() {
+        let (qmp, mut peer) = Peer::start().await;
+        let call = tokio::spawn({
+            let qmp = qmp.clone();
+            async move { detach_disk(&qmp, "disk9").await }
+        });
+        let (id, _) = peer.expect("device_del").await;
+        peer.err(id, "DeviceNotFound", "Device 'disk9-dev' not found")
+            .await;
+        let (id, _) = peer.expect("query-named-block-nodes").await;
+        peer.ok(id, json!([])).await;
+        let (id, _) = peer.expect("query-fdsets").await;
+        peer.ok(id, json!([])).await;
+        let e = call.await.unwrap().unwrap_err();
+        assert!(matches!(e, HotplugError::NotAttached { .. }), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn resize_by_node_name() {
+        let (qmp, mut peer) = Peer::start().await;
+        let call = tokio::spawn({
+            let qmp = qmp.clone();
+            async move { resize_disk(&qmp, "disk3", 128 << 20).await }
+        });
+        let (id, args) = peer.expect("block_resize").await;
+        assert_eq!(args, json!({"node-name": "disk3", "size": 134_217_728}));
+        peer.err(id, "GenericError", "Cannot grow device files")
+            .await;
+        let e = call.await.unwrap().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                HotplugError::Qmp {
+                    command: "block_resize",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! Images through `qemu-img`, the tool that knows every format.
+
+use std::path::Path;
+
+use corral_api::DiskFormat;
+use serde::Deserialize;
+use tokio::process::Command;
+
+use crate::StorageError;
+
+/// What `qemu-img info` says of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub format: DiskFormat,
+    pub virtual_size: u64,
+}
+
+#[derive(Deserialize)]
+struct QemuImgInfo {
+    format: String,
+    #[serde(rename = "virtual-size")]
+    virtual_size: u64,
+    #[serde(rename = "backing-filename")]
+    backing_filename: Option<String>,
+}
+
+/// Creates a thin qcow2 volume of `size` bytes at `path`; refuses to overwrite.
+pub async fn create_qcow2(path: &Path, size: u64) -> Result<(), StorageError> {
+    if path.exists() {
+        return Err(StorageError::Exists(path.to_path_buf()));
+    }
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on"])
+        .arg(path)
+        .arg(size.to_string())
+        .output()
+        .await
+        .map_err(StorageError::Spawn)?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(path);
+        return Err(StorageError::QemuImg {
+            action: "create",
+            path: path.to_path_buf(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Inspects an image file. With `expected`, the format is checked rather than guessed.
+pub async fn inspect(path: &Path, expected: Option<DiskFormat>) -> Result<ImageInfo, StorageError> {
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["info", "--output=json", "-U"]);
+    if let Some(f) = expected {
+        cmd.args(["-f", f.as_str()]);
+    }
+    let out = cmd.arg(path).output().await.map_err(StorageError::Spawn)?;
+    if !out.status.success() {
+        return Err(StorageError::QemuImg {
+            action: "info",
+            path: path.to_path_buf(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    let info: QemuImgInfo =
+        serde_json::from_slice(&out.stdout).map_err(|e| StorageError::QemuImg {
+            action: "info",
+            path: path.to_path_buf(),
+            message: format!("unreadable output: {e}"),
+        })?;
+    if let Some(backing) = info.backing_filename {
+        return Err(StorageError::HasBacking {
+            path: path.to_path_buf(),
+            backing,
+        });
+    }
+    let format = match info.format.as_str() {
+        "qcow2" => DiskFormat::Qcow2,
+        "raw" => DiskFormat::Raw,
+        other => {
+            return Err(StorageError::UnsupportedFormat {
+                path: path.to_path_buf(),
+                format: other.to_string(),
+            })
+        }
+    };
+    Ok(ImageInfo {
+        format,
+        virtual_size: info.virtual_size,
+    })
+}
+
+/// Removes a volume the VM owns. A missing file is not an error (the goal is reached).
+pub fn remove_volume(path: &Path) -> Result<(), StorageError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StorageError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Grows an image to `size` bytes (offline: no process may have it open for writing).
+pub async fn grow(path: &Path, format: DiskFormat, size: u64) -> Result<(), StorageError> {
+    run_qemu_img("resize", path, |c| {
+        c.args(["resize", "-q", "-f", format.as_str()])
+            .arg(path)
+            .arg(size.to_string());
+    })
+    .await
+}
+
+/// Creates a sparse raw image of `size` bytes; refuses to overwrite.
+pub async fn create_raw(path: &Path, size: u64) -> Result<(), StorageError> {
+    if path.exists() {
+        return Err(StorageError::Exists(path.to_path_buf()));
+    }
+    run_qemu_img("create", path, |c| {
+        c.args(["create", "-q", "-f", "raw"])
+            .arg(path)
+            .arg(size.to_string());
+    })
+    .await
+    .inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })
+}
+
+async fn run_qemu_img(
+    action: &'static str,
+    path: &Path,
+    build: impl FnOnce(&mut Command),
+) -> Result<(), StorageError> {
+    let mut cmd = Command::new("qemu-img");
+    build(&mut cmd);
+    let out = cmd.output().await.map_err(StorageError::Spawn)?;
+    if !out.status.success() {
+        return Err(StorageError::QemuImg {
+            action,
+            path: path.to_path_buf(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn create_inspect_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.qcow2");
+        create_qcow2(&path, 2 << 30).await.unwrap();
+        // Thin: a 2 GiB volume takes well under a MiB.
+        assert!(std::fs::metadata(&path).unwrap().len() < 1 << 20);
+        let info = inspect(&path, None).await.unwrap();
+        assert_eq!(
+            info,
+            ImageInfo {
+                format: DiskFormat::Qcow2,
+                virtual_size: 2 << 30
+            }
+        );
+        assert!(matches!(
+            create_qcow2(&path, 1 << 20).await,
+            Err(StorageError::Exists(_))
+        ));
+        remove_volume(&path).unwrap();
+        remove_volume(&path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn raw_and_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("r.img");
+        std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+        let info = inspect(&raw, None).await.unwrap();
+        assert_eq!(info.format, DiskFormat::Raw);
+        // A qcow2 claimed as qcow2 that is not one is an error naming the file.
+        let err = inspect(&raw, Some(DiskFormat::Qcow2)).await.unwrap_err();
+        assert!(err.to_string().contains("r.img"));
+    }
+
+    #[tokio::test]
+    async fn backing_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.qcow2");
+        create_qcow2(&base, 1 << 20).await.unwrap();
+        let top = dir.path().join("top.qcow2");
+        let ok = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(&base)
+            .arg(&top)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        assert!(matches!(
+            inspect(&top, None).await,
+            Err(StorageError::HasBacking { .. })
+        ));
+    }
+}

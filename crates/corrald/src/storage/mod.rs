@@ -1,0 +1,197 @@
+//! Pools: where volumes live. The manager keeps pool definitions in the store and asks
+//! each pool's driver (found by name) to do the work on the host.
+
+mod volumes;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use corral_api::{Pool, PoolSpec, DEFAULT_POOL};
+use corral_storage::PoolDriver;
+
+use crate::error::{ApiError, ApiResult};
+use crate::vm::Manager;
+
+impl Manager {
+    /// Every host has a `dir` pool in its state dir; made on first start.
+    pub async fn ensure_default_pool(&self) -> ApiResult<()> {
+        if self.store.get_pool(DEFAULT_POOL)?.is_some() {
+            return Ok(());
+        }
+        let spec = PoolSpec {
+            name: DEFAULT_POOL.to_string(),
+            driver: "dir".to_string(),
+            path: Some(self.cfg.default_pool().display().to_string()),
+            volume_group: None,
+            thin_pool: None,
+            shared: false,
+        };
+        std::fs::create_dir_all(self.cfg.default_pool()).map_err(|e| {
+            ApiError::Internal(format!("{}: {e}", self.cfg.default_pool().display()))
+        })?;
+        self.store.insert_pool(&spec)?;
+        Ok(())
+    }
+
+    pub async fn create_pool(&self, spec: PoolSpec) -> ApiResult<Pool> {
+        spec.validate()?;
+        let driver = pool_driver(&spec)?;
+        let _lock = self.lock(&pool_key(&spec.name)).await;
+        if self.store.get_pool(&spec.name)?.is_some() {
+            return Err(ApiError::Conflict {
+                message: format!("pool '{}' already exists", spec.name),
+                hint: Some("choose another name".into()),
+            });
+        }
+        if let Some(path) = &spec.path {
+            if let Some(other) = self.pool_at(Path::new(path))? {
+                return Err(corral_api::ValidationError::new(
+                    "path",
+                    format!("{path} is already pool '{other}'"),
+                )
+                .hint("give each pool its own directory")
+                .into());
+            }
+        }
+        driver.create_pool(&spec).await.map_err(|e| {
+            corral_api::ValidationError::new("path", crate::error::chain(&e))
+                .hint("give an existing, writable directory (or one whose parent exists)")
+        })?;
+        self.store.insert_pool(&spec)?;
+        self.events
+            .emit(None, "pool", format!("pool '{}' created", spec.name));
+        self.pool(&spec.name).await
+    }
+
+    pub async fn delete_pool(&self, name: &str) -> ApiResult<()> {
+        let _lock = self.lock(&pool_key(name)).await;
+        let spec = self.pool_spec(name)?;
+        if name == DEFAULT_POOL {
+            return Err(ApiError::conflict("the default pool cannot be deleted"));
+        }
+        let volumes = self.store.list_volumes(Some(name))?;
+        if !volumes.is_empty() {
+            return Err(ApiError::Conflict {
+                message: format!("pool '{name}' still holds {} volume(s)", volumes.len()),
+                hint: Some(format!(
+                    "delete or move its volumes first (`corral volume list --pool {name}`)"
+                )),
+            });
+        }
+        pool_driver(&spec)?
+            .delete_pool(&spec)
+            .await
+            .map_err(|e| ApiError::Conflict {
+                message: crate::error::chain(&e),
+                hint: Some(
+                    "the pool's directory holds files Corral did not make; move them away first"
+                        .into(),
+                ),
+            })?;
+        self.store.delete_pool(name)?;
+        self.events
+            .emit(None, "pool", format!("pool '{name}' deleted"));
+        Ok(())
+    }
+
+    pub async fn list_pools(&self) -> ApiResult<Vec<Pool>> {
+        let mut out = Vec::new();
+        for spec in self.store.list_pools()? {
+            // One unreadable pool (an unmounted share) must not hide the others.
+            match self.pool(&spec.name).await {
+                Ok(pool) => out.push(pool),
+                Err(e) => out.push(Pool {
+                    capabilities: pool_driver(&spec).map(|d| d.capabilities(&spec)).unwrap_or(
+                        corral_api::PoolCapabilities {
+                            formats: vec![],
+                            thin: false,
+                            shared: spec.shared,
+                            online_grow: false,
+                            overlays: false,
+                        },
+                    ),
+                    capacity_bytes: 0,
+                    allocation_bytes: 0,
+                    free_bytes: 0,
+                    volumes: self.store.list_volumes(Some(&spec.name))?.len() as u32,
+                    orphans: vec![],
+                    missing: vec![],
+                    error: Some(e.to_parts().1.error),
+                    spec,
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// A pool with its usage, and what in it does not add up: files no volume or VM
+    /// accounts for (orphans) and volumes whose file is gone (missing).
+    pub async fn pool(&self, name: &str) -> ApiResult<Pool> {
+        let spec = self.pool_spec(name)?;
+        let driver = pool_driver(&spec)?;
+        let usage = driver.usage(&spec).await?;
+        let volumes = self.store.list_volumes(Some(name))?;
+        let mut known: HashSet<PathBuf> = volumes.iter().map(|v| PathBuf::from(&v.path)).collect();
+        for vm in self.store.list_vms()? {
+            known.extend(vm.spec.disks.iter().map(|d| PathBuf::from(&d.path)));
+        }
+        let orphans = driver
+            .entries(&spec)?
+            .into_iter()
+            .filter(|p| !known.contains(p))
+            .map(|p| p.display().to_string())
+            .collect();
+        let missing = volumes
+            .iter()
+            .filter(|v| !Path::new(&v.path).exists())
+            .map(|v| format!("{} ({})", v.name, v.path))
+            .collect();
+        Ok(Pool {
+            capabilities: driver.capabilities(&spec),
+            capacity_bytes: usage.capacity,
+            allocation_bytes: usage.allocation,
+            free_bytes: usage.free,
+            volumes: volumes.len() as u32,
+            orphans,
+            missing,
+            error: None,
+            spec,
+        })
+    }
+
+    pub(crate) fn pool_spec(&self, name: &str) -> ApiResult<PoolSpec> {
+        self.store
+            .get_pool(name)?
+            .ok_or_else(|| ApiError::NotFound {
+                kind: "pool",
+                name: name.to_string(),
+            })
+    }
+
+    fn pool_at(&self, path: &Path) -> ApiResult<Option<String>> {
+        Ok(self
+            .store
+            .list_pools()?
+            .into_iter()
+            .find(|p| p.path.as_deref().map(Path::new) == Some(path))
+            .map(|p| p.name))
+    }
+}
+
+pub(crate) fn pool_driver(spec: &PoolSpec) -> ApiResult<&'static dyn PoolDriver> {
+    corral_storage::driver(&spec.driver).map_err(|e| {
+        corral_api::ValidationError::new("driver", crate::error::chain(&e))
+            .hint("use the dir driver")
+            .into()
+    })
+}
+
+/// Lock keys share the manager's lock table with VM names; prefixes keep them apart
+/// (names cannot contain ':').
+pub(crate) fn pool_key(name: &str) -> String {
+    format!("pool:{name}")
+}
+
+pub(crate) fn volume_key(name: &str) -> String {
+    format!("volume:{name}")
+}
