@@ -195,3 +195,47 @@ pub struct Volume {
     #[serde(default)]
     pub allocation_bytes: Option<u64>,
 }
+
+/// A node of a VM's snapshot tree: the state of its disks at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Snapshot {
+    pub name: String,
+    /// The snapshot this one was taken on top of; `None` for a root.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// Unix seconds.
+    pub created_at: u64,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// One frozen image per disk that was part of the snapshot.
+    pub disks: Vec<SnapshotDisk>,
+}
+
+/// A disk's frozen image in a snapshot. It is read-only from then on: later states of
+/// the disk are overlays on top of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotDisk {
+    /// The VM disk's id (`disk0`, …).
+    pub disk: String,
+    pub file: String,
+    pub format: DiskFormat,
+}
+
+/// `POST /api/v1/vms/{name}/snapshots`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshotRequest {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `GET /api/v1/vms/{name}/snapshots`: the tree, and where the VM is in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotTree {
+    /// Oldest first.
+    pub snapshots: Vec<Snapshot>,
+    /// The snapshot the VM's current state descends from.
+    #[serde(default)]
+    pub current: Option<String>,
+}

@@ -4,6 +4,7 @@
 mod dir;
 mod driver;
 pub mod qemu_img;
+pub mod snapshot;
 
 pub use dir::DirDriver;
 pub use driver::{driver, PoolDriver, Usage};

@@ -1,6 +1,6 @@
 //! Images through `qemu-img`, the tool that knows every format.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use corral_api::DiskFormat;
 use serde::Deserialize;
@@ -126,6 +126,91 @@ pub async fn create_raw(path: &Path, size: u64) -> Result<(), StorageError> {
     .inspect_err(|_| {
         let _ = std::fs::remove_file(path);
     })
+}
+
+/// Creates a qcow2 overlay at `path` whose backing file is `backing`; refuses to overwrite.
+pub async fn create_overlay(
+    path: &Path,
+    backing: &Path,
+    backing_format: DiskFormat,
+) -> Result<(), StorageError> {
+    if path.exists() {
+        return Err(StorageError::Exists(path.to_path_buf()));
+    }
+    run_qemu_img("create", path, |c| {
+        c.args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            backing_format.as_str(),
+            "-b",
+        ])
+        .arg(backing)
+        .arg(path);
+    })
+    .await
+    .inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })
+}
+
+/// Moves a qcow2 image onto a new backing file (or none) without changing what it
+/// reads: qemu-img's safe mode copies into `path` every cluster where the old and the
+/// new backing differ. This is how a snapshot's data is merged into its children.
+pub async fn rebase(path: &Path, backing: Option<(&Path, DiskFormat)>) -> Result<(), StorageError> {
+    run_qemu_img("rebase", path, |c| {
+        c.args(["rebase", "-q", "-f", "qcow2"]);
+        match backing {
+            Some((b, fmt)) => c.args(["-F", fmt.as_str(), "-b"]).arg(b),
+            None => c.args(["-b", ""]),
+        };
+        c.arg(path);
+    })
+    .await
+}
+
+/// `qemu-img check`: consistency of a qcow2 image's metadata.
+pub async fn check(path: &Path) -> Result<(), StorageError> {
+    run_qemu_img("check", path, |c| {
+        c.args(["check", "-q", "-f", "qcow2"]).arg(path);
+    })
+    .await
+}
+
+/// The backing file an image names and its format, if any.
+pub async fn backing_of(path: &Path) -> Result<Option<(PathBuf, DiskFormat)>, StorageError> {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(path)
+        .output()
+        .await
+        .map_err(StorageError::Spawn)?;
+    let fail = |message: String| StorageError::QemuImg {
+        action: "info",
+        path: path.to_path_buf(),
+        message,
+    };
+    if !out.status.success() {
+        return Err(fail(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    let info: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| fail(e.to_string()))?;
+    let Some(file) = info["full-backing-filename"]
+        .as_str()
+        .or(info["backing-filename"].as_str())
+    else {
+        return Ok(None);
+    };
+    let format = match info["backing-filename-format"].as_str() {
+        Some("raw") => DiskFormat::Raw,
+        Some("qcow2") => DiskFormat::Qcow2,
+        other => return Err(fail(format!("backing file {file} has format {other:?}"))),
+    };
+    Ok(Some((PathBuf::from(file), format)))
 }
 
 async fn run_qemu_img(

@@ -8,7 +8,7 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
-use corral_api::{Event, Operation, PoolSpec, VmSpec, VmStatus, Volume};
+use corral_api::{Event, Operation, PoolSpec, SnapshotTree, VmSpec, VmStatus, Volume};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +92,16 @@ pub trait Store: Send + Sync {
     fn get_volume(&self, name: &str) -> Result<Option<Volume>>;
     fn list_volumes(&self, pool: Option<&str>) -> Result<Vec<Volume>>;
     fn delete_volume(&self, name: &str) -> Result<()>;
+    /// A VM's snapshot tree (empty if it has none).
+    fn snapshot_tree(&self, vm: &str) -> Result<SnapshotTree>;
+    /// Saves a VM's spec, its snapshot tree and the volumes whose files changed, in one
+    /// transaction: a snapshot operation's new state is recorded whole or not at all.
+    fn save_vm_and_snapshots(
+        &self,
+        spec: &VmSpec,
+        tree: &SnapshotTree,
+        volumes: &[Volume],
+    ) -> Result<()>;
     /// Names of the VMs with a disk on this volume.
     fn vms_using_volume(&self, name: &str) -> Result<Vec<String>>;
 }

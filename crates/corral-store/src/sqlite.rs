@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use corral_api::{Event, Operation, PoolSpec, VmSpec, VmStatus, Volume};
+use corral_api::{Event, Operation, PoolSpec, SnapshotTree, VmSpec, VmStatus, Volume};
 use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 use uuid::Uuid;
@@ -46,6 +46,12 @@ fn migrations() -> Migrations<'static> {
              body TEXT NOT NULL
          );
          CREATE INDEX volumes_by_pool ON volumes (pool);",
+        ),
+        M::up(
+            "CREATE TABLE snapshot_trees (
+                 vm TEXT PRIMARY KEY,
+                 body TEXT NOT NULL
+             );",
         ),
     ])
 }
@@ -193,6 +199,7 @@ impl Store for SqliteStore {
             let tx = c.transaction()?;
             let n = tx.execute("DELETE FROM vms WHERE name = ?1", [name])?;
             tx.execute("DELETE FROM events WHERE vm = ?1", [name])?;
+            tx.execute("DELETE FROM snapshot_trees WHERE vm = ?1", [name])?;
             tx.commit()?;
             match n {
                 0 => Err(not_found(name)),
@@ -434,6 +441,64 @@ impl Store for SqliteStore {
                 _ => Ok(()),
             },
         )
+    }
+
+    fn snapshot_tree(&self, vm: &str) -> Result<SnapshotTree> {
+        let body: Option<String> = self.with(|c| {
+            Ok(
+                c.query_row("SELECT body FROM snapshot_trees WHERE vm = ?1", [vm], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
+        })?;
+        Ok(match body {
+            Some(b) => serde_json::from_str(&b)?,
+            None => SnapshotTree {
+                snapshots: vec![],
+                current: None,
+            },
+        })
+    }
+
+    fn save_vm_and_snapshots(
+        &self,
+        spec: &VmSpec,
+        tree: &SnapshotTree,
+        volumes: &[Volume],
+    ) -> Result<()> {
+        let spec_body = serde_json::to_string(spec)?;
+        let tree_body = serde_json::to_string(tree)?;
+        let volume_bodies: Vec<(String, String)> = volumes
+            .iter()
+            .map(|v| Ok((v.name.clone(), serde_json::to_string(v)?)))
+            .collect::<Result<_>>()?;
+        self.with(|c| {
+            let tx = c.transaction()?;
+            if tx.execute(
+                "UPDATE vms SET spec = ?2 WHERE name = ?1",
+                params![spec.name, spec_body],
+            )? == 0
+            {
+                return Err(StoreError::NotFound {
+                    kind: "vm",
+                    name: spec.name.clone(),
+                });
+            }
+            tx.execute(
+                "INSERT INTO snapshot_trees (vm, body) VALUES (?1, ?2)
+                 ON CONFLICT (vm) DO UPDATE SET body = excluded.body",
+                params![spec.name, tree_body],
+            )?;
+            for (name, body) in &volume_bodies {
+                tx.execute(
+                    "UPDATE volumes SET body = ?2 WHERE name = ?1",
+                    params![name, body],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     fn vms_using_volume(&self, name: &str) -> Result<Vec<String>> {

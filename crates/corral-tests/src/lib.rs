@@ -279,6 +279,18 @@ impl Daemon {
         }
     }
 
+    /// Starts a stopped VM and waits for this boot's ready marker (the console log
+    /// keeps earlier boots' output too).
+    pub fn start_and_wait(&self, name: &str) {
+        let before = self.console_log(name).matches("CORRAL-GUEST-READY").count();
+        self.ok(&["start", name]);
+        let deadline = Instant::now() + BOOT;
+        while self.console_log(name).matches("CORRAL-GUEST-READY").count() <= before {
+            assert!(Instant::now() < deadline, "{name} did not boot:\n{}", self.console_log(name));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn wait_state(&self, name: &str, state: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {

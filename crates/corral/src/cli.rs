@@ -6,6 +6,7 @@
 //! Pools and volumes have their own modules, [`pool`] and [`volume`].
 
 mod pool;
+mod snapshot;
 mod volume;
 
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use crate::create::{parse_disk_spec, parse_memory_mib};
 use crate::output::OutputArgs;
 
 pub use pool::*;
+pub use snapshot::*;
 pub use volume::*;
 
 const EXAMPLES: &str = "\
@@ -81,6 +83,9 @@ pub enum Command {
     /// Volumes: disks that can outlive VMs, be attached, detached and grown
     #[command(subcommand, visible_alias = "vol")]
     Volume(VolumeCommand),
+    /// Snapshots of a VM's disks, as a tree you can revert to and branch from
+    #[command(subcommand, visible_alias = "snap")]
+    Snapshot(SnapshotCommand),
     /// This host: hardware, QEMU, accelerator
     #[command(subcommand)]
     Host(HostCommand),

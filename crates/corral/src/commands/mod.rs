@@ -3,6 +3,7 @@
 mod host;
 mod operation;
 mod pool;
+mod snapshot;
 mod storage_view;
 mod vm;
 mod vm_view;
@@ -32,6 +33,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Console(args) => console::attach(&client, &args.name).await,
         Command::Pool(command) => pool::run(&client, &command).await,
         Command::Volume(command) => volume::run(&client, &command).await,
+        Command::Snapshot(command) => snapshot::run(&client, &command).await,
         Command::Host(HostCommand::Info(out)) => host::info(&client, out.output).await,
         Command::Operation(OperationCommand::List(out)) => {
             operation::list(&client, out.output).await

@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use std::convert::Infallible;
 
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use corral_api::{Event, HostInfo, Operation, VmState};
 use serde::Deserialize;
@@ -40,6 +40,18 @@ pub fn router(mgr: Arc<Manager>) -> Router {
         .route("/api/v1/vms/{name}/resume", post(vms::resume))
         .route("/api/v1/vms/{name}/console", get(vms::console))
         .route("/api/v1/vms/{name}/console/log", get(vms::console_log))
+        .route(
+            "/api/v1/vms/{name}/snapshots",
+            get(vms::list_snapshots).post(vms::create_snapshot),
+        )
+        .route(
+            "/api/v1/vms/{name}/snapshots/{snapshot}",
+            delete(vms::delete_snapshot),
+        )
+        .route(
+            "/api/v1/vms/{name}/snapshots/{snapshot}/revert",
+            post(vms::revert_snapshot),
+        )
         .route(
             "/api/v1/pools",
             get(storage::list_pools).post(storage::create_pool),

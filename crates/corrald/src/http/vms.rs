@@ -8,8 +8,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use corral_api::{
-    validate_name, CreateVmRequest, Operation, StartRequest, StopRequest, UpdateVmRequest, Vm,
-    VmAction,
+    validate_name, CreateSnapshotRequest, CreateVmRequest, Operation, SnapshotTree, StartRequest,
+    StopRequest, UpdateVmRequest, Vm, VmAction,
 };
 use serde::Deserialize;
 
@@ -156,4 +156,44 @@ pub async fn console(
     }
     mgr.events.emit(Some(name), "console", "console attached");
     Ok(ws.on_upgrade(move |socket| crate::console::proxy(socket, running)))
+}
+
+#[utoipa::path(get, path = "/api/v1/vms/{name}/snapshots", responses((status = 200, body = SnapshotTree)))]
+pub async fn list_snapshots(
+    State(mgr): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<SnapshotTree>> {
+    Ok(Json(mgr.snapshot_tree(vm_name(&name)?)?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/snapshots", request_body = CreateSnapshotRequest,
+    responses((status = 201, body = SnapshotTree), (status = 409, body = corral_api::ErrorBody)))]
+pub async fn create_snapshot(
+    State(mgr): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<CreateSnapshotRequest>,
+) -> ApiResult<Response> {
+    let tree = mgr.create_snapshot(vm_name(&name)?, req).await?;
+    Ok((StatusCode::CREATED, Json(tree)).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/snapshots/{snapshot}/revert",
+    responses((status = 200, body = SnapshotTree), (status = 409, body = corral_api::ErrorBody)))]
+pub async fn revert_snapshot(
+    State(mgr): State<AppState>,
+    Path((name, snapshot)): Path<(String, String)>,
+) -> ApiResult<Json<SnapshotTree>> {
+    validate_name("snapshot", &snapshot)?;
+    Ok(Json(mgr.revert_snapshot(vm_name(&name)?, &snapshot).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/vms/{name}/snapshots/{snapshot}",
+    responses((status = 202, body = Operation), (status = 409, body = corral_api::ErrorBody)))]
+pub async fn delete_snapshot(
+    State(mgr): State<AppState>,
+    Path((name, snapshot)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    validate_name("snapshot", &snapshot)?;
+    let op = mgr.delete_snapshot(vm_name(&name)?, &snapshot).await?;
+    Ok((StatusCode::ACCEPTED, Json(op)).into_response())
 }

@@ -1,6 +1,7 @@
 //! Pools: where volumes live. The manager keeps pool definitions in the store and asks
 //! each pool's driver (found by name) to do the work on the host.
 
+mod snapshots;
 mod volumes;
 
 use std::collections::HashSet;
@@ -134,6 +135,28 @@ impl Manager {
         let mut known: HashSet<PathBuf> = volumes.iter().map(|v| PathBuf::from(&v.path)).collect();
         for vm in self.store.list_vms()? {
             known.extend(vm.spec.disks.iter().map(|d| PathBuf::from(&d.path)));
+            known.extend(
+                self.snapshot_files(&vm.spec.name)?
+                    .into_iter()
+                    .map(|(_, f)| f),
+            );
+        }
+        // Images a volume reads through (e.g. kept after its VM and snapshots went).
+        let tops: Vec<PathBuf> = known.iter().cloned().collect();
+        for top in tops {
+            let mut next = corral_storage::qemu_img::backing_of(&top)
+                .await
+                .ok()
+                .flatten();
+            while let Some((file, _)) = next {
+                if !known.insert(file.clone()) {
+                    break;
+                }
+                next = corral_storage::qemu_img::backing_of(&file)
+                    .await
+                    .ok()
+                    .flatten();
+            }
         }
         let orphans = driver
             .entries(&spec)?

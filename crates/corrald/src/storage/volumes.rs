@@ -336,6 +336,16 @@ impl Manager {
                 hint: Some("`corral show VM` lists its disks".into()),
             })?;
         let id = record.spec.disks[pos].id.clone();
+        if self
+            .snapshot_files(&req.vm)?
+            .iter()
+            .any(|(disk, _)| *disk == id)
+        {
+            return Err(ApiError::Conflict {
+                message: format!("VM '{}' has snapshots that include volume '{name}'", req.vm),
+                hint: Some("delete those snapshots first (`corral snapshot list VM`)".into()),
+            });
+        }
         match record.status.state {
             VmState::Stopped => {}
             VmState::Running | VmState::Paused => {

@@ -72,11 +72,17 @@ impl Manager {
         let _lock = self.lock(name).await;
         let record = self.record(name)?;
         check_allowed(&record, VmAction::Delete)?;
+        let snapshot_files = self.snapshot_files(name)?;
         // The record goes first: a volume left behind by a failure below is an orphan
         // file, never a VM pointing at missing data.
         self.store.delete_vm(name)?;
         for disk in record.spec.disks.iter().filter(|d| d.owned) {
             self.delete_owned_disk(name, disk).await;
+            // An owned disk's snapshot images go with it; a volume the VM did not own
+            // keeps them, since its top image still reads through them.
+            for (_, file) in snapshot_files.iter().filter(|(id, _)| *id == disk.id) {
+                let _ = corral_storage::remove_volume(file);
+            }
         }
         let _ = std::fs::remove_dir_all(self.vm_paths(&record.spec).dir);
         self.events

@@ -1,0 +1,58 @@
+//! `corral snapshot …`: a VM's snapshot tree.
+
+use clap::{Args, Subcommand};
+
+use crate::output::OutputArgs;
+
+const SNAPSHOT_EXAMPLES: &str = "\
+Examples:
+  corral snapshot create web before-upgrade --description \"kernel 6.1\"
+  corral snapshot list web
+  corral snapshot revert web before-upgrade
+  corral snapshot delete web before-upgrade";
+
+#[derive(Debug, Subcommand)]
+#[command(after_help = SNAPSHOT_EXAMPLES)]
+pub enum SnapshotCommand {
+    /// Take a snapshot of a stopped VM's disks
+    Create(SnapshotCreateArgs),
+    /// Show the VM's snapshots as a tree, with the current position marked
+    #[command(visible_alias = "ls")]
+    List(SnapshotListArgs),
+    /// Return the VM's disks to a snapshot (the state since the current one is dropped)
+    Revert(SnapshotNameArgs),
+    /// Delete a snapshot; its data is merged into its neighbours, nothing else is lost
+    #[command(visible_alias = "rm")]
+    Delete(SnapshotNameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotCreateArgs {
+    /// The VM.
+    pub vm: String,
+    /// Name of the snapshot: 1-63 lowercase letters, digits and '-'.
+    pub name: String,
+    /// A note kept with the snapshot.
+    #[arg(long)]
+    pub description: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotListArgs {
+    /// The VM.
+    pub vm: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotNameArgs {
+    /// The VM.
+    pub vm: String,
+    /// The snapshot.
+    pub name: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
