@@ -194,6 +194,39 @@ pub struct Volume {
     /// Bytes the volume takes on its storage now (filled in on read).
     #[serde(default)]
     pub allocation_bytes: Option<u64>,
+    /// The image this volume is a linked clone of: its data reads through that image,
+    /// which therefore cannot be deleted while the volume exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_image: Option<String>,
+}
+
+/// A read-only base image that VMs are made from as linked clones (`create --image`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Image {
+    pub name: String,
+    pub pool: String,
+    pub path: String,
+    pub format: DiskFormat,
+    pub size_bytes: u64,
+    /// The volume it was made from.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Volumes that are linked clones of it (filled in on read).
+    #[serde(default)]
+    pub used_by: Vec<String>,
+}
+
+/// `POST /api/v1/images`: copy a volume into a new read-only image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateImageRequest {
+    pub name: String,
+    pub from_volume: String,
+    /// Defaults to the volume's pool.
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 /// A node of a VM's snapshot tree: the state of its disks at one moment.

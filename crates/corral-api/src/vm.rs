@@ -39,6 +39,9 @@ pub struct CreateVmRequest {
     /// Start the VM once it is defined.
     #[serde(default)]
     pub start: bool,
+    /// Make the first disk a linked clone of this image (instant, whatever its size).
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// One disk of a create request: either a new volume the VM owns, or an existing file.
@@ -401,7 +404,14 @@ impl CreateVmRequest {
                 ));
             }
         }
-        if self.kernel.is_none() && self.cdrom.is_none() && self.disks.is_empty() {
+        if let Some(image) = &self.image {
+            validate_name("image", image)?;
+        }
+        if self.kernel.is_none()
+            && self.cdrom.is_none()
+            && self.disks.is_empty()
+            && self.image.is_none()
+        {
             return Err(
                 ValidationError::new("disks", "the VM has nothing to boot from")
                     .hint("add --disk, --cdrom or --kernel"),
@@ -491,6 +501,7 @@ mod tests {
             kernel: None,
             networks: vec![],
             start: false,
+            image: None,
         };
         assert!(req.validate().is_ok());
         req.vcpus = 0;

@@ -3,6 +3,7 @@
 
 mod dir;
 mod driver;
+pub mod import;
 pub mod qemu_img;
 pub mod snapshot;
 

@@ -8,7 +8,7 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
-use corral_api::{Event, Operation, PoolSpec, SnapshotTree, VmSpec, VmStatus, Volume};
+use corral_api::{Event, Image, Operation, PoolSpec, SnapshotTree, VmSpec, VmStatus, Volume};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +92,15 @@ pub trait Store: Send + Sync {
     fn get_volume(&self, name: &str) -> Result<Option<Volume>>;
     fn list_volumes(&self, pool: Option<&str>) -> Result<Vec<Volume>>;
     fn delete_volume(&self, name: &str) -> Result<()>;
+    fn insert_image(&self, image: &Image) -> Result<()>;
+    fn get_image(&self, name: &str) -> Result<Option<Image>>;
+    fn list_images(&self) -> Result<Vec<Image>>;
+    /// Removes an image; fails with `InUse` while any volume is a linked clone of it
+    /// (checked in the same transaction, so no clone can appear in between).
+    fn delete_image(&self, name: &str) -> Result<()>;
+    /// Names of the volumes that are linked clones of an image.
+    fn volumes_based_on(&self, image: &str) -> Result<Vec<String>>;
+
     /// A VM's snapshot tree (empty if it has none).
     fn snapshot_tree(&self, vm: &str) -> Result<SnapshotTree>;
     /// Saves a VM's spec, its snapshot tree and the volumes whose files changed, in one

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use corral_api::{Event, Operation, PoolSpec, SnapshotTree, VmSpec, VmStatus, Volume};
+use corral_api::{Event, Image, Operation, PoolSpec, SnapshotTree, VmSpec, VmStatus, Volume};
 use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 use uuid::Uuid;
@@ -50,6 +50,13 @@ fn migrations() -> Migrations<'static> {
         M::up(
             "CREATE TABLE snapshot_trees (
                  vm TEXT PRIMARY KEY,
+                 body TEXT NOT NULL
+             );",
+        ),
+        M::up(
+            "CREATE TABLE images (
+                 name TEXT PRIMARY KEY,
+                 pool TEXT NOT NULL REFERENCES pools (name),
                  body TEXT NOT NULL
              );",
         ),
@@ -441,6 +448,89 @@ impl Store for SqliteStore {
                 _ => Ok(()),
             },
         )
+    }
+
+    fn insert_image(&self, image: &Image) -> Result<()> {
+        let body = serde_json::to_string(image)?;
+        self.with(|c| {
+            let n = c.execute(
+                "INSERT INTO images (name, pool, body) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
+                params![image.name, image.pool, body],
+            )?;
+            if n == 0 {
+                return Err(StoreError::AlreadyExists { kind: "image", name: image.name.clone() });
+            }
+            Ok(())
+        })
+    }
+
+    fn get_image(&self, name: &str) -> Result<Option<Image>> {
+        let body: Option<String> = self.with(|c| {
+            Ok(
+                c.query_row("SELECT body FROM images WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
+        })?;
+        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+    }
+
+    fn list_images(&self) -> Result<Vec<Image>> {
+        let bodies: Vec<String> = self.with(|c| {
+            let mut stmt = c.prepare_cached("SELECT body FROM images ORDER BY name")?;
+            let rows = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })?;
+        bodies
+            .iter()
+            .map(|b| serde_json::from_str(b).map_err(StoreError::from))
+            .collect()
+    }
+
+    fn delete_image(&self, name: &str) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let users: Vec<String> = {
+                let mut stmt = tx.prepare(
+                    "SELECT name FROM volumes WHERE body ->> 'base_image' = ?1 ORDER BY name",
+                )?;
+                let rows = stmt
+                    .query_map([name], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                rows
+            };
+            if !users.is_empty() {
+                return Err(StoreError::InUse {
+                    kind: "image",
+                    name: name.to_string(),
+                    by: users.join(", "),
+                });
+            }
+            let n = tx.execute("DELETE FROM images WHERE name = ?1", [name])?;
+            tx.commit()?;
+            match n {
+                0 => Err(StoreError::NotFound {
+                    kind: "image",
+                    name: name.to_string(),
+                }),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    fn volumes_based_on(&self, image: &str) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT name FROM volumes WHERE body ->> 'base_image' = ?1 ORDER BY name",
+            )?;
+            let rows = stmt
+                .query_map([image], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })
     }
 
     fn snapshot_tree(&self, vm: &str) -> Result<SnapshotTree> {

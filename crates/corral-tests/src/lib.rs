@@ -286,7 +286,11 @@ impl Daemon {
         self.ok(&["start", name]);
         let deadline = Instant::now() + BOOT;
         while self.console_log(name).matches("CORRAL-GUEST-READY").count() <= before {
-            assert!(Instant::now() < deadline, "{name} did not boot:\n{}", self.console_log(name));
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not boot:\n{}",
+                self.console_log(name)
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

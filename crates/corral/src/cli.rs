@@ -5,6 +5,7 @@
 //! checked here, so a mistyped command is a usage error (exit 2) before anything is sent.
 //! Pools and volumes have their own modules, [`pool`] and [`volume`].
 
+mod image;
 mod pool;
 mod snapshot;
 mod volume;
@@ -18,6 +19,7 @@ use corral_api::{DiskRequest, Machine};
 use crate::create::{parse_disk_spec, parse_memory_mib};
 use crate::output::OutputArgs;
 
+pub use image::*;
 pub use pool::*;
 pub use snapshot::*;
 pub use volume::*;
@@ -83,6 +85,9 @@ pub enum Command {
     /// Volumes: disks that can outlive VMs, be attached, detached and grown
     #[command(subcommand, visible_alias = "vol")]
     Volume(VolumeCommand),
+    /// Read-only images that VMs are made from as linked clones
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Snapshots of a VM's disks, as a tree you can revert to and branch from
     #[command(subcommand, visible_alias = "snap")]
     Snapshot(SnapshotCommand),
@@ -134,6 +139,10 @@ pub struct CreateArgs {
     /// An ISO image, attached as a read-only CD-ROM.
     #[arg(long, value_name = "ISO")]
     pub cdrom: Option<PathBuf>,
+
+    /// Make the first disk a linked clone of this image (`corral image list`).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
 
     /// Boot this kernel directly instead of firmware.
     #[arg(long, value_name = "FILE")]

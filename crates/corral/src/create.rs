@@ -95,6 +95,7 @@ pub fn build_request(args: &CreateArgs, cwd: &Path) -> Result<CreateVmRequest> {
         kernel,
         networks: networks(&args.networks).map_err(anyhow::Error::msg)?,
         start: args.start,
+        image: args.image.clone(),
     })
 }
 

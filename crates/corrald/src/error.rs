@@ -34,6 +34,9 @@ pub enum ApiError {
     Qmp(#[from] QmpError),
     #[error("storage")]
     Storage(#[from] StorageError),
+    /// An import or copy failed.
+    #[error("import")]
+    Import(#[from] corral_storage::import::ImportError),
     /// Hot-plugging into a running VM failed (nothing was left half-attached).
     #[error("hot-plug failed")]
     Hotplug(#[from] corral_qemu::hotplug::HotplugError),
@@ -52,6 +55,10 @@ impl From<StoreError> for ApiError {
                 hint: Some("choose another name".into()),
             },
             StoreError::NotFound { kind, name } => ApiError::NotFound { kind, name },
+            StoreError::InUse { kind, name, by } => ApiError::Conflict {
+                message: format!("{kind} '{name}' is in use by {by}"),
+                hint: None,
+            },
             other => ApiError::Store(other),
         }
     }
@@ -102,6 +109,9 @@ impl ApiError {
                 StatusCode::CONFLICT,
                 body(format!("QEMU refused to start the VM: {log}"), None),
             ),
+            ApiError::Import(e) if e.is_bad_source() => {
+                (StatusCode::BAD_REQUEST, body(chain(e), e.hint()))
+            }
             ApiError::Hotplug(e) => (
                 StatusCode::CONFLICT,
                 body(

@@ -182,6 +182,11 @@ impl OpHandle {
             .update(self.id, |op| op.progress = percent.clamp(0.0, 100.0));
     }
 
+    /// Whether a client has asked to cancel (for synchronous checks in long loops).
+    pub fn is_cancelled(&self) -> bool {
+        *self.cancel.borrow()
+    }
+
     /// Resolves when a client asks to cancel.
     pub async fn cancelled(&mut self) {
         let _ = self.cancel.wait_for(|c| *c).await;

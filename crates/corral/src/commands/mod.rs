@@ -1,6 +1,7 @@
 //! One function per command; each asks corrald and prints through [`crate::output`].
 
 mod host;
+mod image;
 mod operation;
 mod pool;
 mod snapshot;
@@ -34,6 +35,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Pool(command) => pool::run(&client, &command).await,
         Command::Volume(command) => volume::run(&client, &command).await,
         Command::Snapshot(command) => snapshot::run(&client, &command).await,
+        Command::Image(command) => image::run(&client, &command).await,
         Command::Host(HostCommand::Info(out)) => host::info(&client, out.output).await,
         Command::Operation(OperationCommand::List(out)) => {
             operation::list(&client, out.output).await

@@ -251,6 +251,7 @@ mod tests {
             created_at: 1_700_000_000,
             used_by: vec!["web".into()],
             allocation_bytes: Some(196_608),
+            base_image: None,
         }
     }
 

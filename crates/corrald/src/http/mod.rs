@@ -80,6 +80,14 @@ pub fn router(mgr: Arc<Manager>) -> Router {
             "/api/v1/volumes/{name}/detach",
             post(storage::detach_volume),
         )
+        .route(
+            "/api/v1/images",
+            get(storage::list_images).post(storage::create_image),
+        )
+        .route(
+            "/api/v1/images/{name}",
+            get(storage::show_image).delete(storage::delete_image),
+        )
         .route("/api/v1/operations", get(list_operations))
         .route(
             "/api/v1/operations/{id}",

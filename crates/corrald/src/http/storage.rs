@@ -5,8 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use corral_api::{
-    validate_name, AttachVolumeRequest, CreateVolumeRequest, DetachVolumeRequest, Operation, Pool,
-    PoolSpec, ResizeVolumeRequest, Vm, Volume,
+    validate_name, AttachVolumeRequest, CreateImageRequest, CreateVolumeRequest,
+    DetachVolumeRequest, Image, Operation, Pool, PoolSpec, ResizeVolumeRequest, Vm, Volume,
 };
 use serde::Deserialize;
 
@@ -121,4 +121,36 @@ pub async fn detach_volume(
 ) -> ApiResult<Json<Vm>> {
     validate_name("vm", &req.vm)?;
     Ok(Json(mgr.detach_volume(checked(&name)?, req).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/images", responses((status = 200, body = [Image])))]
+pub async fn list_images(State(mgr): State<AppState>) -> ApiResult<Json<Vec<Image>>> {
+    Ok(Json(mgr.list_images()?))
+}
+
+#[utoipa::path(get, path = "/api/v1/images/{name}", responses((status = 200, body = Image), (status = 404, body = corral_api::ErrorBody)))]
+pub async fn show_image(
+    State(mgr): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Image>> {
+    Ok(Json(mgr.image(checked(&name)?)?))
+}
+
+#[utoipa::path(post, path = "/api/v1/images", request_body = CreateImageRequest,
+    responses((status = 202, body = Operation), (status = 400, body = corral_api::ErrorBody), (status = 409, body = corral_api::ErrorBody)))]
+pub async fn create_image(
+    State(mgr): State<AppState>,
+    JsonBody(req): JsonBody<CreateImageRequest>,
+) -> ApiResult<Response> {
+    let op = mgr.create_image(req).await?;
+    Ok((StatusCode::ACCEPTED, Json(op)).into_response())
+}
+
+#[utoipa::path(delete, path = "/api/v1/images/{name}", responses((status = 200, description = "deleted"), (status = 409, body = corral_api::ErrorBody)))]
+pub async fn delete_image(
+    State(mgr): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    mgr.delete_image(checked(&name)?).await?;
+    Ok(Json(serde_json::json!({})))
 }

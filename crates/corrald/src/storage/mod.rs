@@ -1,6 +1,7 @@
 //! Pools: where volumes live. The manager keeps pool definitions in the store and asks
 //! each pool's driver (found by name) to do the work on the host.
 
+mod images;
 mod snapshots;
 mod volumes;
 
@@ -141,6 +142,12 @@ impl Manager {
                     .map(|(_, f)| f),
             );
         }
+        known.extend(
+            self.store
+                .list_images()?
+                .into_iter()
+                .map(|i| PathBuf::from(i.path)),
+        );
         // Images a volume reads through (e.g. kept after its VM and snapshots went).
         let tops: Vec<PathBuf> = known.iter().cloned().collect();
         for top in tops {

@@ -95,6 +95,7 @@ impl Manager {
             created_at: now_secs(),
             used_by: Vec::new(),
             allocation_bytes: None,
+            base_image: None,
         };
         if let Err(e) = self.store.insert_volume(&volume) {
             let _ = driver.delete_volume(&spec, &path).await;

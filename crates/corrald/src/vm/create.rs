@@ -132,12 +132,34 @@ impl Manager {
         req: &CreateVmRequest,
         revert: &mut Reverter,
     ) -> ApiResult<Vec<Disk>> {
+        // A linked clone of an image is the first disk; the requested disks follow.
+        let offset = usize::from(req.image.is_some());
+        if let Some(image) = &req.image {
+            if self.store.get_image(image)?.is_none() {
+                return Err(ValidationError::new(
+                    "image",
+                    format!("image '{image}' does not exist"),
+                )
+                .hint("`corral image list` shows the images")
+                .into());
+            }
+            let name = owned_volume_name(&req.name, 0);
+            if self.store.get_volume(&name)?.is_some() {
+                return Err(ValidationError::new(
+                    "image",
+                    format!("volume name '{name}' is taken"),
+                )
+                .hint("rename or delete that volume, or pick another VM name")
+                .into());
+            }
+        }
         let mut checked: Vec<Option<Disk>> = Vec::new();
-        for (i, d) in req.disks.iter().enumerate() {
+        for (ri, d) in req.disks.iter().enumerate() {
+            let i = ri + offset;
             let id = format!("disk{i}");
             checked.push(match d {
                 DiskRequest::New { .. } => {
-                    let field = format!("disks[{i}]");
+                    let field = format!("disks[{ri}]");
                     let name = owned_volume_name(&req.name, i);
                     if self.store.get_volume(&name)?.is_some() {
                         return Err(ValidationError::new(
@@ -154,7 +176,7 @@ impl Manager {
                     format,
                     read_only,
                 } => {
-                    let field = format!("disks[{i}].path");
+                    let field = format!("disks[{ri}].path");
                     let path = check_file(&field, path)?;
                     let info = corral_storage::inspect(Path::new(&path), *format)
                         .await
@@ -173,7 +195,7 @@ impl Manager {
                     })
                 }
                 DiskRequest::Volume { name, read_only } => {
-                    let field = format!("disks[{i}].name");
+                    let field = format!("disks[{ri}].name");
                     let v = self.store.get_volume(name)?.ok_or_else(|| {
                         ValidationError::new(&field, format!("volume '{name}' does not exist"))
                             .hint("`corral volume list` shows the volumes")
@@ -199,7 +221,27 @@ impl Manager {
             });
         }
         let mut disks = Vec::new();
+        if let Some(image) = &req.image {
+            let v = self
+                .make_linked_volume(&owned_volume_name(&req.name, 0), image, &req.name)
+                .await?;
+            let (store, path, vname) = (self.store.clone(), v.path.clone(), v.name.clone());
+            revert.add(move || {
+                let _ = store.delete_volume(&vname);
+                let _ = std::fs::remove_file(path);
+            });
+            disks.push(Disk {
+                id: "disk0".into(),
+                volume: Some(v.name),
+                path: v.path,
+                format: v.format,
+                size_bytes: v.size_bytes,
+                owned: true,
+                read_only: false,
+            });
+        }
         for (i, (d, checked)) in req.disks.iter().zip(checked).enumerate() {
+            let i = i + offset;
             let disk = match (d, checked) {
                 (_, Some(disk)) => disk,
                 (DiskRequest::New { size_bytes }, None) => {
