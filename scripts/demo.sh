@@ -28,7 +28,7 @@ if corral show demo >/dev/null 2>&1; then
 fi
 corral create demo --memory 256M --vcpus 1 --disk size=1G --network user \
     --kernel /usr/share/corral/guest/vmlinuz --initrd /usr/share/corral/guest/initrd.img \
-    --cmdline "console=ttyS0 quiet" --start
+    --cmdline "console=ttyS0 quiet no_timer_check" --start
 for _ in $(seq 300); do
     corral console demo --log | grep -q CORRAL-GUEST-READY && break
     sleep 0.1

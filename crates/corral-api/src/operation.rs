@@ -39,4 +39,7 @@ pub struct Operation {
     /// Set when the operation failed.
     #[serde(default)]
     pub error: Option<ErrorBody>,
+    /// What the operation made, when it succeeded (e.g. an import's volumes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
 }

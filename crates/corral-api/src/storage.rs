@@ -272,3 +272,36 @@ pub struct SnapshotTree {
     #[serde(default)]
     pub current: Option<String>,
 }
+
+/// `POST /api/v1/volumes/import`: a disk image (qcow2, raw, vmdk, vhdx, vdi) or an OVA,
+/// from a local file or an http(s) URL, converted into new volumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportVolumeRequest {
+    /// Name of the new volume; an OVA's further disks get `-disk1`, `-disk2`, ….
+    pub name: String,
+    /// An absolute path on the host, or an `http://` / `https://` URL.
+    pub source: String,
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// Format of the new volume (default qcow2).
+    #[serde(default)]
+    pub format: Option<DiskFormat>,
+}
+
+/// The `result` of an import operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImportResult {
+    /// The volumes made, in disk order.
+    pub volumes: Vec<String>,
+    /// For an OVA: what its descriptor says the VM should be.
+    #[serde(default)]
+    pub ova: Option<OvaSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OvaSpec {
+    pub name: Option<String>,
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+}

@@ -22,7 +22,7 @@ fn boot_deaf(d: &Daemon, name: &str) {
         "--initrd",
         &i.display().to_string(),
         "--cmdline",
-        "console=ttyS0 quiet corral.noacpi",
+        "console=ttyS0 quiet no_timer_check corral.noacpi",
     ]);
     d.wait_console(name, "CORRAL-GUEST-READY", BOOT);
     assert!(d.console_log(name).contains("ignoring the power button"));
@@ -86,14 +86,14 @@ fn update_applies_to_stopped_vms_only() {
         "--vcpus",
         "2",
         "--cmdline",
-        "console=ttyS0 quiet loglevel=3",
+        "console=ttyS0 quiet no_timer_check loglevel=3",
     ]);
     let vm = d.vm("upd");
     assert_eq!(vm["spec"]["memory_mib"], 128);
     assert_eq!(vm["spec"]["vcpus"], 2);
     assert_eq!(
         vm["spec"]["kernel"]["cmdline"],
-        "console=ttyS0 quiet loglevel=3"
+        "console=ttyS0 quiet no_timer_check loglevel=3"
     );
     let err = d.fails(&["update", "upd", "--vcpus", "999"]);
     assert!(err.contains("vcpus"), "{err}");

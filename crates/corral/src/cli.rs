@@ -118,13 +118,18 @@ pub struct CreateArgs {
     /// Name of the VM: 1-63 lowercase letters, digits and '-'.
     pub name: String,
 
-    /// Guest memory, e.g. 512M or 2G (a bare number is MiB).
-    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_memory_mib)]
-    pub memory: u64,
+    /// Guest memory, e.g. 512M or 2G (a bare number is MiB) [default: 512M, or the OVA's].
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_mib)]
+    pub memory: Option<u64>,
 
-    /// Number of virtual CPUs.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub vcpus: u32,
+    /// Number of virtual CPUs [default: 1, or the OVA's].
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<u32>,
+
+    /// Import an OVA appliance: its disks become volumes attached in order, its CPU and
+    /// memory are used unless --vcpus/--memory say otherwise.
+    #[arg(long, value_name = "FILE")]
+    pub from_ova: Option<PathBuf>,
 
     /// QEMU machine type: pc (i440FX, most compatible) or q35 (PCIe).
     #[arg(long, value_enum, default_value_t = MachineArg::Pc)]

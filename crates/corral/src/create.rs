@@ -16,6 +16,9 @@ use crate::cli::{CreateArgs, NetArg};
 
 pub use disk_spec::parse_disk_spec;
 
+/// Guest memory when neither `--memory` nor an OVA says.
+pub const DEFAULT_MEMORY_MIB: u64 = 512;
+
 /// `--memory`: a size (`512M`, `2G`) in MiB; a bare number is MiB, like virt-install.
 pub fn parse_memory_mib(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
@@ -87,8 +90,8 @@ pub fn build_request(args: &CreateArgs, cwd: &Path) -> Result<CreateVmRequest> {
     });
     Ok(CreateVmRequest {
         name: args.name.clone(),
-        memory_mib: args.memory,
-        vcpus: args.vcpus,
+        memory_mib: args.memory.unwrap_or(DEFAULT_MEMORY_MIB),
+        vcpus: args.vcpus.unwrap_or(1),
         machine: args.machine.into(),
         disks,
         cdrom: args.cdrom.as_ref().map(|p| absolute_string(cwd, p)),

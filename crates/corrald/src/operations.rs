@@ -81,6 +81,7 @@ impl Operations {
             updated_ms: now,
             cancellable,
             error: None,
+            result: None,
         };
         self.store.put_operation(&op)?;
         let (tx, _) = watch::channel(op.clone());
@@ -197,6 +198,21 @@ impl OpHandle {
             Ok(()) => {
                 op.state = OperationState::Succeeded;
                 op.progress = 100.0;
+            }
+            Err(e) => {
+                op.state = OperationState::Failed;
+                op.error = Some(e.to_parts().1);
+            }
+        });
+    }
+
+    /// Succeeds with a result for the client (what the operation made).
+    pub fn finish_with(self, result: ApiResult<serde_json::Value>) {
+        self.ops.update(self.id, |op| match result {
+            Ok(value) => {
+                op.state = OperationState::Succeeded;
+                op.progress = 100.0;
+                op.result = Some(value);
             }
             Err(e) => {
                 op.state = OperationState::Failed;

@@ -124,6 +124,7 @@ fn operations_upsert() {
         updated_ms: 1,
         cancellable: false,
         error: None,
+        result: None,
     };
     s.put_operation(&op).unwrap();
     op.state = OperationState::Succeeded;

@@ -32,6 +32,8 @@ pub enum VolumeCommand {
     /// Delete a volume no VM uses, and its data
     #[command(visible_alias = "rm")]
     Delete(VolumeDeleteArgs),
+    /// Import a disk image (qcow2, raw, vmdk, vhdx, vdi) or an OVA, from a file or URL
+    Import(VolumeImportArgs),
     /// Attach a volume to a VM, hot-plugged when the VM is running
     Attach(VolumeAttachArgs),
     /// Detach a volume from a VM; a volume the VM owned is kept as a standalone one
@@ -224,4 +226,21 @@ mod tests {
         }
         usage_error(&["volume", "resize", "data", "--size", "-1G"], "only grow");
     }
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeImportArgs {
+    /// A file on this host, or an http(s) URL the daemon downloads.
+    pub source: String,
+    /// Name of the new volume (an OVA's further disks get -disk1, -disk2, …).
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// Pool to import into (default: the `default` pool).
+    #[arg(long, value_name = "POOL")]
+    pub pool: Option<String>,
+    /// Format of the new volume (default: qcow2).
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }

@@ -241,6 +241,7 @@ mod tests {
             updated_ms: 0,
             cancellable: false,
             error,
+            result: None,
         }
     }
 

@@ -5,7 +5,10 @@
 
 use anyhow::{Context, Result};
 
-use corral_api::{format_size, Operation, StartRequest, StopRequest, UpdateVmRequest, Vm};
+use corral_api::{
+    format_size, CreateVmRequest, DiskRequest, ImportResult, ImportVolumeRequest, Operation,
+    OvaSpec, StartRequest, StopRequest, UpdateVmRequest, Vm,
+};
 
 use super::operation::follow;
 use super::vm_view;
@@ -16,7 +19,10 @@ use crate::output::{emit, print_out, Format};
 
 pub async fn create(client: &Client, args: &CreateArgs) -> Result<()> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let request = build_request(args, &cwd)?;
+    let mut request = build_request(args, &cwd)?;
+    if let Some(ova) = &args.from_ova {
+        import_ova(client, args, &cwd.join(ova), &mut request).await?;
+    }
     let vm: Vm = client.post(&format!("{API}/vms"), &request).await?;
     emit(args.output.output, &vm, |vm| {
         let name = &vm.spec.name;
@@ -26,6 +32,45 @@ pub async fn create(client: &Client, args: &CreateArgs) -> Result<()> {
         }
         text
     })
+}
+
+/// `create --from-ova`: imports the appliance's disks as volumes `<vm>-ova`,
+/// `<vm>-ova-disk1`, … (following the import's progress), then makes the VM from them
+/// with the descriptor's CPU and memory unless the command line said otherwise.
+async fn import_ova(
+    client: &Client,
+    args: &CreateArgs,
+    ova: &std::path::Path,
+    request: &mut CreateVmRequest,
+) -> Result<()> {
+    let import = ImportVolumeRequest {
+        name: format!("{}-ova", args.name),
+        source: ova.display().to_string(),
+        pool: None,
+        format: None,
+    };
+    let op: Operation = client
+        .post(&format!("{API}/volumes/import"), &import)
+        .await?;
+    let op = follow(client, op, &format!("importing {}", ova.display())).await?;
+    let result: ImportResult = serde_json::from_value(op.result.unwrap_or_default())
+        .context("the import finished without saying what it made")?;
+    let spec = result.ova.unwrap_or(OvaSpec {
+        name: None,
+        vcpus: None,
+        memory_mib: None,
+    });
+    request.memory_mib = args
+        .memory
+        .or(spec.memory_mib)
+        .unwrap_or(crate::create::DEFAULT_MEMORY_MIB);
+    request.vcpus = args.vcpus.or(spec.vcpus).unwrap_or(1);
+    let disks = result.volumes.into_iter().map(|name| DiskRequest::Volume {
+        name,
+        read_only: false,
+    });
+    request.disks.splice(0..0, disks);
+    Ok(())
 }
 
 pub async fn list(client: &Client, format: Format) -> Result<()> {

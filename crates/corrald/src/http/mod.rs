@@ -64,6 +64,7 @@ pub fn router(mgr: Arc<Manager>) -> Router {
             "/api/v1/volumes",
             get(storage::list_volumes).post(storage::create_volume),
         )
+        .route("/api/v1/volumes/import", post(storage::import_volume))
         .route(
             "/api/v1/volumes/{name}",
             get(storage::show_volume).delete(storage::delete_volume),

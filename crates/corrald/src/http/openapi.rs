@@ -33,6 +33,7 @@ use super::{
         vms::revert_snapshot,
         vms::delete_snapshot,
         storage::list_pools,
+        storage::import_volume,
         storage::list_images,
         storage::show_image,
         storage::create_image,

@@ -6,7 +6,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use corral_api::{
     validate_name, AttachVolumeRequest, CreateImageRequest, CreateVolumeRequest,
-    DetachVolumeRequest, Image, Operation, Pool, PoolSpec, ResizeVolumeRequest, Vm, Volume,
+    DetachVolumeRequest, Image, ImportVolumeRequest, Operation, Pool, PoolSpec,
+    ResizeVolumeRequest, Vm, Volume,
 };
 use serde::Deserialize;
 
@@ -153,4 +154,15 @@ pub async fn delete_image(
 ) -> ApiResult<Json<serde_json::Value>> {
     mgr.delete_image(checked(&name)?).await?;
     Ok(Json(serde_json::json!({})))
+}
+
+#[utoipa::path(post, path = "/api/v1/volumes/import", request_body = ImportVolumeRequest,
+    responses((status = 202, body = Operation, description = "result: ImportResult"),
+              (status = 400, body = corral_api::ErrorBody), (status = 409, body = corral_api::ErrorBody)))]
+pub async fn import_volume(
+    State(mgr): State<AppState>,
+    JsonBody(req): JsonBody<ImportVolumeRequest>,
+) -> ApiResult<Response> {
+    let op = mgr.import_volume(req).await?;
+    Ok((StatusCode::ACCEPTED, Json(op)).into_response())
 }

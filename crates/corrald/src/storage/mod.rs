@@ -2,6 +2,7 @@
 //! each pool's driver (found by name) to do the work on the host.
 
 mod images;
+mod import;
 mod snapshots;
 mod volumes;
 

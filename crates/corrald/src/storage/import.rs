@@ -1,0 +1,226 @@
+//! `volume import`: a disk image or an OVA, from a host path or an http(s) URL, turned
+//! into new volumes as one cancellable operation. Downloads and conversions write to
+//! hidden temporary files that appear under their real names only when complete, so a
+//! failed or cancelled import leaves nothing behind.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use corral_api::{
+    DiskFormat, ImportResult, ImportVolumeRequest, Operation, OvaSpec, ValidationError, Volume,
+    DEFAULT_POOL,
+};
+use corral_storage::import::{self, Progress, Scaled};
+
+use super::{pool_driver, volume_key};
+use crate::clock::now_secs;
+use crate::error::{ApiError, ApiResult};
+use crate::operations::OpHandle;
+use crate::vm::Manager;
+
+impl Manager {
+    pub async fn import_volume(self: &Arc<Self>, req: ImportVolumeRequest) -> ApiResult<Operation> {
+        corral_api::validate_name("name", &req.name)?;
+        let pool = req.pool.clone().unwrap_or_else(|| DEFAULT_POOL.to_string());
+        let spec = self.pool_spec(&pool).map_err(|_| {
+            ValidationError::new("pool", format!("pool '{pool}' does not exist"))
+                .hint("`corral pool list` shows the pools")
+        })?;
+        if self.store.get_volume(&req.name)?.is_some() {
+            return Err(ApiError::Conflict {
+                message: format!("volume '{}' already exists", req.name),
+                hint: Some("choose another name".into()),
+            });
+        }
+        if !import::is_remote(&req.source) {
+            check_source_file(&req.source)?;
+        } else if url_is_bad(&req.source) {
+            return Err(ValidationError::new(
+                "source",
+                format!("'{}' is not a valid URL", req.source),
+            )
+            .into());
+        }
+        let dir = PathBuf::from(spec.path.clone().unwrap_or_default());
+        let (op, handle) = self.ops.begin("volume.import", &req.name, true)?;
+        let mgr = self.clone();
+        tokio::spawn(async move {
+            match mgr.run_import(&req, &pool, &dir, &handle).await {
+                Err(ApiError::Import(import::ImportError::Cancelled)) => handle.cancelled_done(),
+                result => {
+                    handle.finish_with(result.map(|r| serde_json::to_value(r).unwrap_or_default()))
+                }
+            }
+        });
+        Ok(op)
+    }
+
+    async fn run_import(
+        &self,
+        req: &ImportVolumeRequest,
+        pool: &str,
+        dir: &Path,
+        progress: &OpHandle,
+    ) -> ApiResult<ImportResult> {
+        let _lock = self.lock(&volume_key(&req.name)).await;
+        // The download (if any) takes the first half of the bar.
+        let (download, local) = if import::is_remote(&req.source) {
+            let d =
+                import::fetch_to_file(&req.source, dir, &Scaled::new(progress, 0.0, 50.0)).await?;
+            let p = d.path().to_path_buf();
+            (Some(d), p)
+        } else {
+            (None, PathBuf::from(&req.source))
+        };
+        let base = if download.is_some() { 50.0 } else { 0.0 };
+        let result = if is_ova(&local) {
+            self.import_ova(
+                req,
+                pool,
+                dir,
+                &local,
+                &Scaled::new(progress, base, 100.0 - base),
+            )
+            .await
+        } else {
+            let step = Scaled::new(progress, base, 100.0 - base);
+            let v = self
+                .import_one(&req.name, req.format, pool, &local, &step)
+                .await?;
+            Ok(ImportResult {
+                volumes: vec![v.name],
+                ova: None,
+            })
+        };
+        drop(download);
+        result
+    }
+
+    async fn import_ova(
+        &self,
+        req: &ImportVolumeRequest,
+        pool: &str,
+        dir: &Path,
+        ova: &Path,
+        progress: &dyn Progress,
+    ) -> ApiResult<ImportResult> {
+        let work = tempfile::Builder::new()
+            .prefix(".corral-ova-")
+            .tempdir_in(dir)
+            .map_err(|e| ApiError::Internal(format!("{}: {e}", dir.display())))?;
+        let contents =
+            import::unpack_ova_blocking(ova, work.path(), &Scaled::new(progress, 0.0, 30.0))?;
+        let mut made: Vec<Volume> = Vec::new();
+        let n = contents.disks.len().max(1) as f32;
+        for (i, disk) in contents.disks.iter().enumerate() {
+            let name = if i == 0 {
+                req.name.clone()
+            } else {
+                format!("{}-disk{i}", req.name)
+            };
+            let step = Scaled::new(progress, 30.0 + 70.0 * i as f32 / n, 70.0 / n);
+            match self
+                .import_one(&name, req.format, pool, &disk.file, &step)
+                .await
+            {
+                Ok(v) => made.push(v),
+                Err(e) => {
+                    // All or nothing: the volumes of the earlier disks go too.
+                    for v in &made {
+                        let _ = self.store.delete_volume(&v.name);
+                        self.remove_volume_storage(v).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(ImportResult {
+            volumes: made.into_iter().map(|v| v.name).collect(),
+            ova: Some(OvaSpec {
+                name: contents.name,
+                vcpus: contents.vcpus,
+                memory_mib: contents.memory_mib,
+            }),
+        })
+    }
+
+    /// Probes one image and converts it into a new volume.
+    async fn import_one(
+        &self,
+        name: &str,
+        format: Option<DiskFormat>,
+        pool: &str,
+        source: &Path,
+        progress: &dyn Progress,
+    ) -> ApiResult<Volume> {
+        if self.store.get_volume(name)?.is_some() {
+            return Err(ApiError::conflict(format!(
+                "volume '{name}' already exists"
+            )));
+        }
+        let spec = self.pool_spec(pool)?;
+        let driver = pool_driver(&spec)?;
+        let format = format.unwrap_or(DiskFormat::Qcow2);
+        let info = import::probe(source).await?;
+        let dest = driver.volume_path(&spec, name, format);
+        let size = import::convert(source, info.format, &dest, format, progress).await?;
+        let volume = Volume {
+            name: name.to_string(),
+            pool: pool.to_string(),
+            format,
+            size_bytes: size,
+            path: dest.display().to_string(),
+            owner: None,
+            created_at: now_secs(),
+            used_by: Vec::new(),
+            allocation_bytes: None,
+            base_image: None,
+        };
+        if let Err(e) = self.store.insert_volume(&volume) {
+            let _ = std::fs::remove_file(&dest);
+            return Err(e.into());
+        }
+        self.events.emit(
+            None,
+            "volume",
+            format!("volume '{name}' imported from {}", source.display()),
+        );
+        Ok(volume)
+    }
+}
+
+/// An OVA is a tar archive: "ustar" at offset 257.
+fn is_ova(path: &Path) -> bool {
+    use std::io::Read;
+    let mut header = [0u8; 262];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .map(|_| &header[257..262] == b"ustar")
+        .unwrap_or(false)
+}
+
+fn check_source_file(source: &str) -> ApiResult<()> {
+    let p = Path::new(source);
+    if !p.is_absolute() {
+        return Err(ValidationError::new(
+            "source",
+            format!("'{source}' is not an absolute path or an http(s) URL"),
+        )
+        .hint("give the full path of the image on the host, or a URL")
+        .into());
+    }
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(ValidationError::new("source", format!("'{source}' is not a file")).into()),
+        Err(e) => Err(
+            ValidationError::new("source", format!("cannot use '{source}': {e}"))
+                .hint("check the path exists and is readable")
+                .into(),
+        ),
+    }
+}
+
+fn url_is_bad(source: &str) -> bool {
+    let rest = source.split_once("://").map(|(_, r)| r).unwrap_or("");
+    rest.is_empty() || rest.starts_with('/')
+}
