@@ -258,3 +258,22 @@ fn create_from_ova() {
     d.start_and_wait("app");
     d.ok(&["stop", "app", "--force"]);
 }
+
+#[test]
+fn work_left_by_a_killed_daemon_is_swept_at_restart() {
+    let mut d = Daemon::start();
+    let pool = d.state_dir().join("pools/default");
+    let part = pool.join(".corral-import-big-1-2-3.part");
+    std::fs::write(&part, vec![1u8; 1 << 20]).unwrap();
+    let ova_dir = pool.join(".corral-ova-abc");
+    std::fs::create_dir(&ova_dir).unwrap();
+    std::fs::write(ova_dir.join("disk.vmdk"), b"x").unwrap();
+    d.restart();
+    assert!(!part.exists() && !ova_dir.exists());
+    let events = d.json(&["events"]);
+    assert!(
+        events.to_string().contains("interrupted operation"),
+        "{events}"
+    );
+    assert_nothing_left(&d, 0);
+}

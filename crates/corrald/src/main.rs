@@ -97,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
     let mgr = vm::Manager::new(cfg.clone(), host, store);
     mgr.ensure_default_pool().await?;
     mgr.ops.fail_orphans()?;
+    mgr.sweep_interrupted_work()?;
     mgr.reattach_all().await?;
     tokio::spawn(console::rotate_logs_forever(mgr.clone()));
 
