@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use corral_api::{Event, Image, Operation, PoolSpec, SnapshotTree, VmSpec, VmStatus, Volume};
 use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
+use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::{Result, Store, StoreError, VmRecord};
@@ -92,6 +93,49 @@ impl SqliteStore {
         migrations().to_latest(&mut conn)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+        })
+    }
+
+    /// One stored JSON body by key, decoded.
+    fn body<T: DeserializeOwned>(&self, sql: &str, key: &str) -> Result<Option<T>> {
+        let body: Option<String> =
+            self.with(|c| Ok(c.query_row(sql, [key], |r| r.get(0)).optional()?))?;
+        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+    }
+
+    /// Every stored JSON body a query returns, decoded.
+    fn bodies<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<T>> {
+        let bodies: Vec<String> = self.with(|c| {
+            let mut stmt = c.prepare_cached(sql)?;
+            let rows = stmt
+                .query_map(params, |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })?;
+        bodies
+            .iter()
+            .map(|b| serde_json::from_str(b).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Runs an `INSERT … ON CONFLICT DO NOTHING`; no row inserted means the name is taken.
+    fn insert_new(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        kind: &'static str,
+        name: &str,
+    ) -> Result<()> {
+        self.with(|c| match c.execute(sql, params)? {
+            0 => Err(StoreError::AlreadyExists {
+                kind,
+                name: name.to_string(),
+            }),
+            _ => Ok(()),
         })
     }
 
@@ -285,72 +329,29 @@ impl Store for SqliteStore {
     }
 
     fn get_operation(&self, id: Uuid) -> Result<Option<Operation>> {
-        let body: Option<String> = self.with(|c| {
-            Ok(c.query_row(
-                "SELECT body FROM operations WHERE id = ?1",
-                [id.to_string()],
-                |r| r.get(0),
-            )
-            .optional()?)
-        })?;
-        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+        self.body("SELECT body FROM operations WHERE id = ?1", &id.to_string())
     }
 
     fn list_operations(&self) -> Result<Vec<Operation>> {
-        let bodies: Vec<String> = self.with(|c| {
-            let mut stmt = c.prepare_cached("SELECT body FROM operations ORDER BY created_ms")?;
-            let rows = stmt
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(rows)
-        })?;
-        bodies
-            .iter()
-            .map(|b| serde_json::from_str(b).map_err(StoreError::from))
-            .collect()
+        self.bodies("SELECT body FROM operations ORDER BY created_ms", [])
     }
 
     fn insert_pool(&self, spec: &PoolSpec) -> Result<()> {
         let body = serde_json::to_string(spec)?;
-        self.with(|c| {
-            let n = c.execute(
-                "INSERT INTO pools (name, spec) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
-                params![spec.name, body],
-            )?;
-            if n == 0 {
-                return Err(StoreError::AlreadyExists {
-                    kind: "pool",
-                    name: spec.name.clone(),
-                });
-            }
-            Ok(())
-        })
+        self.insert_new(
+            "INSERT INTO pools (name, spec) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+            params![spec.name, body],
+            "pool",
+            &spec.name,
+        )
     }
 
     fn get_pool(&self, name: &str) -> Result<Option<PoolSpec>> {
-        let body: Option<String> = self.with(|c| {
-            Ok(
-                c.query_row("SELECT spec FROM pools WHERE name = ?1", [name], |r| {
-                    r.get(0)
-                })
-                .optional()?,
-            )
-        })?;
-        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+        self.body("SELECT spec FROM pools WHERE name = ?1", name)
     }
 
     fn list_pools(&self) -> Result<Vec<PoolSpec>> {
-        let bodies: Vec<String> = self.with(|c| {
-            let mut stmt = c.prepare_cached("SELECT spec FROM pools ORDER BY name")?;
-            let rows = stmt
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(rows)
-        })?;
-        bodies
-            .iter()
-            .map(|b| serde_json::from_str(b).map_err(StoreError::from))
-            .collect()
+        self.bodies("SELECT spec FROM pools ORDER BY name", [])
     }
 
     fn delete_pool(&self, name: &str) -> Result<()> {
@@ -370,138 +371,71 @@ impl Store for SqliteStore {
             }
             let n = tx.execute("DELETE FROM pools WHERE name = ?1", [name])?;
             tx.commit()?;
-            match n {
-                0 => Err(StoreError::NotFound {
-                    kind: "pool",
-                    name: name.to_string(),
-                }),
-                _ => Ok(()),
-            }
+            found(n, "pool", name)
         })
     }
 
     fn insert_volume(&self, volume: &Volume) -> Result<()> {
         let body = serde_json::to_string(volume)?;
-        self.with(|c| {
-            let n = c.execute(
-                "INSERT INTO volumes (name, pool, body) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
-                params![volume.name, volume.pool, body],
-            )?;
-            if n == 0 {
-                return Err(StoreError::AlreadyExists { kind: "volume", name: volume.name.clone() });
-            }
-            Ok(())
-        })
+        self.insert_new(
+            "INSERT INTO volumes (name, pool, body) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
+            params![volume.name, volume.pool, body],
+            "volume",
+            &volume.name,
+        )
     }
 
     fn update_volume(&self, volume: &Volume) -> Result<()> {
         let body = serde_json::to_string(volume)?;
         self.with(|c| {
-            match c.execute(
+            let n = c.execute(
                 "UPDATE volumes SET body = ?2 WHERE name = ?1",
                 params![volume.name, body],
-            )? {
-                0 => Err(StoreError::NotFound {
-                    kind: "volume",
-                    name: volume.name.clone(),
-                }),
-                _ => Ok(()),
-            }
+            )?;
+            found(n, "volume", &volume.name)
         })
     }
 
     fn get_volume(&self, name: &str) -> Result<Option<Volume>> {
-        let body: Option<String> = self.with(|c| {
-            Ok(
-                c.query_row("SELECT body FROM volumes WHERE name = ?1", [name], |r| {
-                    r.get(0)
-                })
-                .optional()?,
-            )
-        })?;
-        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+        self.body("SELECT body FROM volumes WHERE name = ?1", name)
     }
 
     fn list_volumes(&self, pool: Option<&str>) -> Result<Vec<Volume>> {
-        let bodies: Vec<String> = self.with(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT body FROM volumes WHERE (?1 IS NULL OR pool = ?1) ORDER BY name",
-            )?;
-            let rows = stmt
-                .query_map([pool], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(rows)
-        })?;
-        bodies
-            .iter()
-            .map(|b| serde_json::from_str(b).map_err(StoreError::from))
-            .collect()
+        self.bodies(
+            "SELECT body FROM volumes WHERE (?1 IS NULL OR pool = ?1) ORDER BY name",
+            [pool],
+        )
     }
 
     fn delete_volume(&self, name: &str) -> Result<()> {
-        self.with(
-            |c| match c.execute("DELETE FROM volumes WHERE name = ?1", [name])? {
-                0 => Err(StoreError::NotFound {
-                    kind: "volume",
-                    name: name.to_string(),
-                }),
-                _ => Ok(()),
-            },
-        )
+        self.with(|c| {
+            let n = c.execute("DELETE FROM volumes WHERE name = ?1", [name])?;
+            found(n, "volume", name)
+        })
     }
 
     fn insert_image(&self, image: &Image) -> Result<()> {
         let body = serde_json::to_string(image)?;
-        self.with(|c| {
-            let n = c.execute(
-                "INSERT INTO images (name, pool, body) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
-                params![image.name, image.pool, body],
-            )?;
-            if n == 0 {
-                return Err(StoreError::AlreadyExists { kind: "image", name: image.name.clone() });
-            }
-            Ok(())
-        })
+        self.insert_new(
+            "INSERT INTO images (name, pool, body) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
+            params![image.name, image.pool, body],
+            "image",
+            &image.name,
+        )
     }
 
     fn get_image(&self, name: &str) -> Result<Option<Image>> {
-        let body: Option<String> = self.with(|c| {
-            Ok(
-                c.query_row("SELECT body FROM images WHERE name = ?1", [name], |r| {
-                    r.get(0)
-                })
-                .optional()?,
-            )
-        })?;
-        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+        self.body("SELECT body FROM images WHERE name = ?1", name)
     }
 
     fn list_images(&self) -> Result<Vec<Image>> {
-        let bodies: Vec<String> = self.with(|c| {
-            let mut stmt = c.prepare_cached("SELECT body FROM images ORDER BY name")?;
-            let rows = stmt
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(rows)
-        })?;
-        bodies
-            .iter()
-            .map(|b| serde_json::from_str(b).map_err(StoreError::from))
-            .collect()
+        self.bodies("SELECT body FROM images ORDER BY name", [])
     }
 
     fn delete_image(&self, name: &str) -> Result<()> {
         self.with(|c| {
             let tx = c.transaction()?;
-            let users: Vec<String> = {
-                let mut stmt = tx.prepare(
-                    "SELECT name FROM volumes WHERE body ->> 'base_image' = ?1 ORDER BY name",
-                )?;
-                let rows = stmt
-                    .query_map([name], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
-                rows
-            };
+            let users = column(&tx, VOLUMES_BASED_ON, name)?;
             if !users.is_empty() {
                 return Err(StoreError::InUse {
                     kind: "image",
@@ -511,26 +445,12 @@ impl Store for SqliteStore {
             }
             let n = tx.execute("DELETE FROM images WHERE name = ?1", [name])?;
             tx.commit()?;
-            match n {
-                0 => Err(StoreError::NotFound {
-                    kind: "image",
-                    name: name.to_string(),
-                }),
-                _ => Ok(()),
-            }
+            found(n, "image", name)
         })
     }
 
     fn volumes_based_on(&self, image: &str) -> Result<Vec<String>> {
-        self.with(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT name FROM volumes WHERE body ->> 'base_image' = ?1 ORDER BY name",
-            )?;
-            let rows = stmt
-                .query_map([image], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(rows)
-        })
+        self.with(|c| column(c, VOLUMES_BASED_ON, image))
     }
 
     fn snapshot_tree(&self, vm: &str) -> Result<SnapshotTree> {
@@ -593,16 +513,37 @@ impl Store for SqliteStore {
 
     fn vms_using_volume(&self, name: &str) -> Result<Vec<String>> {
         self.with(|c| {
-            let mut stmt = c.prepare_cached(
+            column(
+                c,
                 "SELECT DISTINCT vms.name FROM vms, json_each(vms.spec, '$.disks') AS d
                  WHERE d.value ->> 'volume' = ?1 ORDER BY vms.name",
-            )?;
-            let rows = stmt
-                .query_map([name], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(rows)
+                name,
+            )
         })
     }
+}
+
+const VOLUMES_BASED_ON: &str =
+    "SELECT name FROM volumes WHERE body ->> 'base_image' = ?1 ORDER BY name";
+
+/// A statement that must have touched one row: none means the object is not there.
+fn found(changed: usize, kind: &'static str, name: &str) -> Result<()> {
+    match changed {
+        0 => Err(StoreError::NotFound {
+            kind,
+            name: name.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The first column of every row, as strings.
+fn column(c: &Connection, sql: &str, key: &str) -> Result<Vec<String>> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let rows = stmt
+        .query_map([key], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
 }
 
 fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {

@@ -356,6 +356,20 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// The first `n` bytes of a disk image as a guest would read them (through its whole
+/// backing chain), via `qemu-img convert`.
+pub fn image_head(image: &str, n: usize) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("r.raw");
+    let ok = Command::new("qemu-img")
+        .args(["convert", "-U", "-O", "raw", image])
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "cannot read {image}");
+    String::from_utf8_lossy(&std::fs::read(raw).unwrap()[..n]).into_owned()
+}
+
 /// Whether `path` exists.
 pub fn exists(path: &str) -> bool {
     Path::new(path).exists()

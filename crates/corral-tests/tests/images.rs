@@ -5,19 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use corral_tests::Daemon;
-
-fn head(image: &str, n: usize) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let raw = dir.path().join("r.raw");
-    let ok = std::process::Command::new("qemu-img")
-        .args(["convert", "-U", "-O", "raw", image])
-        .arg(&raw)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    String::from_utf8_lossy(&std::fs::read(raw).unwrap()[..n]).into_owned()
-}
+use corral_tests::{image_head, Daemon};
 
 #[test]
 fn linked_clones_from_an_image() {
@@ -50,7 +38,7 @@ fn linked_clones_from_an_image() {
     d.ok(&["image", "create", "base", "--from-volume", "golden-disk0"]);
     let image = d.json(&["image", "show", "base"]);
     assert_eq!(image["source"], "golden-disk0");
-    assert_eq!(head(image["path"].as_str().unwrap(), 4), "gold");
+    assert_eq!(image_head(image["path"].as_str().unwrap(), 4), "gold");
 
     for vm in ["c1", "c2"] {
         let started = Instant::now();
@@ -69,7 +57,7 @@ fn linked_clones_from_an_image() {
         assert!(started.elapsed() < Duration::from_secs(10));
         let disk = &d.vm(vm)["spec"]["disks"][0];
         assert_eq!(disk["volume"], format!("{vm}-disk0"));
-        assert_eq!(head(disk["path"].as_str().unwrap(), 4), "gold");
+        assert_eq!(image_head(disk["path"].as_str().unwrap(), 4), "gold");
         let vol = d.json(&["volume", "show", &format!("{vm}-disk0")]);
         assert_eq!(vol["base_image"], "base");
         assert!(
@@ -87,21 +75,21 @@ fn linked_clones_from_an_image() {
     d.wait_console("c2", "C42", Duration::from_secs(20));
     d.ok(&["stop", "c2"]);
     assert_eq!(
-        head(d.vm("c2")["spec"]["disks"][0]["path"].as_str().unwrap(), 4),
+        image_head(d.vm("c2")["spec"]["disks"][0]["path"].as_str().unwrap(), 4),
         "c2c2"
     );
     assert_eq!(
-        head(d.vm("c1")["spec"]["disks"][0]["path"].as_str().unwrap(), 4),
+        image_head(d.vm("c1")["spec"]["disks"][0]["path"].as_str().unwrap(), 4),
         "gold"
     );
-    assert_eq!(head(image["path"].as_str().unwrap(), 4), "gold");
+    assert_eq!(image_head(image["path"].as_str().unwrap(), 4), "gold");
 
     // Snapshots on a clone never merge into (or remove) the base.
     d.ok(&["snapshot", "create", "c1", "s"]);
     d.ok(&["snapshot", "delete", "c1", "s"]);
     assert!(std::path::Path::new(image["path"].as_str().unwrap()).exists());
     assert_eq!(
-        head(d.vm("c1")["spec"]["disks"][0]["path"].as_str().unwrap(), 4),
+        image_head(d.vm("c1")["spec"]["disks"][0]["path"].as_str().unwrap(), 4),
         "gold"
     );
 

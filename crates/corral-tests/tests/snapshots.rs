@@ -6,20 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use corral_tests::Daemon;
-
-/// The first bytes of a disk image as the guest would read them.
-fn head(image: &str, n: usize) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let raw = dir.path().join("r.raw");
-    let ok = std::process::Command::new("qemu-img")
-        .args(["convert", "-U", "-O", "raw", image])
-        .arg(&raw)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    String::from_utf8_lossy(&std::fs::read(raw).unwrap()[..n]).into_owned()
-}
+use corral_tests::{image_head, Daemon};
 
 fn guest_writes(d: &Daemon, vm: &str, text: &str) {
     d.start_and_wait(vm);
@@ -59,7 +46,7 @@ fn snapshot_tree_revert_branch_delete() {
     guest_writes(&d, "snap", "two");
     d.ok(&["snapshot", "create", "snap", "s2"]);
     guest_writes(&d, "snap", "tri");
-    assert_eq!(head(&active(&d, "snap"), 3), "tri");
+    assert_eq!(image_head(&active(&d, "snap"), 3), "tri");
 
     // The volume and the VM agree on the active image (the top of the chain).
     let vol = d.json(&["volume", "show", "snap-disk0"]);
@@ -67,7 +54,7 @@ fn snapshot_tree_revert_branch_delete() {
 
     // Revert to s1 and branch from there.
     d.ok(&["snapshot", "revert", "snap", "s1"]);
-    assert_eq!(head(&active(&d, "snap"), 3), "one");
+    assert_eq!(image_head(&active(&d, "snap"), 3), "one");
     guest_writes(&d, "snap", "alt");
     d.ok(&["snapshot", "create", "snap", "s3"]);
     let tree = d.json(&["snapshot", "list", "snap"]);
@@ -80,12 +67,12 @@ fn snapshot_tree_revert_branch_delete() {
 
     // Delete the root, which both branches stand on: each keeps its data.
     d.ok(&["snapshot", "delete", "snap", "s1"]);
-    assert_eq!(head(&active(&d, "snap"), 3), "alt");
+    assert_eq!(image_head(&active(&d, "snap"), 3), "alt");
     d.ok(&["snapshot", "revert", "snap", "s2"]);
-    assert_eq!(head(&active(&d, "snap"), 3), "two");
+    assert_eq!(image_head(&active(&d, "snap"), 3), "two");
     // Delete the snapshot the VM runs on.
     d.ok(&["snapshot", "delete", "snap", "s2"]);
-    assert_eq!(head(&active(&d, "snap"), 3), "two");
+    assert_eq!(image_head(&active(&d, "snap"), 3), "two");
     let tree = d.json(&["snapshot", "list", "snap"]);
     assert_eq!(tree["snapshots"].as_array().unwrap().len(), 1);
     assert!(tree["current"].is_null());
