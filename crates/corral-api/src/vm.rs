@@ -339,6 +339,14 @@ pub struct StopRequest {
     pub timeout_secs: Option<u64>,
 }
 
+/// `POST /api/v1/vms/{name}/clone`: a full copy as a new VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloneRequest {
+    /// Name of the new VM.
+    pub name: String,
+}
+
 /// `POST /api/v1/vms/{name}/start`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

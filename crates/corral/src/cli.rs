@@ -77,6 +77,8 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Change a stopped VM's memory, vCPUs or kernel command line
     Update(UpdateArgs),
+    /// Copy a stopped VM into a new one (own disks, new UUID and MACs)
+    Clone(CloneArgs),
     /// Attach to a VM's serial console, or print its log with --log
     Console(ConsoleArgs),
     /// Storage pools: where volumes live
@@ -208,6 +210,16 @@ pub enum NetArg {
 #[derive(Debug, Args)]
 pub struct NameArgs {
     /// Name of the VM.
+    pub name: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    /// The VM to copy.
+    pub source: String,
+    /// Name of the new VM.
     pub name: String,
     #[command(flatten)]
     pub output: OutputArgs,

@@ -6,13 +6,13 @@
 use anyhow::{Context, Result};
 
 use corral_api::{
-    format_size, CreateVmRequest, DiskRequest, ImportResult, ImportVolumeRequest, Operation,
-    OvaSpec, StartRequest, StopRequest, UpdateVmRequest, Vm,
+    format_size, CloneRequest, CreateVmRequest, DiskRequest, ImportResult, ImportVolumeRequest,
+    Operation, OvaSpec, StartRequest, StopRequest, UpdateVmRequest, Vm,
 };
 
 use super::operation::follow;
 use super::vm_view;
-use crate::cli::{CreateArgs, DeleteArgs, NameArgs, StartArgs, StopArgs, UpdateArgs};
+use crate::cli::{CloneArgs, CreateArgs, DeleteArgs, NameArgs, StartArgs, StopArgs, UpdateArgs};
 use crate::client::{vm_path, Client, API};
 use crate::create::build_request;
 use crate::output::{emit, print_out, Format};
@@ -71,6 +71,25 @@ async fn import_ova(
     });
     request.disks.splice(0..0, disks);
     Ok(())
+}
+
+/// Copies the VM and follows the copy's progress.
+pub async fn clone(client: &Client, args: &CloneArgs) -> Result<()> {
+    let request = CloneRequest {
+        name: args.name.clone(),
+    };
+    let op: Operation = client
+        .post(&format!("{}/clone", vm_path(&args.source)), &request)
+        .await?;
+    let op = follow(
+        client,
+        op,
+        &format!("cloning vm {} into {}", args.source, args.name),
+    )
+    .await?;
+    emit(args.output.output, &op, |_| {
+        format!("cloned vm {} into {}\n", args.source, args.name)
+    })
 }
 
 pub async fn list(client: &Client, format: Format) -> Result<()> {

@@ -34,6 +34,7 @@ pub fn router(mgr: Arc<Manager>) -> Router {
             get(vms::show).patch(vms::update).delete(vms::delete),
         )
         .route("/api/v1/vms/{name}/start", post(vms::start))
+        .route("/api/v1/vms/{name}/clone", post(vms::clone))
         .route("/api/v1/vms/{name}/stop", post(vms::stop))
         .route("/api/v1/vms/{name}/restart", post(vms::restart))
         .route("/api/v1/vms/{name}/pause", post(vms::pause))

@@ -28,6 +28,7 @@ use super::{
         vms::pause,
         vms::resume,
         vms::console,
+        vms::clone,
         vms::list_snapshots,
         vms::create_snapshot,
         vms::revert_snapshot,

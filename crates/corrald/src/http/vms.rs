@@ -8,8 +8,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use corral_api::{
-    validate_name, CreateSnapshotRequest, CreateVmRequest, Operation, SnapshotTree, StartRequest,
-    StopRequest, UpdateVmRequest, Vm, VmAction,
+    validate_name, CloneRequest, CreateSnapshotRequest, CreateVmRequest, Operation, SnapshotTree,
+    StartRequest, StopRequest, UpdateVmRequest, Vm, VmAction,
 };
 use serde::Deserialize;
 
@@ -195,5 +195,16 @@ pub async fn delete_snapshot(
 ) -> ApiResult<Response> {
     validate_name("snapshot", &snapshot)?;
     let op = mgr.delete_snapshot(vm_name(&name)?, &snapshot).await?;
+    Ok((StatusCode::ACCEPTED, Json(op)).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/clone", request_body = CloneRequest,
+    responses((status = 202, body = Operation), (status = 409, body = corral_api::ErrorBody)))]
+pub async fn clone(
+    State(mgr): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<CloneRequest>,
+) -> ApiResult<Response> {
+    let op = mgr.clone_vm(vm_name(&name)?, &req.name).await?;
     Ok((StatusCode::ACCEPTED, Json(op)).into_response())
 }

@@ -5,8 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use corral_api::{
-    CreateVmRequest, Disk, DiskFormat, DiskRequest, KernelBoot, Nic, ValidationError, Vm, VmAction,
-    VmSpec, VmStatus, DEFAULT_POOL,
+    CreateVmRequest, Disk, DiskFormat, DiskRequest, KernelBoot, NetworkKind, Nic, ValidationError,
+    Vm, VmAction, VmSpec, VmStatus, DEFAULT_POOL,
 };
 use corral_store::VmRecord;
 use rand::Rng;
@@ -41,7 +41,7 @@ impl Manager {
             disks,
             cdrom,
             kernel,
-            nics: self.new_nics(&req)?,
+            nics: self.new_nics(&req.networks)?,
         };
         let record = VmRecord {
             spec,
@@ -114,7 +114,7 @@ impl Manager {
         Ok(())
     }
 
-    fn reserve_name(&self, name: &str) -> ApiResult<NameReservation<'_>> {
+    pub(crate) fn reserve_name(&self, name: &str) -> ApiResult<NameReservation<'_>> {
         let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
         if !creating.insert(name.to_string()) {
             return Err(already_exists(name));
@@ -278,10 +278,10 @@ impl Manager {
     }
 
     /// Random locally administered MACs in QEMU's 52:54:00 prefix, unique on the host.
-    fn new_nics(&self, req: &CreateVmRequest) -> ApiResult<Vec<Nic>> {
+    pub(crate) fn new_nics(&self, kinds: &[NetworkKind]) -> ApiResult<Vec<Nic>> {
         let mut rng = rand::thread_rng();
         let mut nics: Vec<Nic> = Vec::new();
-        for kind in &req.networks {
+        for kind in kinds {
             let mac = loop {
                 let b: [u8; 3] = rng.gen();
                 let mac = format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2]);
@@ -295,7 +295,7 @@ impl Manager {
     }
 }
 
-struct NameReservation<'a> {
+pub(crate) struct NameReservation<'a> {
     mgr: &'a Manager,
     name: String,
 }
@@ -311,7 +311,7 @@ impl Drop for NameReservation<'_> {
 }
 
 /// The volume made for `create --disk size=`: `<vm>-disk<N>`.
-fn owned_volume_name(vm: &str, index: usize) -> String {
+pub(crate) fn owned_volume_name(vm: &str, index: usize) -> String {
     format!("{vm}-disk{index}")
 }
 

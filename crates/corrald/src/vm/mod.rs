@@ -1,6 +1,7 @@
 //! The VM manager: the core every request goes through after the HTTP layer has parsed
 //! it. It owns the per-VM locks, the table of running QEMUs, and every state change.
 
+mod clone;
 mod create;
 mod lifecycle;
 mod monitor;

@@ -1,0 +1,187 @@
+//! `corral clone SRC DST`: a full copy of a stopped VM as a new VM with its own volumes,
+//! a new machine identity (UUID) and new MAC addresses. The copy reads each disk through
+//! its whole chain (snapshots are not copied: the clone starts from the current state)
+//! and is an operation with progress that can be cancelled; nothing of the clone exists
+//! until every disk is copied.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use corral_api::{Disk, DiskFormat, Operation, ValidationError, VmSpec, VmState, VmStatus, Volume};
+use corral_storage::import::{self, Scaled, SourceFormat};
+use corral_store::VmRecord;
+use uuid::Uuid;
+
+use super::create::owned_volume_name;
+use super::Manager;
+use crate::clock::now_secs;
+use crate::error::{ApiError, ApiResult};
+use crate::operations::OpHandle;
+use crate::storage::pool_driver;
+
+impl Manager {
+    pub async fn clone_vm(self: &Arc<Self>, source: &str, target: &str) -> ApiResult<Operation> {
+        corral_api::validate_name("name", target)?;
+        let record = self.record(source)?;
+        if record.status.state != VmState::Stopped {
+            return Err(ApiError::Conflict {
+                message: format!(
+                    "cannot clone VM '{source}' while it is {}",
+                    record.status.state.as_str()
+                ),
+                hint: Some("stop it first; clones of running VMs are not supported yet".into()),
+            });
+        }
+        if self.store.get_vm(target)?.is_some() {
+            return Err(ApiError::Conflict {
+                message: format!("vm '{target}' already exists"),
+                hint: Some("choose another name".into()),
+            });
+        }
+        for (i, d) in record.spec.disks.iter().enumerate() {
+            if d.volume.is_none() && !d.read_only {
+                return Err(ValidationError::new(
+                    format!("disks[{i}]"),
+                    format!(
+                        "disk {} of '{source}' is the attached file {}, which a clone cannot share",
+                        d.id, d.path
+                    ),
+                )
+                .hint("attach it read-only, or import it as a volume first")
+                .into());
+            }
+            if d.volume.is_some() {
+                let name = owned_volume_name(target, i);
+                if self.store.get_volume(&name)?.is_some() {
+                    return Err(ApiError::conflict(format!("volume name '{name}' is taken")));
+                }
+            }
+        }
+        let (op, handle) = self.ops.begin("vm.clone", target, true)?;
+        let mgr = self.clone();
+        let target = target.to_string();
+        tokio::spawn(async move {
+            match mgr.copy_vm(record, &target, &handle).await {
+                Err(ApiError::Import(import::ImportError::Cancelled)) => handle.cancelled_done(),
+                other => handle.finish(other),
+            }
+        });
+        Ok(op)
+    }
+
+    async fn copy_vm(&self, source: VmRecord, target: &str, handle: &OpHandle) -> ApiResult<()> {
+        let _reservation = self.reserve_name(target)?;
+        let _lock = self.lock(&source.spec.name).await;
+        let mut made: Vec<Volume> = Vec::new();
+        let result = self
+            .copy_disks(&source.spec, target, handle, &mut made)
+            .await;
+        let disks = match result {
+            Ok(disks) => disks,
+            Err(e) => {
+                for v in &made {
+                    let _ = std::fs::remove_file(&v.path);
+                }
+                return Err(e);
+            }
+        };
+        let kinds: Vec<_> = source.spec.nics.iter().map(|n| n.kind).collect();
+        let spec = VmSpec {
+            name: target.to_string(),
+            uuid: Uuid::new_v4(),
+            disks,
+            nics: self.new_nics(&kinds)?,
+            ..source.spec.clone()
+        };
+        let mut inserted: Vec<&Volume> = Vec::new();
+        let mut outcome = Ok(());
+        for v in &made {
+            match self.store.insert_volume(v) {
+                Ok(()) => inserted.push(v),
+                Err(e) => {
+                    outcome = Err(e.into());
+                    break;
+                }
+            }
+        }
+        if outcome.is_ok() {
+            let record = VmRecord {
+                spec,
+                status: VmStatus::stopped(None),
+                created_at: now_secs(),
+            };
+            outcome = self.store.insert_vm(&record).map_err(ApiError::from);
+        }
+        if let Err(e) = outcome {
+            for v in inserted {
+                let _ = self.store.delete_volume(&v.name);
+            }
+            for v in &made {
+                let _ = std::fs::remove_file(&v.path);
+            }
+            return Err(e);
+        }
+        self.events.emit(
+            Some(target),
+            "created",
+            format!("cloned from VM '{}'", source.spec.name),
+        );
+        Ok(())
+    }
+
+    /// Copies every volume disk into a new volume owned by the clone, in the source
+    /// volume's pool; read-only files are shared.
+    async fn copy_disks(
+        &self,
+        spec: &VmSpec,
+        target: &str,
+        handle: &OpHandle,
+        made: &mut Vec<Volume>,
+    ) -> ApiResult<Vec<Disk>> {
+        let n = spec.disks.len().max(1) as f32;
+        let mut disks = Vec::new();
+        for (i, d) in spec.disks.iter().enumerate() {
+            let Some(source_volume) = &d.volume else {
+                disks.push(d.clone());
+                continue;
+            };
+            let pool = self
+                .store
+                .get_volume(source_volume)?
+                .map(|v| v.pool)
+                .unwrap_or_else(|| corral_api::DEFAULT_POOL.to_string());
+            let pool_spec = self.pool_spec(&pool)?;
+            let name = owned_volume_name(target, i);
+            let dest = pool_driver(&pool_spec)?.volume_path(&pool_spec, &name, DiskFormat::Qcow2);
+            let format = match d.format {
+                DiskFormat::Qcow2 => SourceFormat::Qcow2,
+                DiskFormat::Raw => SourceFormat::Raw,
+            };
+            let step = Scaled::new(handle, 100.0 * i as f32 / n, 100.0 / n);
+            let size = import::convert(Path::new(&d.path), format, &dest, DiskFormat::Qcow2, &step)
+                .await?;
+            let volume = Volume {
+                name: name.clone(),
+                pool,
+                format: DiskFormat::Qcow2,
+                size_bytes: size,
+                path: dest.display().to_string(),
+                owner: Some(target.to_string()),
+                created_at: now_secs(),
+                used_by: Vec::new(),
+                allocation_bytes: None,
+                base_image: None,
+            };
+            disks.push(Disk {
+                volume: Some(name),
+                path: volume.path.clone(),
+                format: DiskFormat::Qcow2,
+                size_bytes: size,
+                owned: true,
+                ..d.clone()
+            });
+            made.push(volume);
+        }
+        Ok(disks)
+    }
+}
