@@ -1,12 +1,14 @@
 //! The QEMU driver: everything Corral knows about running one QEMU process.
 //!
 //! - [`argv`]: the command line, a pure function of the spec (golden-tested).
+//! - [`backup`]: point-in-time copies of a running VM's disks.
 //! - [`launch`]: start QEMU detached and confined, and find it again after a restart.
 //! - [`qmp`]: an async QMP client (id-matched replies, event stream, timeouts).
 //! - [`probe`]: which accelerator really works on this host.
 //! - [`cgroup`]: one cgroup per VM.
 
 pub mod argv;
+pub mod backup;
 pub mod cgroup;
 pub mod hotplug;
 pub mod launch;

@@ -88,14 +88,60 @@ fn full_clone_is_independent_with_new_identity() {
     assert_eq!(image_head(&top, 1), "A");
     d.start_and_wait("dst");
 
-    let err = d.fails(&["clone", "dst", "dst2"]);
-    assert!(err.contains("stop it first"), "{err}");
     let err = d.fails(&["clone", "src", "dst"]);
     assert!(err.contains("already exists"), "{err}");
     let err = d.fails(&["clone", "src", "Bad_Name"]);
     assert!(err.contains("name"), "{err}");
     d.ok(&["delete", "dst", "--force"]);
     assert!(same(&d1, &d1) && std::path::Path::new(&top).exists());
+    let pool = d.json(&["pool", "show", "default"]);
+    assert!(pool["orphans"].as_array().unwrap().is_empty(), "{pool}");
+}
+
+#[test]
+fn running_vm_is_cloned_without_stopping() {
+    let d = Daemon::start();
+    let g = corral_tests::guest_args();
+    let mut args = vec![
+        "create",
+        "live",
+        "--memory",
+        "256M",
+        "--disk",
+        "size=64M",
+        "--network",
+        "none",
+    ];
+    args.extend(g.iter().map(String::as_str));
+    d.ok(&args);
+    d.start_and_wait("live");
+    d.console_session(
+        "live",
+        b"printf hot! > /dev/vda; sync; echo L$((40+2))\n",
+        std::time::Duration::from_secs(2),
+    );
+    d.wait_console("live", "L42", std::time::Duration::from_secs(20));
+    let pid = d.vm("live")["status"]["pid"].as_u64().unwrap();
+
+    d.ok(&["clone", "live", "copy"]);
+    let src = d.vm("live");
+    assert_eq!(
+        src["status"]["state"], "running",
+        "the source never stopped"
+    );
+    assert_eq!(src["status"]["pid"].as_u64().unwrap(), pid);
+    let copy = d.vm("copy");
+    assert_eq!(copy["status"]["state"], "stopped");
+    let path = copy["spec"]["disks"][0]["path"].as_str().unwrap();
+    assert_eq!(image_head(path, 4), "hot!");
+    let ok = std::process::Command::new("qemu-img")
+        .args(["check", "-q", path])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    d.start_and_wait("copy");
+    d.ok(&["delete", "copy", "--force"]);
+    d.ok(&["delete", "live", "--force"]);
     let pool = d.json(&["pool", "show", "default"]);
     assert!(pool["orphans"].as_array().unwrap().is_empty(), "{pool}");
 }

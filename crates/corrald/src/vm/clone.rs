@@ -1,6 +1,7 @@
-//! `corral clone SRC DST`: a full copy of a stopped VM as a new VM with its own volumes,
+//! `corral clone SRC DST`: a full copy of a VM as a new VM with its own volumes,
 //! a new machine identity (UUID) and new MAC addresses. The copy reads each disk through
-//! its whole chain (snapshots are not copied: the clone starts from the current state)
+//! its whole chain (snapshots are not copied: the clone starts from the current state);
+//! a running VM is copied crash-consistently, as of one instant, without stopping it
 //! and is an operation with progress that can be cancelled; nothing of the clone exists
 //! until every disk is copied.
 
@@ -23,13 +24,16 @@ impl Manager {
     pub async fn clone_vm(self: &Arc<Self>, source: &str, target: &str) -> ApiResult<Operation> {
         corral_api::validate_name("name", target)?;
         let record = self.record(source)?;
-        if record.status.state != VmState::Stopped {
+        if !matches!(
+            record.status.state,
+            VmState::Stopped | VmState::Running | VmState::Paused
+        ) {
             return Err(ApiError::Conflict {
                 message: format!(
                     "cannot clone VM '{source}' while it is {}",
                     record.status.state.as_str()
                 ),
-                hint: Some("stop it first; clones of running VMs are not supported yet".into()),
+                hint: Some("wait until it is running, paused or stopped".into()),
             });
         }
         if self.store.get_vm(target)?.is_some() {
@@ -73,9 +77,18 @@ impl Manager {
         let _reservation = self.reserve_name(target)?;
         let _lock = self.lock(&source.spec.name).await;
         let mut made: Vec<Volume> = Vec::new();
-        let result = self
-            .copy_disks(&source.spec, target, handle, &mut made)
-            .await;
+        // A running source is copied by QEMU itself, as of one instant; a stopped one
+        // by qemu-img.
+        let result = match self.running(&source.spec.name) {
+            Some(running) => {
+                self.backup_disks(&source.spec, target, &running, handle, &mut made)
+                    .await
+            }
+            None => {
+                self.copy_disks(&source.spec, target, handle, &mut made)
+                    .await
+            }
+        };
         let disks = match result {
             Ok(disks) => disks,
             Err(e) => {
@@ -129,6 +142,86 @@ impl Manager {
         Ok(())
     }
 
+    /// A crash-consistent copy of a running VM's volume disks: empty targets are made,
+    /// then QEMU copies all disks as of one instant (`blockdev-backup` in a transaction).
+    async fn backup_disks(
+        &self,
+        spec: &VmSpec,
+        target: &str,
+        running: &super::Running,
+        handle: &OpHandle,
+        made: &mut Vec<Volume>,
+    ) -> ApiResult<Vec<Disk>> {
+        let mut disks = Vec::new();
+        let mut targets = Vec::new();
+        for (i, d) in spec.disks.iter().enumerate() {
+            let Some(source_volume) = &d.volume else {
+                disks.push(d.clone());
+                continue;
+            };
+            let (volume, disk) =
+                self.clone_volume_for(d, source_volume, target, i, d.size_bytes)?;
+            corral_storage::create_qcow2(Path::new(&volume.path), d.size_bytes).await?;
+            targets.push(corral_qemu::backup::BackupTarget {
+                node: d.id.clone(),
+                target: volume.path.clone().into(),
+            });
+            made.push(volume);
+            disks.push(disk);
+        }
+        let progress = |p: f32| handle.progress(p);
+        let cancelled = || handle.is_cancelled();
+        corral_qemu::backup::backup_full(&running.qmp, &targets, &progress, &cancelled)
+            .await
+            .map_err(|e| match e {
+                corral_qemu::backup::BackupError::Cancelled => {
+                    ApiError::Import(import::ImportError::Cancelled)
+                }
+                other => ApiError::Internal(crate::error::chain(&other)),
+            })?;
+        Ok(disks)
+    }
+
+    /// The new volume (not yet made or recorded) and disk a clone gets for `d`.
+    fn clone_volume_for(
+        &self,
+        d: &Disk,
+        source_volume: &str,
+        target: &str,
+        index: usize,
+        size: u64,
+    ) -> ApiResult<(Volume, Disk)> {
+        let pool = self
+            .store
+            .get_volume(source_volume)?
+            .map(|v| v.pool)
+            .unwrap_or_else(|| corral_api::DEFAULT_POOL.to_string());
+        let pool_spec = self.pool_spec(&pool)?;
+        let name = owned_volume_name(target, index);
+        let dest = pool_driver(&pool_spec)?.volume_path(&pool_spec, &name, DiskFormat::Qcow2);
+        let volume = Volume {
+            name: name.clone(),
+            pool,
+            format: DiskFormat::Qcow2,
+            size_bytes: size,
+            path: dest.display().to_string(),
+            owner: Some(target.to_string()),
+            created_at: now_secs(),
+            used_by: Vec::new(),
+            allocation_bytes: None,
+            base_image: None,
+        };
+        let disk = Disk {
+            volume: Some(name),
+            path: volume.path.clone(),
+            format: DiskFormat::Qcow2,
+            size_bytes: size,
+            owned: true,
+            ..d.clone()
+        };
+        Ok((volume, disk))
+    }
+
     /// Copies every volume disk into a new volume owned by the clone, in the source
     /// volume's pool; read-only files are shared.
     async fn copy_disks(
@@ -145,41 +238,19 @@ impl Manager {
                 disks.push(d.clone());
                 continue;
             };
-            let pool = self
-                .store
-                .get_volume(source_volume)?
-                .map(|v| v.pool)
-                .unwrap_or_else(|| corral_api::DEFAULT_POOL.to_string());
-            let pool_spec = self.pool_spec(&pool)?;
-            let name = owned_volume_name(target, i);
-            let dest = pool_driver(&pool_spec)?.volume_path(&pool_spec, &name, DiskFormat::Qcow2);
+            let (mut volume, mut disk) =
+                self.clone_volume_for(d, source_volume, target, i, d.size_bytes)?;
             let format = match d.format {
                 DiskFormat::Qcow2 => SourceFormat::Qcow2,
                 DiskFormat::Raw => SourceFormat::Raw,
             };
             let step = Scaled::new(handle, 100.0 * i as f32 / n, 100.0 / n);
+            let dest = Path::new(&volume.path).to_path_buf();
             let size = import::convert(Path::new(&d.path), format, &dest, DiskFormat::Qcow2, &step)
                 .await?;
-            let volume = Volume {
-                name: name.clone(),
-                pool,
-                format: DiskFormat::Qcow2,
-                size_bytes: size,
-                path: dest.display().to_string(),
-                owner: Some(target.to_string()),
-                created_at: now_secs(),
-                used_by: Vec::new(),
-                allocation_bytes: None,
-                base_image: None,
-            };
-            disks.push(Disk {
-                volume: Some(name),
-                path: volume.path.clone(),
-                format: DiskFormat::Qcow2,
-                size_bytes: size,
-                owned: true,
-                ..d.clone()
-            });
+            volume.size_bytes = size;
+            disk.size_bytes = size;
+            disks.push(disk);
             made.push(volume);
         }
         Ok(disks)
