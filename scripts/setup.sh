@@ -23,6 +23,8 @@ have curl || need+=(curl)
 have socat || need+=(socat)
 have flock || need+=(util-linux)
 have ps || need+=(procps)
+[[ -f /usr/share/OVMF/OVMF_CODE_4M.fd ]] || need+=(ovmf)
+have python3 || need+=(python3)
 if ((${#need[@]})); then
     log "installing ${need[*]}"
     apt-get update -qq

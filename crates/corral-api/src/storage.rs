@@ -242,6 +242,9 @@ pub struct Snapshot {
     pub description: Option<String>,
     /// One frozen image per disk that was part of the snapshot.
     pub disks: Vec<SnapshotDisk>,
+    /// UEFI VMs: a copy of the NVRAM (firmware variables) as they were; revert puts it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvram: Option<String>,
 }
 
 /// A disk's frozen image in a snapshot. It is read-only from then on: later states of

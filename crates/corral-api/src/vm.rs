@@ -24,6 +24,8 @@ pub struct CreateVmRequest {
     pub vcpus: u32,
     #[serde(default)]
     pub machine: Machine,
+    #[serde(default)]
+    pub firmware: Firmware,
     /// Disks in guest order.
     #[serde(default)]
     pub disks: Vec<DiskRequest>,
@@ -82,6 +84,17 @@ impl DiskFormat {
     }
 }
 
+/// What the VM boots with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// SeaBIOS, QEMU's default.
+    #[default]
+    Bios,
+    /// OVMF (UEFI) from Debian's `ovmf` package, with a per-VM NVRAM (variables) file.
+    Uefi,
+}
+
 /// QEMU machine type.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -131,6 +144,11 @@ pub struct VmSpec {
     pub memory_mib: u64,
     pub vcpus: u32,
     pub machine: Machine,
+    #[serde(default)]
+    pub firmware: Firmware,
+    /// UEFI only: the VM's own copy of the firmware variables (its NVRAM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvram: Option<String>,
     pub disks: Vec<Disk>,
     pub cdrom: Option<String>,
     pub kernel: Option<KernelBoot>,
@@ -502,6 +520,7 @@ mod tests {
             memory_mib: 256,
             vcpus: 1,
             machine: Machine::Pc,
+            firmware: Firmware::Bios,
             disks: vec![DiskRequest::New {
                 size_bytes: 2 << 30,
             }],

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use corral_api::{Accel, Disk, Machine, NetworkKind, VmSpec};
+use corral_api::{Accel, Disk, Firmware, Machine, NetworkKind, VmSpec};
 use serde_json::json;
 
 /// Where a VM's runtime files live. QEMU is chrooted into `dir`, so every path it must
@@ -55,6 +55,8 @@ pub struct Confinement {
 
 pub struct LaunchConfig<'a> {
     pub spec: &'a VmSpec,
+    /// OVMF's code image, for UEFI VMs (their variables are `spec.nvram`).
+    pub ovmf_code: &'a Path,
     pub accel: Accel,
     pub paths: &'a VmPaths,
     pub confinement: Confinement,
@@ -70,6 +72,19 @@ pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
     a.push2("-accel", cfg.accel.as_str());
     if cfg.accel == Accel::Kvm {
         a.push2("-cpu", "host");
+    }
+    if spec.firmware == Firmware::Uefi {
+        // Code read-only and shared; variables the VM's own (kept in its snapshots).
+        a.push2(
+            "-drive",
+            format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                path(cfg.ovmf_code)
+            ),
+        );
+        if let Some(vars) = &spec.nvram {
+            a.push2("-drive", format!("if=pflash,format=raw,unit=1,file={vars}"));
+        }
     }
     a.push2("-m", format!("{}M", spec.memory_mib));
     a.push2("-smp", spec.vcpus.to_string());
@@ -207,4 +222,20 @@ impl Args {
         self.0.push(flag.to_string());
         self.0.push(value.into());
     }
+}
+
+/// Where Debian's `ovmf` package puts the firmware: (code, variables template).
+pub fn ovmf_files() -> Option<(PathBuf, PathBuf)> {
+    [
+        ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"),
+        ("OVMF_CODE.fd", "OVMF_VARS.fd"),
+    ]
+    .iter()
+    .map(|(c, v)| {
+        (
+            Path::new("/usr/share/OVMF").join(c),
+            Path::new("/usr/share/OVMF").join(v),
+        )
+    })
+    .find(|(c, v)| c.is_file() && v.is_file())
 }

@@ -6,7 +6,9 @@
 
 use std::path::PathBuf;
 
-use corral_api::{Accel, Disk, DiskFormat, KernelBoot, Machine, NetworkKind, Nic, VmSpec};
+use corral_api::{
+    Accel, Disk, DiskFormat, Firmware, KernelBoot, Machine, NetworkKind, Nic, VmSpec,
+};
 use corral_qemu::argv::{build_argv, Confinement, LaunchConfig, VmPaths};
 use uuid::Uuid;
 
@@ -17,6 +19,8 @@ fn base_spec() -> VmSpec {
         memory_mib: 256,
         vcpus: 1,
         machine: Machine::Pc,
+        firmware: Firmware::Bios,
+        nvram: None,
         disks: vec![],
         cdrom: None,
         kernel: None,
@@ -34,6 +38,7 @@ fn check(case: &str, spec: &VmSpec, accel: Accel, confinement: Confinement) {
     let paths = VmPaths::new("/var/lib/corral/run/6f1c2a3e-2d4b-4c1e-9a7f-0123456789ab");
     let argv = build_argv(&LaunchConfig {
         spec,
+        ovmf_code: std::path::Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd"),
         accel,
         paths: &paths,
         confinement,
@@ -125,4 +130,18 @@ fn kvm_confined() {
         sandbox: true,
     };
     check("kvm_confined", &spec, Accel::Kvm, confinement);
+}
+
+#[test]
+fn uefi_on_q35() {
+    let mut spec = base_spec();
+    spec.machine = Machine::Q35;
+    spec.firmware = Firmware::Uefi;
+    spec.nvram = Some("/var/lib/corral/nvram/web-01.fd".into());
+    spec.kernel = Some(KernelBoot {
+        kernel: "/guest/vmlinuz".into(),
+        initrd: None,
+        cmdline: None,
+    });
+    check("uefi_q35", &spec, Accel::Tcg, UNCONFINED);
 }

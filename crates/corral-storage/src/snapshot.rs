@@ -109,6 +109,7 @@ pub async fn create(
         created_at: now,
         description,
         disks: frozen,
+        nvram: None,
     });
     tree.current = Some(name.to_string());
     Ok(())

@@ -145,3 +145,59 @@ fn a_volume_with_snapshots_cannot_be_detached() {
         "backing images are accounted for: {pool}"
     );
 }
+
+#[test]
+fn uefi_vm_nvram_is_part_of_every_snapshot() {
+    let d = Daemon::start();
+    let g = corral_tests::guest_args();
+    let mut args = vec![
+        "create",
+        "efi",
+        "--memory",
+        "256M",
+        "--machine",
+        "q35",
+        "--firmware",
+        "uefi",
+        "--disk",
+        "size=32M",
+        "--network",
+        "none",
+    ];
+    args.extend(g.iter().map(String::as_str));
+    d.ok(&args);
+    let nvram = d.vm("efi")["spec"]["nvram"].as_str().unwrap().to_string();
+    let original = std::fs::read(&nvram).unwrap();
+    // OVMF boots the guest kernel.
+    d.start_and_wait("efi");
+    d.ok(&["stop", "efi", "--force"]);
+
+    d.ok(&["snapshot", "create", "efi", "s1"]);
+    let tree = d.json(&["snapshot", "list", "efi"]);
+    let saved = tree["snapshots"][0]["nvram"].as_str().unwrap().to_string();
+    let at_s1 = std::fs::read(&nvram).unwrap();
+    assert_eq!(std::fs::read(&saved).unwrap(), at_s1);
+
+    // The firmware changes a variable after the snapshot…
+    let mut changed = at_s1.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 0xff;
+    std::fs::write(&nvram, &changed).unwrap();
+    // …and reverting puts the snapshot's variables back.
+    d.ok(&["snapshot", "revert", "efi", "s1"]);
+    assert_eq!(std::fs::read(&nvram).unwrap(), at_s1);
+    assert_eq!(original.len(), at_s1.len());
+
+    d.ok(&["snapshot", "delete", "efi", "s1"]);
+    assert!(
+        !Path::new(&saved).exists(),
+        "the snapshot's NVRAM copy goes with it"
+    );
+    d.ok(&["snapshot", "create", "efi", "s2"]);
+    let saved2 = d.json(&["snapshot", "list", "efi"])["snapshots"][0]["nvram"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.ok(&["delete", "efi"]);
+    assert!(!Path::new(&nvram).exists() && !Path::new(&saved2).exists());
+}

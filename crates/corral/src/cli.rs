@@ -137,6 +137,11 @@ pub struct CreateArgs {
     #[arg(long, value_enum, default_value_t = MachineArg::Pc)]
     pub machine: MachineArg,
 
+    /// Firmware: bios (SeaBIOS) or uefi (OVMF, with the VM's own NVRAM, kept in every
+    /// snapshot).
+    #[arg(long, value_enum, default_value_t = FirmwareArg::Bios)]
+    pub firmware: FirmwareArg,
+
     /// A disk, in guest order; repeatable: size=SIZE (new volume owned by the VM),
     /// vol=NAME[,readonly=on] (an existing volume) or
     /// path=FILE[,format=raw|qcow2][,readonly=on] (an existing image).
@@ -213,6 +218,22 @@ pub struct NameArgs {
     pub name: String,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// clap's view of [`corral_api::Firmware`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FirmwareArg {
+    Bios,
+    Uefi,
+}
+
+impl From<FirmwareArg> for corral_api::Firmware {
+    fn from(f: FirmwareArg) -> Self {
+        match f {
+            FirmwareArg::Bios => corral_api::Firmware::Bios,
+            FirmwareArg::Uefi => corral_api::Firmware::Uefi,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

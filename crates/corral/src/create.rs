@@ -93,6 +93,7 @@ pub fn build_request(args: &CreateArgs, cwd: &Path) -> Result<CreateVmRequest> {
         memory_mib: args.memory.unwrap_or(DEFAULT_MEMORY_MIB),
         vcpus: args.vcpus.unwrap_or(1),
         machine: args.machine.into(),
+        firmware: args.firmware.into(),
         disks,
         cdrom: args.cdrom.as_ref().map(|p| absolute_string(cwd, p)),
         kernel,

@@ -12,6 +12,8 @@ fn record(name: &str) -> VmRecord {
             memory_mib: 256,
             vcpus: 1,
             machine: Machine::Pc,
+            firmware: Default::default(),
+            nvram: None,
             disks: vec![],
             cdrom: None,
             kernel: None,

@@ -149,6 +149,7 @@ mod tests {
             created_at: 0,
             description: None,
             disks: vec![],
+            nvram: None,
         }
     }
 

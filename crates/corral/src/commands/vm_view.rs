@@ -154,6 +154,8 @@ mod tests {
                 memory_mib: 512,
                 vcpus: 2,
                 machine: Machine::Pc,
+                firmware: Default::default(),
+                nvram: None,
                 disks: vec![
                     Disk {
                         id: "disk0".into(),

@@ -196,6 +196,8 @@ mod tests {
                 memory_mib: 512,
                 vcpus: 1,
                 machine: Machine::Pc,
+                firmware: Default::default(),
+                nvram: None,
                 disks: vec![Disk {
                     id: "disk1".into(),
                     volume: Some("data".into()),

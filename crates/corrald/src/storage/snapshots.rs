@@ -46,7 +46,25 @@ impl Manager {
         )
         .await
         .map_err(snapshot_error)?;
-        self.save_chains(record, &tree, &disks)?;
+        // UEFI: the firmware variables are part of the VM's state, so of the snapshot.
+        let nvram_copy = match &record.spec.nvram {
+            Some(nvram) => {
+                let copy = format!("{}@{}.fd", nvram.trim_end_matches(".fd"), req.name);
+                std::fs::copy(nvram, &copy)
+                    .map_err(|e| ApiError::Internal(format!("{copy}: {e}")))?;
+                if let Some(s) = tree.snapshots.last_mut() {
+                    s.nvram = Some(copy.clone());
+                }
+                Some(copy)
+            }
+            None => None,
+        };
+        if let Err(e) = self.save_chains(record, &tree, &disks) {
+            if let Some(copy) = nvram_copy {
+                let _ = std::fs::remove_file(copy);
+            }
+            return Err(e);
+        }
         self.events.emit(
             Some(vm),
             "snapshot",
@@ -63,8 +81,17 @@ impl Manager {
         let garbage = snapshot::revert(&mut tree, &mut disks, name)
             .await
             .map_err(snapshot_error)?;
+        let nvram = record.spec.nvram.clone();
         self.save_chains(record, &tree, &disks)?;
         self.drop_garbage(&garbage);
+        let saved = tree
+            .snapshots
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.nvram.clone());
+        if let (Some(nvram), Some(saved)) = (nvram, saved) {
+            restore_nvram(&saved, &nvram)?;
+        }
         self.events.emit(
             Some(vm),
             "snapshot",
@@ -105,9 +132,15 @@ impl Manager {
         let record = self.stopped_record(vm, "delete a snapshot of")?;
         let mut tree = self.store.snapshot_tree(vm)?;
         let disks = chain_disks(&record)?;
-        let garbage = snapshot::delete(&mut tree, &disks, name, progress)
+        let nvram_copy = tree
+            .snapshots
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.nvram.clone());
+        let mut garbage = snapshot::delete(&mut tree, &disks, name, progress)
             .await
             .map_err(snapshot_error)?;
+        garbage.extend(nvram_copy.map(PathBuf::from));
         self.save_chains(record, &tree, &disks)?;
         self.drop_garbage(&garbage);
         self.events
@@ -219,4 +252,13 @@ fn snapshot_error(e: snapshot::SnapshotError) -> ApiError {
         },
         snapshot::SnapshotError::Storage(e) => e.into(),
     }
+}
+
+/// Puts a snapshot's NVRAM back: copied to a temporary name, then renamed over the VM's
+/// file, so the VM never sees a half-written variables store.
+fn restore_nvram(saved: &str, nvram: &str) -> ApiResult<()> {
+    let tmp = format!("{nvram}.restoring");
+    std::fs::copy(saved, &tmp)
+        .and_then(|_| std::fs::rename(&tmp, nvram))
+        .map_err(|e| ApiError::Internal(format!("restoring NVRAM {nvram} from {saved}: {e}")))
 }

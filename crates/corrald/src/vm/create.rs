@@ -5,8 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use corral_api::{
-    CreateVmRequest, Disk, DiskFormat, DiskRequest, KernelBoot, NetworkKind, Nic, ValidationError,
-    Vm, VmAction, VmSpec, VmStatus, DEFAULT_POOL,
+    CreateVmRequest, Disk, DiskFormat, DiskRequest, Firmware, KernelBoot, NetworkKind, Nic,
+    ValidationError, Vm, VmAction, VmSpec, VmStatus, DEFAULT_POOL,
 };
 use corral_store::VmRecord;
 use rand::Rng;
@@ -25,19 +25,38 @@ impl Manager {
         if self.store.get_vm(&req.name)?.is_some() {
             return Err(already_exists(&req.name));
         }
-        let mut revert = Reverter::new();
-        let disks = self.prepare_disks(&req, &mut revert).await?;
         let cdrom = match &req.cdrom {
             Some(iso) => Some(check_file("cdrom", iso)?),
             None => None,
         };
         let kernel = req.kernel.as_ref().map(check_kernel).transpose()?;
+        let ovmf = match req.firmware {
+            Firmware::Uefi => Some(corral_qemu::argv::ovmf_files().ok_or_else(|| {
+                ValidationError::new(
+                    "firmware",
+                    "UEFI firmware (OVMF) is not installed on this host",
+                )
+                .hint("install Debian's ovmf package, or use --firmware bios")
+            })?),
+            Firmware::Bios => None,
+        };
+        let mut revert = Reverter::new();
+        let disks = self.prepare_disks(&req, &mut revert).await?;
+        let uuid = Uuid::new_v4();
+        let nvram = match ovmf {
+            Some((_, vars_template)) => {
+                Some(self.new_nvram(&req.name, uuid, &vars_template, &mut revert)?)
+            }
+            None => None,
+        };
         let spec = VmSpec {
             name: req.name.clone(),
-            uuid: Uuid::new_v4(),
+            uuid,
             memory_mib: req.memory_mib,
             vcpus: req.vcpus,
             machine: req.machine,
+            firmware: req.firmware,
+            nvram,
             disks,
             cdrom,
             kernel,
@@ -73,6 +92,13 @@ impl Manager {
         let record = self.record(name)?;
         check_allowed(&record, VmAction::Delete)?;
         let snapshot_files = self.snapshot_files(name)?;
+        let snapshot_nvrams: Vec<String> = self
+            .store
+            .snapshot_tree(name)?
+            .snapshots
+            .into_iter()
+            .filter_map(|s| s.nvram)
+            .collect();
         // The record goes first: a volume left behind by a failure below is an orphan
         // file, never a VM pointing at missing data.
         self.store.delete_vm(name)?;
@@ -85,9 +111,33 @@ impl Manager {
             }
         }
         let _ = std::fs::remove_dir_all(self.vm_paths(&record.spec).dir);
+        for f in record.spec.nvram.iter().chain(snapshot_nvrams.iter()) {
+            let _ = std::fs::remove_file(f);
+        }
         self.events
             .emit(None, "deleted", format!("VM '{name}' deleted"));
         Ok(())
+    }
+
+    /// The VM's own NVRAM: a copy of OVMF's variables template.
+    fn new_nvram(
+        &self,
+        name: &str,
+        uuid: Uuid,
+        template: &Path,
+        revert: &mut Reverter,
+    ) -> ApiResult<String> {
+        let dir = self.cfg.state_dir.join("nvram");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ApiError::Internal(format!("{}: {e}", dir.display())))?;
+        let path = dir.join(format!("{name}-{}.fd", &uuid.simple().to_string()[..8]));
+        std::fs::copy(template, &path)
+            .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
+        let p = path.clone();
+        revert.add(move || {
+            let _ = std::fs::remove_file(p);
+        });
+        Ok(path.display().to_string())
     }
 
     pub(crate) fn check_host_limits(&self, memory_mib: u64, vcpus: u32) -> ApiResult<()> {

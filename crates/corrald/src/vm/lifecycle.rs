@@ -32,8 +32,16 @@ impl Manager {
         let paths = self.vm_paths(&spec);
         prepare_runtime_dir(&paths.dir)?;
         let cgroup = VmCgroup::create(&self.cfg.cgroup_root, &format!("vm-{}", spec.uuid));
+        let ovmf = corral_qemu::argv::ovmf_files();
+        if spec.firmware == corral_api::Firmware::Uefi && ovmf.is_none() {
+            return Err(ApiError::conflict(
+                "UEFI firmware (Debian's ovmf package) is not installed",
+            ));
+        }
+        let ovmf_code = ovmf.map(|(code, _)| code).unwrap_or_default();
         let argv = build_argv(&LaunchConfig {
             spec: &spec,
+            ovmf_code: &ovmf_code,
             accel: self.host.accel.accel,
             paths: &paths,
             confinement: self.host.confinement,
