@@ -1,0 +1,414 @@
+use super::*;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::qmp::QmpOptions;
+
+/// A scripted QMP peer: the test says which command comes next and what
+/// to answer, so the order of steps (and rollbacks) is checked exactly.
+struct Peer(BufReader<UnixStream>);
+
+impl Peer {
+    async fn start() -> (Qmp, Peer) {
+        let (client, server) = UnixStream::pair().unwrap();
+        let mut peer = Peer(BufReader::new(server));
+        let handshake = async {
+            peer.send(json!({"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}}, "capabilities": []}}))
+                .await;
+            let (id, _) = peer.expect("qmp_capabilities").await;
+            peer.ok(id, json!({})).await;
+        };
+        let (qmp, ()) = tokio::join!(Qmp::from_stream(client, QmpOptions::default()), handshake);
+        (qmp.unwrap(), peer)
+    }
+
+    async fn send(&mut self, v: Value) {
+        let line = format!("{v}\r\n");
+        self.0.get_mut().write_all(line.as_bytes()).await.unwrap();
+    }
+
+    /// Read the next command (descriptors sent with it are dropped by the
+    /// kernel, as plain reads do not take them), check its name, return id and arguments.
+    async fn expect(&mut self, command: &str) -> (Value, Value) {
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(10), self.0.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
+        let msg: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(msg["execute"], command, "{line}");
+        (
+            msg["id"].clone(),
+            msg.get("arguments").cloned().unwrap_or(Value::Null),
+        )
+    }
+
+    async fn ok(&mut self, id: Value, ret: Value) {
+        self.send(json!({"return": ret, "id": id})).await;
+    }
+
+    async fn err(&mut self, id: Value, class: &str, desc: &str) {
+        self.send(json!({"error": {"class": class, "desc": desc}, "id": id}))
+            .await;
+    }
+
+    async fn event(&mut self, name: &str, data: Value) {
+        self.send(
+            json!({"event": name, "data": data, "timestamp": {"seconds": 1, "microseconds": 2}}),
+        )
+        .await;
+    }
+
+    /// The stale-fd-set sweep that starts an attach, with no node and no sets.
+    async fn expect_clean_sweep(&mut self) {
+        let (id, _) = self.expect("query-named-block-nodes").await;
+        self.ok(id, json!([])).await;
+        let (id, _) = self.expect("query-fdsets").await;
+        self.ok(id, json!([])).await;
+    }
+
+    /// Nothing more is sent within a short while (the client hanging up,
+    /// once its last handle is dropped, counts as nothing).
+    async fn expect_silence(&mut self) {
+        let mut line = String::new();
+        let read =
+            tokio::time::timeout(Duration::from_millis(200), self.0.read_line(&mut line)).await;
+        assert!(matches!(read, Err(_) | Ok(Ok(0))), "unexpected: {line}");
+    }
+}
+
+fn spec(path: &std::path::Path, read_only: bool) -> HotDisk {
+    HotDisk {
+        node: "disk3".into(),
+        path: path.to_owned(),
+        format: DiskFormat::Qcow2,
+        read_only,
+        bus: HotBus::VirtioBlk,
+    }
+}
+
+#[test]
+fn node_names_follow_qemu_rules() {
+    for good in ["disk3", "a", "d-1.x_y", &"n".repeat(31)] {
+        assert!(validate_node(good).is_ok(), "{good}");
+    }
+    for bad in [
+        "",
+        "3disk",
+        "#block1",
+        "disk 3",
+        "disk,3",
+        "dísk",
+        &"n".repeat(32),
+    ] {
+        assert!(
+            matches!(validate_node(bad), Err(HotplugError::InvalidNode { .. })),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn blockdev_and_device_arguments() {
+    let s = spec(std::path::Path::new("/img/x.qcow2"), true);
+    assert_eq!(
+        blockdev_args(&s, 4),
+        json!({
+            "node-name": "disk3", "driver": "qcow2", "read-only": true, "discard": "unmap",
+            "file": {"driver": "file", "filename": "/dev/fdset/4", "read-only": true},
+        })
+    );
+    assert_eq!(
+        device_args(&s),
+        json!({"driver": "virtio-blk-pci", "drive": "disk3", "id": "disk3-dev"})
+    );
+    let node = BlockNode {
+        node_name: "disk3".into(),
+        driver: "qcow2".into(),
+        file: "/dev/fdset/12".into(),
+        read_only: false,
+        virtual_size: 1,
+    };
+    assert_eq!(node.fdset_id(), Some(12));
+    let node = BlockNode {
+        file: "/var/lib/x.img".into(),
+        ..node
+    };
+    assert_eq!(node.fdset_id(), None);
+}
+
+#[tokio::test]
+async fn attach_steps_in_order() {
+    let image = tempfile::NamedTempFile::new().unwrap();
+    let (qmp, mut peer) = Peer::start().await;
+    let s = spec(image.path(), false);
+    let call = tokio::spawn(async move { attach_disk(&qmp, &s).await });
+    // A set left by a rollback on a paused VM is removed again first.
+    let (id, _) = peer.expect("query-named-block-nodes").await;
+    peer.ok(id, json!([])).await;
+    let (id, _) = peer.expect("query-fdsets").await;
+    peer.ok(
+        id,
+        json!([{"fdset-id": 0, "fds": [{"fd": 30, "opaque": "disk2"}]},
+               {"fdset-id": 7, "fds": [{"fd": 31, "opaque": "disk3"}]}]),
+    )
+    .await;
+    let (id, args) = peer.expect("remove-fd").await;
+    assert_eq!(args, json!({"fdset-id": 7}));
+    peer.ok(id, json!({})).await;
+    let (id, args) = peer.expect("add-fd").await;
+    assert_eq!(args, json!({"opaque": "disk3"}));
+    peer.ok(id, json!({"fdset-id": 2, "fd": 31})).await;
+    let (id, args) = peer.expect("blockdev-add").await;
+    assert_eq!(args["file"]["filename"], "/dev/fdset/2");
+    assert_eq!(args["read-only"], false);
+    peer.ok(id, json!({})).await;
+    let (id, args) = peer.expect("device_add").await;
+    assert_eq!(args["id"], "disk3-dev");
+    peer.ok(id, json!({})).await;
+    call.await.unwrap().unwrap();
+    peer.expect_silence().await;
+}
+
+#[tokio::test]
+async fn failed_blockdev_add_removes_the_fdset() {
+    let image = tempfile::NamedTempFile::new().unwrap();
+    let (qmp, mut peer) = Peer::start().await;
+    let s = spec(image.path(), true);
+    let call = tokio::spawn(async move { attach_disk(&qmp, &s).await });
+    // The node exists: its fd sets are in use and must not be swept.
+    let (id, _) = peer.expect("query-named-block-nodes").await;
+    let node = json!({"node-name": "disk3", "drv": "raw", "file": "/dev/fdset/0",
+                      "ro": true, "image": {"virtual-size": 512}});
+    peer.ok(id, json!([node])).await;
+    let (id, _) = peer.expect("add-fd").await;
+    peer.ok(id, json!({"fdset-id": 1, "fd": 31})).await;
+    let (id, _) = peer.expect("blockdev-add").await;
+    peer.err(id, "GenericError", "Duplicate nodes with node-name='disk3'")
+        .await;
+    let (id, args) = peer.expect("remove-fd").await;
+    assert_eq!(args, json!({"fdset-id": 1}));
+    peer.ok(id, json!({})).await;
+    let e = call.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&e, HotplugError::Qmp { command: "blockdev-add", source, .. } if source.is_class("GenericError")),
+        "{e:?}"
+    );
+    peer.expect_silence().await;
+}
+
+#[tokio::test]
+async fn failed_device_add_deletes_node_then_fdset() {
+    let image = tempfile::NamedTempFile::new().unwrap();
+    let (qmp, mut peer) = Peer::start().await;
+    let s = spec(image.path(), false);
+    let call = tokio::spawn(async move { attach_disk(&qmp, &s).await });
+    peer.expect_clean_sweep().await;
+    let (id, _) = peer.expect("add-fd").await;
+    peer.ok(id, json!({"fdset-id": 1, "fd": 31})).await;
+    let (id, _) = peer.expect("blockdev-add").await;
+    peer.ok(id, json!({})).await;
+    let (id, _) = peer.expect("device_add").await;
+    peer.err(id, "GenericError", "Duplicate device ID 'disk3-dev'")
+        .await;
+    let (id, args) = peer.expect("blockdev-del").await;
+    assert_eq!(args, json!({"node-name": "disk3"}));
+    peer.ok(id, json!({})).await;
+    let (id, args) = peer.expect("remove-fd").await;
+    assert_eq!(args, json!({"fdset-id": 1}));
+    peer.ok(id, json!({})).await;
+    let e = call.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            HotplugError::Qmp {
+                command: "device_add",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn abandoned_attach_still_rolls_back() {
+    let image = tempfile::NamedTempFile::new().unwrap();
+    let (qmp, mut peer) = Peer::start().await;
+    let s = spec(image.path(), false);
+    let call = tokio::spawn(async move { attach_disk(&qmp, &s).await });
+    peer.expect_clean_sweep().await;
+    let (id, _) = peer.expect("add-fd").await;
+    peer.ok(id, json!({"fdset-id": 0, "fd": 31})).await;
+    let (id, _) = peer.expect("blockdev-add").await;
+    // The caller gives up mid-way; the operation must still finish cleanly.
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    peer.err(id, "GenericError", "nope").await;
+    let (id, _) = peer.expect("remove-fd").await;
+    peer.ok(id, json!({})).await;
+}
+
+#[tokio::test]
+async fn unopenable_image_sends_nothing() {
+    let (qmp, mut peer) = Peer::start().await;
+    let s = spec(std::path::Path::new("/nonexistent/corral/x.qcow2"), false);
+    let e = attach_disk(&qmp, &s).await.unwrap_err();
+    assert!(
+        matches!(&e, HotplugError::Open { mode: "read-write", source, .. } if source.kind() == io::ErrorKind::NotFound),
+        "{e:?}"
+    );
+    peer.expect_silence().await;
+    let bad = HotDisk {
+        node: "#block1".into(),
+        ..s
+    };
+    assert!(matches!(
+        attach_disk(&qmp, &bad).await,
+        Err(HotplugError::InvalidNode { .. })
+    ));
+    peer.expect_silence().await;
+}
+
+#[tokio::test]
+async fn detach_waits_for_the_guest_then_cleans_up() {
+    let (qmp, mut peer) = Peer::start().await;
+    let call = tokio::spawn({
+        let qmp = qmp.clone();
+        async move { detach_disk(&qmp, "disk3").await }
+    });
+    let (id, args) = peer.expect("device_del").await;
+    assert_eq!(args, json!({"id": "disk3-dev"}));
+    peer.ok(id, json!({})).await;
+    // QEMU 7.2 first reports the virtio backend, then the device itself.
+    peer.event(
+        "DEVICE_DELETED",
+        json!({"path": "/machine/peripheral/disk3-dev/virtio-backend"}),
+    )
+    .await;
+    peer.event(
+        "DEVICE_DELETED",
+        json!({"device": "other-dev", "path": "/x"}),
+    )
+    .await;
+    peer.expect_silence().await;
+    peer.event(
+        "DEVICE_DELETED",
+        json!({"device": "disk3-dev", "path": "/machine/peripheral/disk3-dev"}),
+    )
+    .await;
+    let (id, args) = peer.expect("query-named-block-nodes").await;
+    assert_eq!(args, json!({"flat": true}));
+    let node = |name: &str, drv: &str| {
+        json!({"node-name": name, "drv": drv, "file": "/dev/fdset/1", "ro": false,
+               "image": {"virtual-size": 1024, "filename": "/dev/fdset/1", "format": drv}})
+    };
+    peer.ok(
+        id,
+        json!([node("disk3", "qcow2"), node("#block123", "file")]),
+    )
+    .await;
+    let (id, args) = peer.expect("blockdev-del").await;
+    assert_eq!(args, json!({"node-name": "disk3"}));
+    peer.ok(id, json!({})).await;
+    let (id, _) = peer.expect("query-fdsets").await;
+    peer.ok(
+        id,
+        json!([{"fdset-id": 0, "fds": [{"fd": 30, "opaque": "disk2"}]},
+               {"fdset-id": 1, "fds": [{"fd": 31, "opaque": "disk3"}]}]),
+    )
+    .await;
+    let (id, args) = peer.expect("remove-fd").await;
+    assert_eq!(args, json!({"fdset-id": 1}));
+    peer.ok(id, json!({})).await;
+    call.await.unwrap().unwrap();
+    peer.expect_silence().await;
+}
+
+#[tokio::test]
+async fn detach_times_out_when_the_guest_ignores_it() {
+    let (qmp, mut peer) = Peer::start().await;
+    let call = tokio::spawn({
+        let qmp = qmp.clone();
+        async move { detach_disk_with_timeout(&qmp, "disk3", Duration::from_millis(100)).await }
+    });
+    let (id, _) = peer.expect("device_del").await;
+    peer.ok(id, json!({})).await;
+    let e = call.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&e, HotplugError::UnplugTimeout { device, .. } if device == "disk3-dev"),
+        "{e:?}"
+    );
+    // The disk stays fully attached: nothing else was touched.
+    peer.expect_silence().await;
+
+    // A retry while the request is still pending keeps waiting for the guest.
+    let call = tokio::spawn({
+        let qmp = qmp.clone();
+        async move { detach_disk(&qmp, "disk3").await }
+    });
+    let (id, _) = peer.expect("device_del").await;
+    peer.err(
+        id,
+        "GenericError",
+        "Device disk3-dev is already in the process of unplug",
+    )
+    .await;
+    peer.event(
+        "DEVICE_DELETED",
+        json!({"device": "disk3-dev", "path": "/p"}),
+    )
+    .await;
+    let (id, _) = peer.expect("query-named-block-nodes").await;
+    peer.ok(id, json!([])).await;
+    let (id, _) = peer.expect("query-fdsets").await;
+    peer.ok(
+        id,
+        json!([{"fdset-id": 0, "fds": [{"fd": 30, "opaque": "disk3"}]}]),
+    )
+    .await;
+    let (id, _) = peer.expect("remove-fd").await;
+    peer.ok(id, json!({})).await;
+    call.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn detaching_nothing_is_not_attached() {
+    let (qmp, mut peer) = Peer::start().await;
+    let call = tokio::spawn({
+        let qmp = qmp.clone();
+        async move { detach_disk(&qmp, "disk9").await }
+    });
+    let (id, _) = peer.expect("device_del").await;
+    peer.err(id, "DeviceNotFound", "Device 'disk9-dev' not found")
+        .await;
+    let (id, _) = peer.expect("query-named-block-nodes").await;
+    peer.ok(id, json!([])).await;
+    let (id, _) = peer.expect("query-fdsets").await;
+    peer.ok(id, json!([])).await;
+    let e = call.await.unwrap().unwrap_err();
+    assert!(matches!(e, HotplugError::NotAttached { .. }), "{e:?}");
+}
+
+#[tokio::test]
+async fn resize_by_node_name() {
+    let (qmp, mut peer) = Peer::start().await;
+    let call = tokio::spawn({
+        let qmp = qmp.clone();
+        async move { resize_disk(&qmp, "disk3", 128 << 20).await }
+    });
+    let (id, args) = peer.expect("block_resize").await;
+    assert_eq!(args, json!({"node-name": "disk3", "size": 134_217_728}));
+    peer.err(id, "GenericError", "Cannot grow device files")
+        .await;
+    let e = call.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            HotplugError::Qmp {
+                command: "block_resize",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
