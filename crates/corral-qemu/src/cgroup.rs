@@ -15,13 +15,15 @@ pub struct VmCgroup {
 }
 
 impl VmCgroup {
-    /// Creates `corral/<name>` in each usable hierarchy under `root` (normally
-    /// `/sys/fs/cgroup`). Returns `None` when none is writable (not root, or no cgroupfs):
+    /// Creates `corral-<name>` at the top of each usable hierarchy under `root`
+    /// (normally `/sys/fs/cgroup`). Top level, not under a shared `corral/` parent: CPU
+    /// weight is shared among siblings, so a parent would give all VMs together the
+    /// weight of one host process. Returns `None` when none is writable (not root, or no cgroupfs):
     /// the VM then runs in the daemon's cgroup and `host info` says so.
     pub fn create(root: &Path, name: &str) -> Option<VmCgroup> {
         let dirs: Vec<PathBuf> = hierarchies(root)
             .into_iter()
-            .map(|h| h.join("corral").join(name))
+            .map(|h| h.join(format!("corral-{name}")))
             .filter(|dir| fs::create_dir_all(dir).is_ok())
             .collect();
         (!dirs.is_empty()).then_some(VmCgroup { dirs })
@@ -39,14 +41,21 @@ impl VmCgroup {
         &self.dirs
     }
 
-    /// Removes the cgroup dirs once the VM's processes are gone. A dir that still has
-    /// processes is left (EBUSY) rather than failing the caller.
+    /// Removes the cgroup dirs once the VM's processes are gone. The kernel refuses
+    /// (EBUSY) while an exited QEMU is not yet reaped, so this retries for a moment.
     pub fn remove(&self) -> io::Result<()> {
         for dir in &self.dirs {
-            match fs::remove_dir(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+            let mut tries = 0;
+            loop {
+                match fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 50 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(())
@@ -86,14 +95,14 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         fs::write(root.path().join("cgroup.controllers"), "cpu memory pids").unwrap();
         let cg = VmCgroup::create(root.path(), "vm-x").unwrap();
-        assert_eq!(cg.dirs(), &[root.path().join("corral/vm-x")]);
+        assert_eq!(cg.dirs(), &[root.path().join("corral-vm-x")]);
         assert_eq!(describe(root.path()), "cgroup v2");
         cg.attach(4242).unwrap();
-        let procs = root.path().join("corral/vm-x/cgroup.procs");
+        let procs = root.path().join("corral-vm-x/cgroup.procs");
         assert_eq!(fs::read_to_string(&procs).unwrap(), "4242");
         fs::remove_file(procs).unwrap();
         cg.remove().unwrap();
-        assert!(!root.path().join("corral/vm-x").exists());
+        assert!(!root.path().join("corral-vm-x").exists());
     }
 
     #[test]

@@ -82,7 +82,7 @@ fn qemu_is_confined() {
         let uuid = vm["spec"]["uuid"].as_str().unwrap();
         assert!(root.ends_with(uuid), "QEMU root is {}", root.display());
         let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-        assert!(cgroup.contains(&format!("corral/vm-{uuid}")), "{cgroup}");
+        assert!(cgroup.contains(&format!("corral-vm-{uuid}")), "{cgroup}");
         let ps = std::process::Command::new("ps")
             .args(["-o", "user=", "-p", &pid.to_string()])
             .output()

@@ -132,8 +132,9 @@ impl Manager {
             let log = launch::read_log_since(&running.paths.qemu_log(), 0);
             format!("QEMU exited unexpectedly: {}", last_line(&log))
         });
-        if let Some(c) = &running.cgroup {
-            let _ = c.remove();
+        if let Some(c) = running.cgroup.clone() {
+            // Removal may wait for the kernel to let go of the exited process.
+            let _ = tokio::task::spawn_blocking(move || c.remove()).await;
         }
         for f in ["qmp.sock", "console.sock", "qemu.pid"] {
             let _ = std::fs::remove_file(running.paths.dir.join(f));

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Corral vs raw QEMU vs libvirt, side by side, in one run (as root, ~5 minutes).
+#
+#   bash bench/run.sh                 # setup, build, measure, print a markdown table
+#   bash bench/run.sh --no-setup      # skip bench/setup.sh (packages already there)
+#   bash bench/run.sh --no-build      # use target/release/{corrald,corral} as they are
+#   bash bench/run.sh --rev HEAD      # build a commit (git archive) in /var/tmp instead
+#                                     # of the work tree: exact code, immune to mid-edits
+#   bash bench/run.sh --wait-quiet    # first wait (up to 10 min) for load average < 0.5
+#   bash bench/run.sh --quick         # 3 start rounds, 100 VMs: a smoke test of the bench
+#   bash bench/run.sh --only start|many
+#
+# Raw numbers go to bench/results/latest.json, the table to bench/results/latest.md
+# (both gitignored). Everything the run makes is removed again: corrald and its state
+# dir, leftover QEMUs of this run, the libvirt domains it defined, and libvirtd and
+# virtlogd if this run started them. See docs/benchmarks.md for what is timed and why.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH=$ROOT/bench
+log() { echo "bench/run: $*" >&2; }
+
+setup=1
+build=1
+rev=''
+wait_quiet=0
+extra=()
+while (($#)); do
+    case $1 in
+        --no-setup) setup=0 ;;
+        --no-build) build=0 ;;
+        --quick) extra+=(--n-start 3 --n-define 100 --n-list 3) ;;
+        --only) extra+=(--only "$2"); shift ;;
+        --rev) rev=$2; shift ;;
+        --wait-quiet) wait_quiet=1 ;;
+        -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) log "unknown argument: $1"; exit 2 ;;
+    esac
+    shift
+done
+
+[[ $(id -u) == 0 ]] || { log "run as root (libvirt's system daemon, QEMU -runas)"; exit 1; }
+((setup)) && bash "$BENCH/setup.sh"
+
+if [[ -n $rev ]]; then
+    # A pristine tree of one commit, built in its own target dir (kept for next time).
+    sha=$(git -C "$ROOT" rev-parse --short "$rev^{commit}")
+    src=$(mktemp -d /tmp/cb-src.XXXXXX)
+    git -C "$ROOT" archive "$sha" | tar -x -C "$src"
+    export CARGO_TARGET_DIR=${CORRAL_BENCH_TARGET:-/var/tmp/corral-bench-target}
+    log "building $sha in $src (target $CARGO_TARGET_DIR)"
+    (cd "$src" && cargo build --release --bins -q) || { rm -rf "$src"; exit 1; }
+    rm -rf "$src"
+    CORRAL=$CARGO_TARGET_DIR/release/corral
+    CORRALD=$CARGO_TARGET_DIR/release/corrald
+    extra+=(--corral-rev "$sha")
+else
+    # Other people may be editing the workspace: a failing build is retried a few times.
+    for try in 1 2 3 4 5; do
+        ((build)) || break
+        if (cd "$ROOT" && cargo build --release --bins -q); then break; fi
+        ((try < 5)) || { log "cargo build failed (try --rev HEAD)"; exit 1; }
+        log "build failed (workspace mid-edit?); retrying in 60 s"
+        sleep 60
+    done
+    CORRAL=$ROOT/target/release/corral
+    CORRALD=$ROOT/target/release/corrald
+fi
+KERNEL=$ROOT/build/guest/vmlinuz
+INITRD=$ROOT/build/guest/initrd.img
+[[ -f $KERNEL && -f $INITRD ]] || { log "no test guest in build/guest: run scripts/setup.sh"; exit 1; }
+# libvirt's QEMU runs as libvirt-qemu and must be able to read the guest.
+LV_IMAGES=/var/lib/libvirt/images/corral-bench
+# A short path: the QMP/console socket paths under it must fit in sun_path.
+WORK=$(mktemp -d /tmp/cb.XXXXXX)
+mkdir -p "$BENCH/results"
+
+corrald_pid=''
+started_libvirtd=''
+started_virtlogd=''
+# libvirt makes a "machine" cgroup in every hierarchy on the first domain start.
+had_machine_cgroup=$([[ -d /sys/fs/cgroup/cpu/machine || -d /sys/fs/cgroup/machine ]] && echo 1 || true)
+kvm_mode=$(stat -c '%a' /dev/kvm 2>/dev/null || true)
+kvm_group=$(stat -c '%g' /dev/kvm 2>/dev/null || true)
+
+cleanup() {
+    set +e
+    log "cleaning up"
+    if [[ -n $corrald_pid ]]; then
+        if kill -0 "$corrald_pid" 2>/dev/null; then
+            kill "$corrald_pid" 2>/dev/null
+            wait "$corrald_pid" 2>/dev/null
+        else
+            wait "$corrald_pid" 2>/dev/null
+            log "corrald had already exited (status $?) before the end of the run"
+        fi
+        cp "$WORK/corrald.log" "$BENCH/results/corrald.log" 2>/dev/null
+    fi
+    # QEMUs of this run (VMs outlive corrald by design): every process whose command
+    # line names this run's work dir.
+    for p in /proc/[0-9]*; do
+        if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF -- "$WORK/"; then
+            kill -9 "${p#/proc/}" 2>/dev/null
+        fi
+    done
+    if virsh -q -c qemu:///system uri >/dev/null 2>&1; then
+        for d in $(virsh -q -c qemu:///system list --all --name 2>/dev/null | grep '^cb-'); do
+            virsh -q -c qemu:///system destroy "$d" >/dev/null 2>&1
+            virsh -q -c qemu:///system undefine "$d" >/dev/null 2>&1
+        done
+    fi
+    [[ -n $started_libvirtd ]] && kill "$started_libvirtd" 2>/dev/null
+    [[ -n $started_virtlogd ]] && kill "$started_virtlogd" 2>/dev/null
+    if [[ -z $had_machine_cgroup ]]; then
+        # rmdir only removes empty cgroups: anything still in use stays.
+        for d in /sys/fs/cgroup/*/machine /sys/fs/cgroup/machine; do
+            [[ -d $d ]] && rmdir "$d" 2>/dev/null
+        done
+    fi
+    if [[ -n $kvm_mode ]]; then
+        chgrp "$kvm_group" /dev/kvm
+        chmod "$kvm_mode" /dev/kvm
+    fi
+    rm -rf "$WORK" "$LV_IMAGES"
+}
+trap cleanup EXIT
+
+# libvirt. Its QEMU capability cache is only valid while libvirt's QEMU user may open
+# /dev/kvm: with Debian's udev rule that is root:kvm 0660, but this machine has no udev
+# and /dev/kvm is root-only, so libvirtd would re-probe QEMU (~4 s) on *every* call.
+# Give /dev/kvm its usual Debian mode for the run (restored at exit). Domains still
+# use TCG (<domain type='qemu'>). Corral is unaffected: its QEMU opens /dev/kvm as root.
+if [[ -e /dev/kvm ]] && getent group kvm >/dev/null; then
+    chgrp kvm /dev/kvm
+    chmod 0660 /dev/kvm
+fi
+pid_of() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null && cat "$1"; }
+if ! virsh -q -c qemu:///system uri >/dev/null 2>&1; then
+    if ! pid_of /run/virtlogd.pid >/dev/null; then
+        virtlogd -d
+        sleep 0.2
+        started_virtlogd=$(pid_of /run/virtlogd.pid)
+    fi
+    log "starting libvirtd"
+    libvirtd -d
+    for _ in $(seq 100); do
+        virsh -q -c qemu:///system uri >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    started_libvirtd=$(pid_of /run/libvirtd.pid)
+fi
+libvirtd_pid=$(pid_of /run/libvirtd.pid) || { log "libvirtd is not running"; exit 1; }
+# First contact makes libvirtd probe QEMU's capabilities; not part of any measurement.
+virsh -q -c qemu:///system version >/dev/null
+install -d -m 0755 "$LV_IMAGES"
+install -m 0644 "$KERNEL" "$INITRD" "$LV_IMAGES/"
+
+# corrald, on a fresh state dir.
+log "starting corrald (state in $WORK/s)"
+"$CORRALD" --state-dir "$WORK/s" --socket "$WORK/sock" --accel tcg 2>"$WORK/corrald.log" &
+corrald_pid=$!
+for _ in $(seq 200); do
+    [[ -S $WORK/sock ]] && break
+    kill -0 "$corrald_pid" 2>/dev/null || { cat "$WORK/corrald.log" >&2; exit 1; }
+    sleep 0.05
+done
+[[ -S $WORK/sock ]] || { log "corrald did not open its socket"; exit 1; }
+
+if ((wait_quiet)); then
+    for _ in $(seq 120); do
+        awk '{ exit !($1 < 0.5) }' /proc/loadavg && break
+        sleep 5
+    done
+fi
+log "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+/usr/bin/python3 "$BENCH/bench.py" \
+    --corral "$CORRAL" --socket "$WORK/sock" --state-dir "$WORK/s" \
+    --corrald-pid "$corrald_pid" --libvirtd-pid "$libvirtd_pid" \
+    --kernel "$KERNEL" --initrd "$INITRD" --lv-images "$LV_IMAGES" --work "$WORK" \
+    --json "$BENCH/results/latest.json" --md "$BENCH/results/latest.md" "${extra[@]}"
+log "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+log "raw numbers: bench/results/latest.json"
