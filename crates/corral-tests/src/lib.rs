@@ -341,10 +341,17 @@ impl Drop for Daemon {
         }
         // The daemon is gone, so its VMs' cgroups are this test's to remove.
         std::thread::sleep(Duration::from_millis(100));
-        let runs = std::fs::read_dir(self.state_dir().join("run")).into_iter().flatten().flatten();
+        let runs = std::fs::read_dir(self.state_dir().join("run"))
+            .into_iter()
+            .flatten()
+            .flatten();
         for uuid in runs.map(|e| e.file_name().to_string_lossy().into_owned()) {
             for ctrl in ["cpu", "memory", "pids", ""] {
-                let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(ctrl).join(format!("corral-vm-{uuid}")));
+                let _ = std::fs::remove_dir(
+                    Path::new("/sys/fs/cgroup")
+                        .join(ctrl)
+                        .join(format!("corral-vm-{uuid}")),
+                );
             }
         }
         if std::thread::panicking() {
