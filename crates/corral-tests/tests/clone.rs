@@ -145,3 +145,64 @@ fn running_vm_is_cloned_without_stopping() {
     let pool = d.json(&["pool", "show", "default"]);
     assert!(pool["orphans"].as_array().unwrap().is_empty(), "{pool}");
 }
+
+#[test]
+fn daemon_killed_mid_clone_leaves_it_finished_or_rolled_back() {
+    let mut d = Daemon::start();
+    let g = corral_tests::guest_args();
+    let mut args = vec![
+        "create",
+        "big",
+        "--memory",
+        "128M",
+        "--disk",
+        "size=1G",
+        "--network",
+        "none",
+    ];
+    args.extend(g.iter().map(String::as_str));
+    d.ok(&args);
+    let disk = d.vm("big")["spec"]["disks"][0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ok = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 7 0 384M", &disk])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let (status, op) = d.http("POST", "/api/v1/vms/big/clone", r#"{"name":"copy"}"#);
+    assert_eq!(status, 202, "{op}");
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    d.restart();
+    let id = op["id"].as_str().unwrap();
+    let op = d.json(&["operation", "show", id]);
+    match op["state"].as_str().unwrap() {
+        // Finished before the kill: the clone is whole.
+        "succeeded" => assert_eq!(d.vm("copy")["spec"]["disks"][0]["volume"], "copy-disk0"),
+        // Cut short: no VM, no volume, no file — nothing referenced, nothing orphaned.
+        "failed" => {
+            assert!(
+                op["error"]["error"].as_str().unwrap().contains("restarted"),
+                "{op}"
+            );
+            d.fails(&["show", "copy"]);
+            d.fails(&["volume", "show", "copy-disk0"]);
+        }
+        other => panic!("operation is {other} after a restart: {op}"),
+    }
+    let pool = d.json(&["pool", "show", "default"]);
+    assert!(pool["orphans"].as_array().unwrap().is_empty(), "{pool}");
+    assert!(pool["missing"].as_array().unwrap().is_empty(), "{pool}");
+    let hidden: Vec<_> = std::fs::read_dir(d.state_dir().join("pools/default"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".corral-import")
+        })
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:?}");
+}
