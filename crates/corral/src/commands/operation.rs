@@ -1,14 +1,15 @@
 //! Operations (long work the daemon does for us) and events.
 //!
 //! [`follow`] is how every command that starts long work waits for it: the daemon's
-//! long-poll `wait` endpoint, so no busy polling, with a spinner only when a person is
-//! watching stderr.
+//! long-poll `wait` endpoint, so no busy polling, with a progress bar only when a person
+//! is watching stderr.
 
 use std::future::Future;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
 
 use corral_api::{Event, Operation, OperationState};
 
@@ -72,53 +73,35 @@ fn succeeded(op: Operation) -> Result<Operation> {
     Err(err.into())
 }
 
-/// A one-line progress indicator on stderr, wiped when dropped (on success or error).
+/// A progress bar on stderr (indicatif), cleared when dropped (on success or error).
+/// Operations that report no progress show a spinner instead of an empty bar.
 struct Spinner {
-    label: String,
-    frame: usize,
+    bar: ProgressBar,
 }
 
 impl Spinner {
-    const FRAMES: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
-
     fn new(label: &str) -> Self {
-        Spinner {
-            label: label.to_string(),
-            frame: 0,
-        }
+        let bar = ProgressBar::new(100);
+        let style =
+            ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos:>3}% ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_message(label.to_string());
+        bar.enable_steady_tick(Duration::from_millis(100));
+        Spinner { bar }
     }
 
-    /// Animates until `work` completes, and returns what it returned.
+    /// Shows `progress` until `work` completes, and returns what it returned.
     async fn spin_until<T>(&mut self, work: impl Future<Output = T>, progress: f32) -> T {
-        tokio::pin!(work);
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tokio::select! {
-                done = &mut work => return done,
-                _ = tick.tick() => self.draw(progress),
-            }
-        }
-    }
-
-    fn draw(&mut self, progress: f32) {
-        let glyph = Self::FRAMES[self.frame % Self::FRAMES.len()];
-        self.frame += 1;
-        let percent = if progress > 0.0 {
-            format!(" ({progress:.0}%)")
-        } else {
-            String::new()
-        };
-        let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r\x1b[2K{glyph} {}…{percent}", self.label);
-        let _ = err.flush();
+        self.bar.set_position(progress.clamp(0.0, 100.0) as u64);
+        work.await
     }
 }
 
 impl Drop for Spinner {
     fn drop(&mut self) {
-        let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r\x1b[2K");
-        let _ = err.flush();
+        self.bar.finish_and_clear();
     }
 }
 
