@@ -242,6 +242,28 @@ impl Daemon {
         )
     }
 
+    /// Defines (does not start) a test-guest VM: `corral create NAME EXTRA… <guest args>`.
+    pub fn define(&self, name: &str, extra: &[&str]) {
+        let mut args: Vec<String> = vec!["create".into(), name.into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(guest_args());
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ok(&a);
+    }
+
+    /// Runs a shell command in a running test guest and waits until it has finished:
+    /// the completion marker is computed by the guest, so the echo of the typed line
+    /// cannot be mistaken for it.
+    pub fn guest_run(&self, name: &str, command: &str) {
+        let tag = format!(
+            "{:x}",
+            std::process::id() ^ (Instant::now().elapsed().subsec_nanos())
+        );
+        let line = format!("{command}; echo DONE-{tag}-$((6*7))\n");
+        self.console_session(name, line.as_bytes(), Duration::from_secs(1));
+        self.wait_console(name, &format!("DONE-{tag}-42"), Duration::from_secs(30));
+    }
+
     /// Creates and starts a test-guest VM.
     pub fn boot(&self, name: &str, extra: &[&str]) {
         let mut args: Vec<String> = ["create", name, "--memory", "256M", "--start"]

@@ -101,26 +101,19 @@ fn full_clone_is_independent_with_new_identity() {
 #[test]
 fn running_vm_is_cloned_without_stopping() {
     let d = Daemon::start();
-    let g = corral_tests::guest_args();
-    let mut args = vec![
-        "create",
+    d.define(
         "live",
-        "--memory",
-        "256M",
-        "--disk",
-        "size=64M",
-        "--network",
-        "none",
-    ];
-    args.extend(g.iter().map(String::as_str));
-    d.ok(&args);
-    d.start_and_wait("live");
-    d.console_session(
-        "live",
-        b"printf hot! > /dev/vda; sync; echo L$((40+2))\n",
-        std::time::Duration::from_secs(2),
+        &[
+            "--memory",
+            "256M",
+            "--disk",
+            "size=64M",
+            "--network",
+            "none",
+        ],
     );
-    d.wait_console("live", "L42", std::time::Duration::from_secs(20));
+    d.start_and_wait("live");
+    d.guest_run("live", "printf hot! > /dev/vda; sync");
     let pid = d.vm("live")["status"]["pid"].as_u64().unwrap();
 
     d.ok(&["clone", "live", "copy"]);

@@ -10,26 +10,19 @@ use corral_tests::{image_head, Daemon};
 #[test]
 fn linked_clones_from_an_image() {
     let d = Daemon::start();
-    let g = corral_tests::guest_args();
-    let mut args = vec![
-        "create",
+    d.define(
         "golden",
-        "--memory",
-        "256M",
-        "--disk",
-        "size=64M",
-        "--network",
-        "none",
-    ];
-    args.extend(g.iter().map(String::as_str));
-    d.ok(&args);
-    d.start_and_wait("golden");
-    d.console_session(
-        "golden",
-        b"printf gold > /dev/vda; sync; echo G$((40+2))\n",
-        Duration::from_secs(2),
+        &[
+            "--memory",
+            "256M",
+            "--disk",
+            "size=64M",
+            "--network",
+            "none",
+        ],
     );
-    d.wait_console("golden", "G42", Duration::from_secs(20));
+    d.start_and_wait("golden");
+    d.guest_run("golden", "printf gold > /dev/vda; sync");
     // A running VM's volume cannot be copied consistently.
     let err = d.fails(&["image", "create", "base", "--from-volume", "golden-disk0"]);
     assert!(err.contains("stop"), "{err}");
@@ -42,18 +35,10 @@ fn linked_clones_from_an_image() {
 
     for vm in ["c1", "c2"] {
         let started = Instant::now();
-        let mut args = vec![
-            "create",
+        d.define(
             vm,
-            "--memory",
-            "128M",
-            "--image",
-            "base",
-            "--network",
-            "none",
-        ];
-        args.extend(g.iter().map(String::as_str));
-        d.ok(&args);
+            &["--memory", "128M", "--image", "base", "--network", "none"],
+        );
         assert!(started.elapsed() < Duration::from_secs(10));
         let disk = &d.vm(vm)["spec"]["disks"][0];
         assert_eq!(disk["volume"], format!("{vm}-disk0"));
@@ -67,12 +52,7 @@ fn linked_clones_from_an_image() {
     }
     // The clones are independent of each other and of the image.
     d.start_and_wait("c2");
-    d.console_session(
-        "c2",
-        b"printf c2c2 > /dev/vda; sync; echo C$((40+2))\n",
-        Duration::from_secs(2),
-    );
-    d.wait_console("c2", "C42", Duration::from_secs(20));
+    d.guest_run("c2", "printf c2c2 > /dev/vda; sync");
     d.ok(&["stop", "c2"]);
     assert_eq!(
         image_head(d.vm("c2")["spec"]["disks"][0]["path"].as_str().unwrap(), 4),
