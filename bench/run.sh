@@ -8,12 +8,15 @@
 #                                     # of the work tree: exact code, immune to mid-edits
 #   bash bench/run.sh --wait-quiet    # first wait (up to 10 min) for load average < 0.5
 #   bash bench/run.sh --quick         # 3 start rounds, 100 VMs: a smoke test of the bench
-#   bash bench/run.sh --only start|many
+#   bash bench/run.sh --only start|many|storage
+#                                     # storage: bench/storage.py alone (~3 minutes); a full
+#                                     # run does it after the other sections
 #
 # Raw numbers go to bench/results/latest.json, the table to bench/results/latest.md
-# (both gitignored). Everything the run makes is removed again: corrald and its state
-# dir, leftover QEMUs of this run, the libvirt domains it defined, and libvirtd and
-# virtlogd if this run started them. See docs/benchmarks.md for what is timed and why.
+# (storage: storage.json, storage.md; all gitignored). Everything the run makes is
+# removed again: corrald and its state dir, leftover QEMUs of this run, the libvirt
+# domains and storage pools it defined, and libvirtd and virtlogd if this run started
+# them. See docs/benchmarks.md for what is timed and why.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,16 +27,19 @@ setup=1
 build=1
 rev=''
 wait_quiet=0
+only=''
 extra=()
+storage_extra=()
 while (($#)); do
     case $1 in
         --no-setup) setup=0 ;;
         --no-build) build=0 ;;
-        --quick) extra+=(--n-start 3 --n-define 100 --n-list 3) ;;
-        --only) extra+=(--only "$2"); shift ;;
+        --quick) extra+=(--n-start 3 --n-define 100 --n-list 3)
+                 storage_extra+=(--n-linked 3 --n-clone 1 --n-snap 3 --n-root 1 --n-live 1) ;;
+        --only) only=$2; shift ;;
         --rev) rev=$2; shift ;;
         --wait-quiet) wait_quiet=1 ;;
-        -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) log "unknown argument: $1"; exit 2 ;;
     esac
     shift
@@ -41,6 +47,16 @@ done
 
 [[ $(id -u) == 0 ]] || { log "run as root (libvirt's system daemon, QEMU -runas)"; exit 1; }
 ((setup)) && bash "$BENCH/setup.sh"
+storage=$([[ -z $only || $only == storage ]] && echo 1 || echo 0)
+# The storage section also compares with virt-clone (Debian's virtinst).
+if ((setup && storage)) && ! command -v virt-clone >/dev/null; then
+    log "installing virtinst (virt-clone)"
+    get_virtinst() {
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends virtinst >&2
+    }
+    get_virtinst || { apt-get update -qq >&2 && get_virtinst; } ||
+        log "virtinst not installed: the storage table will have no virt-clone row"
+fi
 
 if [[ -n $rev ]]; then
     # A pristine tree of one commit, built in its own target dir (kept for next time).
@@ -106,7 +122,17 @@ cleanup() {
     if virsh -q -c qemu:///system uri >/dev/null 2>&1; then
         for d in $(virsh -q -c qemu:///system list --all --name 2>/dev/null | grep '^cb-'); do
             virsh -q -c qemu:///system destroy "$d" >/dev/null 2>&1
-            virsh -q -c qemu:///system undefine "$d" >/dev/null 2>&1
+            virsh -q -c qemu:///system undefine --snapshots-metadata "$d" >/dev/null 2>&1
+        done
+        # Storage pools on this run's directories (bench/storage.py makes transient
+        # ones; virt-clone would define persistent ones for directories without a pool).
+        for p in $(virsh -q -c qemu:///system pool-list --all --name 2>/dev/null); do
+            path=$(virsh -q -c qemu:///system pool-dumpxml "$p" 2>/dev/null |
+                sed -n 's:.*<path>\(.*\)</path>.*:\1:p' | head -1)
+            if [[ $path == "$WORK"* || $path == "$LV_IMAGES"* ]]; then
+                virsh -q -c qemu:///system pool-destroy "$p" >/dev/null 2>&1
+                virsh -q -c qemu:///system pool-undefine "$p" >/dev/null 2>&1
+            fi
         done
     fi
     [[ -n $started_libvirtd ]] && kill "$started_libvirtd" 2>/dev/null
@@ -173,10 +199,22 @@ if ((wait_quiet)); then
     done
 fi
 log "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-/usr/bin/python3 "$BENCH/bench.py" \
-    --corral "$CORRAL" --socket "$WORK/sock" --state-dir "$WORK/s" \
-    --corrald-pid "$corrald_pid" --libvirtd-pid "$libvirtd_pid" \
-    --kernel "$KERNEL" --initrd "$INITRD" --lv-images "$LV_IMAGES" --work "$WORK" \
-    --json "$BENCH/results/latest.json" --md "$BENCH/results/latest.md" "${extra[@]}"
+[[ -n $rev ]] && storage_extra+=(--corral-rev "$sha")
+if [[ $only != storage ]]; then
+    /usr/bin/python3 "$BENCH/bench.py" \
+        --corral "$CORRAL" --socket "$WORK/sock" --state-dir "$WORK/s" \
+        --corrald-pid "$corrald_pid" --libvirtd-pid "$libvirtd_pid" \
+        --kernel "$KERNEL" --initrd "$INITRD" --lv-images "$LV_IMAGES" --work "$WORK" \
+        --json "$BENCH/results/latest.json" --md "$BENCH/results/latest.md" \
+        ${only:+--only "$only"} "${extra[@]}"
+    log "raw numbers: bench/results/latest.json"
+fi
+if ((storage)); then
+    /usr/bin/python3 "$BENCH/storage.py" \
+        --corral "$CORRAL" --socket "$WORK/sock" --state-dir "$WORK/s" \
+        --kernel "$KERNEL" --initrd "$INITRD" --lv-images "$LV_IMAGES" --work "$WORK" \
+        --json "$BENCH/results/storage.json" --md "$BENCH/results/storage.md" \
+        "${storage_extra[@]}"
+    log "raw numbers: bench/results/storage.json"
+fi
 log "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
-log "raw numbers: bench/results/latest.json"
