@@ -16,15 +16,17 @@ log() { echo "setup: $*" >&2; }
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have qemu-system-x86_64 || need+=(qemu-system-x86)
-have qemu-img || need+=(qemu-utils)
+# qemu-utils only when missing: a newer one (backports) is fine and must not be downgraded.
+{ have qemu-img && have qemu-io; } || need+=(qemu-utils)
+[[ -f /usr/share/OVMF/OVMF_CODE_4M.fd ]] || need+=(ovmf)
 have cpio || need+=(cpio)
 have depmod || [[ -x /usr/sbin/depmod ]] || need+=(kmod)
-have curl || need+=(curl)
-have socat || need+=(socat)
+have dpkg-deb || need+=(dpkg)
+have python3 || need+=(python3)
 have flock || need+=(util-linux)
 have ps || need+=(procps)
-[[ -f /usr/share/OVMF/OVMF_CODE_4M.fd ]] || need+=(ovmf)
-have python3 || need+=(python3)
+have tar || need+=(tar)
+have gzip || need+=(gzip)
 if ((${#need[@]})); then
     log "installing ${need[*]}"
     apt-get update -qq
