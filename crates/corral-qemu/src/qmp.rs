@@ -541,8 +541,17 @@ impl Qmp {
     }
 
     /// `system_powerdown`: press the ACPI power button (the guest decides).
+    ///
+    /// A guest may power off, and QEMU exit, before the reply is written: a connection
+    /// that closes after the command was sent is the command succeeding, as for `quit`.
     pub async fn system_powerdown(&self) -> Result<(), QmpError> {
-        self.execute_unit("system_powerdown").await
+        if self.is_closed() {
+            return Err(QmpError::Disconnected);
+        }
+        match self.execute_unit("system_powerdown").await {
+            Ok(()) | Err(QmpError::Disconnected) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// `system_reset`: hard reset the machine (emits `RESET`).

@@ -36,7 +36,10 @@ pub enum ApiError {
     Storage(#[from] StorageError),
     /// An import or copy failed.
     #[error("import")]
-    Import(#[from] corral_storage::import::ImportError),
+    Import(corral_storage::import::ImportError),
+    /// The client cancelled the operation; what it had made is gone.
+    #[error("cancelled")]
+    Cancelled,
     /// Hot-plugging into a running VM failed (nothing was left half-attached).
     #[error("hot-plug failed")]
     Hotplug(#[from] corral_qemu::hotplug::HotplugError),
@@ -60,6 +63,15 @@ impl From<StoreError> for ApiError {
                 hint: None,
             },
             other => ApiError::Store(other),
+        }
+    }
+}
+
+impl From<corral_storage::import::ImportError> for ApiError {
+    fn from(e: corral_storage::import::ImportError) -> Self {
+        match e {
+            corral_storage::import::ImportError::Cancelled => ApiError::Cancelled,
+            other => ApiError::Import(other),
         }
     }
 }
@@ -112,6 +124,10 @@ impl ApiError {
             ApiError::Import(e) if e.is_bad_source() => {
                 (StatusCode::BAD_REQUEST, body(chain(e), e.hint()))
             }
+            ApiError::Cancelled => (
+                StatusCode::CONFLICT,
+                body("the operation was cancelled".into(), None),
+            ),
             ApiError::Hotplug(e) => (
                 StatusCode::CONFLICT,
                 body(

@@ -194,25 +194,17 @@ impl OpHandle {
     }
 
     pub fn finish(self, result: ApiResult<()>) {
-        self.ops.update(self.id, |op| match result {
-            Ok(()) => {
-                op.state = OperationState::Succeeded;
-                op.progress = 100.0;
-            }
-            Err(e) => {
-                op.state = OperationState::Failed;
-                op.error = Some(e.to_parts().1);
-            }
-        });
+        self.finish_with(result.map(|()| serde_json::Value::Null));
     }
 
-    /// Succeeds with a result for the client (what the operation made).
+    /// Ends the operation; a non-null value is its `result` for the client (what the
+    /// operation made).
     pub fn finish_with(self, result: ApiResult<serde_json::Value>) {
         self.ops.update(self.id, |op| match result {
             Ok(value) => {
                 op.state = OperationState::Succeeded;
                 op.progress = 100.0;
-                op.result = Some(value);
+                op.result = (!value.is_null()).then_some(value);
             }
             Err(e) => {
                 op.state = OperationState::Failed;

@@ -62,7 +62,7 @@ impl Manager {
                 .copy_into_image(&req, &volume, &pool, &dest, &handle)
                 .await;
             match result {
-                Err(ApiError::Import(import::ImportError::Cancelled)) => handle.cancelled_done(),
+                Err(ApiError::Cancelled) => handle.cancelled_done(),
                 other => handle.finish(other),
             }
         });

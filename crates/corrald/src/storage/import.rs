@@ -46,7 +46,7 @@ impl Manager {
         let mgr = self.clone();
         tokio::spawn(async move {
             match mgr.run_import(&req, &pool, &dir, &handle).await {
-                Err(ApiError::Import(import::ImportError::Cancelled)) => handle.cancelled_done(),
+                Err(ApiError::Cancelled) => handle.cancelled_done(),
                 result => {
                     handle.finish_with(result.map(|r| serde_json::to_value(r).unwrap_or_default()))
                 }

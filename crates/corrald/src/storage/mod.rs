@@ -187,27 +187,19 @@ impl Manager {
                 .into_iter()
                 .map(|i| PathBuf::from(i.path)),
         );
-        // Images a volume reads through (e.g. kept after its VM and snapshots went).
-        let tops: Vec<PathBuf> = known.iter().cloned().collect();
-        for top in tops {
-            let mut next = corral_storage::qemu_img::backing_of(&top)
-                .await
-                .ok()
-                .flatten();
-            while let Some((file, _)) = next {
-                if !known.insert(file.clone()) {
-                    break;
-                }
-                next = corral_storage::qemu_img::backing_of(&file)
-                    .await
-                    .ok()
-                    .flatten();
-            }
-        }
-        let orphans = driver
+        let mut orphans: Vec<PathBuf> = driver
             .entries(&spec)?
             .into_iter()
             .filter(|p| !known.contains(p))
+            .collect();
+        if !orphans.is_empty() {
+            // Only then ask qemu-img: an unknown file may still be an image a volume reads
+            // through (e.g. kept after its VM and snapshots went).
+            let in_chains = backing_chains(known.iter().cloned().collect()).await;
+            orphans.retain(|p| !in_chains.contains(p));
+        }
+        let orphans = orphans
+            .into_iter()
             .map(|p| p.display().to_string())
             .collect();
         let missing = volumes
@@ -245,6 +237,29 @@ impl Manager {
             .find(|p| p.path.as_deref().map(Path::new) == Some(path))
             .map(|p| p.name))
     }
+}
+
+/// Every file below `tops` in their backing chains.
+async fn backing_chains(tops: Vec<PathBuf>) -> HashSet<PathBuf> {
+    let mut seen: HashSet<PathBuf> = tops.iter().cloned().collect();
+    let mut below = HashSet::new();
+    for top in tops {
+        let mut next = corral_storage::qemu_img::backing_of(&top)
+            .await
+            .ok()
+            .flatten();
+        while let Some((file, _)) = next {
+            below.insert(file.clone());
+            if !seen.insert(file.clone()) {
+                break;
+            }
+            next = corral_storage::qemu_img::backing_of(&file)
+                .await
+                .ok()
+                .flatten();
+        }
+    }
+    below
 }
 
 pub(crate) fn pool_driver(spec: &PoolSpec) -> ApiResult<&'static dyn PoolDriver> {

@@ -15,7 +15,8 @@ use corral_qemu::hotplug::{self, HotBus, HotDisk};
 use super::{pool_driver, volume_key};
 use crate::clock::now_secs;
 use crate::error::{ApiError, ApiResult};
-use crate::vm::Manager;
+use crate::vm::{Manager, Running};
+use corral_store::VmRecord;
 
 impl Manager {
     pub async fn create_volume(&self, req: CreateVolumeRequest) -> ApiResult<Volume> {
@@ -286,28 +287,15 @@ impl Manager {
             owned: v.owner.as_deref() == Some(req.vm.as_str()),
             read_only: req.read_only,
         };
-        match record.status.state {
-            VmState::Stopped => {}
-            VmState::Running | VmState::Paused => {
-                let running = self
-                    .running(&req.vm)
-                    .ok_or_else(|| ApiError::conflict("VM has no QEMU attached"))?;
-                let hot = HotDisk {
-                    node: id.clone(),
-                    path: PathBuf::from(&v.path),
-                    format: v.format,
-                    read_only: req.read_only,
-                    bus: HotBus::VirtioBlk,
-                };
-                hotplug::attach_disk(&running.qmp, &hot).await?;
-            }
-            other => {
-                return Err(ApiError::conflict(format!(
-                    "cannot attach a volume to VM '{}' while it is {}",
-                    req.vm,
-                    other.as_str()
-                )))
-            }
+        if let Some(running) = self.hotplug_target(&record, "attach a volume to")? {
+            let hot = HotDisk {
+                node: id.clone(),
+                path: PathBuf::from(&v.path),
+                format: v.format,
+                read_only: req.read_only,
+                bus: HotBus::VirtioBlk,
+            };
+            hotplug::attach_disk(&running.qmp, &hot).await?;
         }
         record.spec.disks.push(disk);
         self.store.update_vm_spec(&record.spec)?;
@@ -347,21 +335,8 @@ impl Manager {
                 hint: Some("delete those snapshots first (`corral snapshot list VM`)".into()),
             });
         }
-        match record.status.state {
-            VmState::Stopped => {}
-            VmState::Running | VmState::Paused => {
-                let running = self
-                    .running(&req.vm)
-                    .ok_or_else(|| ApiError::conflict("VM has no QEMU attached"))?;
-                hotplug::detach_disk(&running.qmp, &id).await?;
-            }
-            other => {
-                return Err(ApiError::conflict(format!(
-                    "cannot detach a volume from VM '{}' while it is {}",
-                    req.vm,
-                    other.as_str()
-                )))
-            }
+        if let Some(running) = self.hotplug_target(&record, "detach a volume from")? {
+            hotplug::detach_disk(&running.qmp, &id).await?;
         }
         record.spec.disks.remove(pos);
         self.store.update_vm_spec(&record.spec)?;
@@ -379,6 +354,25 @@ impl Manager {
         drop(_lock);
         drop(_vm_lock);
         self.get(&req.vm)
+    }
+}
+
+impl Manager {
+    /// The QEMU to hot-plug into: `None` for a stopped VM (its spec alone changes), the
+    /// running QEMU for a running or paused one, and a 409 in any other state.
+    fn hotplug_target(&self, record: &VmRecord, what: &str) -> ApiResult<Option<Arc<Running>>> {
+        let vm = &record.spec.name;
+        match record.status.state {
+            VmState::Stopped => Ok(None),
+            VmState::Running | VmState::Paused => self
+                .running(vm)
+                .map(Some)
+                .ok_or_else(|| ApiError::conflict(format!("VM '{vm}' has no QEMU attached"))),
+            other => Err(ApiError::conflict(format!(
+                "cannot {what} VM '{vm}' while it is {}",
+                other.as_str()
+            ))),
+        }
     }
 }
 

@@ -66,7 +66,7 @@ impl Manager {
         let target = target.to_string();
         tokio::spawn(async move {
             match mgr.copy_vm(record, &target, &handle).await {
-                Err(ApiError::Import(import::ImportError::Cancelled)) => handle.cancelled_done(),
+                Err(ApiError::Cancelled) => handle.cancelled_done(),
                 other => handle.finish(other),
             }
         });
@@ -174,9 +174,7 @@ impl Manager {
         corral_qemu::backup::backup_full(&running.qmp, &targets, &progress, &cancelled)
             .await
             .map_err(|e| match e {
-                corral_qemu::backup::BackupError::Cancelled => {
-                    ApiError::Import(import::ImportError::Cancelled)
-                }
+                corral_qemu::backup::BackupError::Cancelled => ApiError::Cancelled,
                 other => ApiError::Internal(crate::error::chain(&other)),
             })?;
         Ok(disks)

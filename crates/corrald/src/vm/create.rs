@@ -1,7 +1,6 @@
 //! Defining and deleting VMs. Everything a create needs is checked before anything is
 //! made; what is made is undone if a later step fails.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use corral_api::{
@@ -414,9 +413,6 @@ fn check_file(field: &str, path: &str) -> ApiResult<String> {
     }
     if let Err(e) = std::fs::File::open(p) {
         return Err(ValidationError::new(field, format!("cannot read '{path}': {e}")).into());
-    }
-    if meta.permissions().mode() & 0o444 == 0 {
-        return Err(ValidationError::new(field, format!("'{path}' has no read permission")).into());
     }
     Ok(path.to_string())
 }

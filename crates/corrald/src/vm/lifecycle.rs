@@ -219,12 +219,7 @@ impl Manager {
                     ..record.status
                 },
             )?;
-            match running.qmp.system_powerdown().await {
-                // A quick guest can power off, and QEMU exit, before the reply is sent:
-                // that is the stop succeeding, which the monitor records.
-                Ok(()) | Err(corral_qemu::qmp::QmpError::Disconnected) => {}
-                Err(e) => return Err(e.into()),
-            }
+            running.qmp.system_powerdown().await?;
         }
         Ok(running)
     }
