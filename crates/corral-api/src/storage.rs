@@ -245,6 +245,23 @@ pub struct Snapshot {
     /// UEFI VMs: a copy of the NVRAM (firmware variables) as they were; revert puts it back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nvram: Option<String>,
+    /// Taken with `--memory`: the guest's RAM and device state too; reverting resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<SnapshotMemory>,
+}
+
+/// The saved RAM and device state of a memory snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotMemory {
+    /// The state file (QEMU's migration stream).
+    pub file: String,
+    /// Its size in bytes.
+    pub size_bytes: u64,
+    /// The guest was paused when the snapshot was taken (so it is restored paused).
+    pub paused: bool,
+    /// The VM's definition when the snapshot was taken: the state only fits the same
+    /// machine, so reverting puts memory, CPUs, machine type and NICs back as they were.
+    pub spec: Box<crate::VmSpec>,
 }
 
 /// A disk's frozen image in a snapshot. It is read-only from then on: later states of
@@ -264,6 +281,10 @@ pub struct CreateSnapshotRequest {
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
+    /// Also save the running guest's RAM and device state (it is paused while that is
+    /// written), so that reverting resumes it exactly where it was.
+    #[serde(default)]
+    pub memory: bool,
 }
 
 /// `GET /api/v1/vms/{name}/snapshots`: the tree, and where the VM is in it.

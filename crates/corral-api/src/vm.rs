@@ -135,7 +135,7 @@ pub enum NetworkKind {
 }
 
 /// The desired state of a VM: everything needed to start it, and nothing observed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmSpec {
     pub name: String,

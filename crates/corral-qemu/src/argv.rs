@@ -60,6 +60,25 @@ pub struct LaunchConfig<'a> {
     pub accel: Accel,
     pub paths: &'a VmPaths,
     pub confinement: Confinement,
+    /// Disks whose top image the daemon opened and passes in by descriptor (see
+    /// [`DiskFds`]); the others are opened by QEMU by path.
+    pub disk_fds: &'a [DiskFds],
+    /// Start waiting for a saved memory/device state (`-incoming defer`): the daemon then
+    /// passes the state file and runs `migrate-incoming` (reverting to a memory snapshot).
+    pub incoming: bool,
+}
+
+/// A disk's top image as descriptors QEMU inherits, gathered in fd set `set` (tagged
+/// with the disk id). QEMU, chrooted and unprivileged, cannot open files later; with both
+/// a read-write and a read-only descriptor in the set it can still reopen the image in
+/// either mode, which a live snapshot does to the image it freezes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskFds {
+    pub disk: String,
+    pub set: u32,
+    /// The read-write descriptor (none for a read-only disk).
+    pub rw: Option<i32>,
+    pub ro: i32,
 }
 
 /// Builds QEMU's arguments (without the binary itself).
@@ -94,6 +113,9 @@ pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
     a.push2("-display", "none");
     // Start paused: the daemon sets up over QMP, then sends `cont` (DESIGN.md §6).
     a.push("-S");
+    if cfg.incoming {
+        a.push2("-incoming", "defer");
+    }
     a.push2("-msg", "timestamp=on");
     a.push2("-pidfile", path(&cfg.paths.pidfile()));
     a.push2(
@@ -102,7 +124,8 @@ pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
     );
     serial_args(&mut a, cfg.paths);
     for (i, disk) in spec.disks.iter().enumerate() {
-        disk_args(&mut a, i + 1, disk);
+        let fds = cfg.disk_fds.iter().find(|f| f.disk == disk.id);
+        disk_args(&mut a, i + 1, disk, fds);
     }
     if let Some(iso) = &spec.cdrom {
         cdrom_args(&mut a, iso, spec.disks.len() + 1);
@@ -155,8 +178,17 @@ fn serial_args(a: &mut Args, paths: &VmPaths) {
     a.push2("-serial", "chardev:serial0");
 }
 
-fn disk_args(a: &mut Args, bootindex: usize, disk: &Disk) {
+fn disk_args(a: &mut Args, bootindex: usize, disk: &Disk, fds: Option<&DiskFds>) {
     let node = &disk.id;
+    let filename = match fds {
+        Some(f) => {
+            for fd in f.rw.iter().chain([&f.ro]) {
+                a.push2("-add-fd", format!("fd={fd},set={},opaque={node}", f.set));
+            }
+            format!("/dev/fdset/{}", f.set)
+        }
+        None => disk.path.clone(),
+    };
     // JSON form: file names may hold commas, which the key=value syntax would split.
     let blockdev = json!({
         "node-name": node,
@@ -165,7 +197,7 @@ fn disk_args(a: &mut Args, bootindex: usize, disk: &Disk) {
         "discard": "unmap",
         "file": {
             "driver": "file",
-            "filename": disk.path,
+            "filename": filename,
             "read-only": disk.read_only,
         },
     });

@@ -31,6 +31,9 @@ pub enum BackupError {
     /// A backup job ended with an error.
     #[error("backup of {node} failed: {message}")]
     Job { node: String, message: String },
+    /// The disk's guest device was not found.
+    #[error("backup source")]
+    Source(#[from] crate::live::LiveError),
     /// The caller asked to stop; the jobs were cancelled and the targets detached.
     #[error("backup cancelled")]
     Cancelled,
@@ -67,14 +70,14 @@ pub async fn backup_full(
             let fdset = attach_target(qmp, t).await?;
             attached.push((target_node(&t.node), fdset));
         }
+        let mut actions: Vec<Value> = Vec::new();
+        for t in targets {
+            // The disk's current state is its top node (an overlay after live snapshots).
+            let top = crate::live::top_node(qmp, &t.node).await?;
+            actions.push(json!({"type": "blockdev-backup", "data": {
+                "device": top, "target": target_node(&t.node), "sync": "full", "job-id": job_id(&t.node)}}));
+        }
         let mut events = qmp.events();
-        let actions: Vec<Value> = targets
-            .iter()
-            .map(|t| {
-                json!({"type": "blockdev-backup", "data": {
-                    "device": t.node, "target": target_node(&t.node), "sync": "full", "job-id": job_id(&t.node)}})
-            })
-            .collect();
         qmp.execute_raw("transaction", Some(json!({ "actions": actions })))
             .await
             .map_err(|source| BackupError::Qmp { command: "transaction", source })?;

@@ -12,15 +12,16 @@
 //! - `/dev/fdset/N` is served only from a descriptor whose access mode equals
 //!   the one QEMU asks for (`monitor_fdset_dup_fd_add` compares `O_ACCMODE`;
 //!   anything else fails with `EACCES`, "Could not dup FD"). A read-write disk
-//!   (qcow2 or raw) is opened `O_RDWR` exactly once by the `file` driver; a
-//!   read-only one `O_RDONLY`. So one descriptor of the matching mode suffices.
+//!   (qcow2 or raw) is opened `O_RDWR` by the `file` driver; a read-only one
+//!   `O_RDONLY`. A live snapshot later reopens the frozen image read-only, so a
+//!   writable disk's set holds one descriptor of each mode.
 //! - Image locking needs nothing extra: `file-posix` takes its OFD locks on
 //!   the image descriptor itself; QEMU holds exactly two descriptors on an
 //!   attached image, the set's own and the one duplicate (no lock fd, no reopen).
 //! - Nothing reopens the image in this flow: `blockdev-add` leaves
 //!   `auto-read-only` off, and `block_resize` truncates through the open
-//!   descriptor. A later `blockdev-reopen` to another mode would need a second
-//!   descriptor of that mode in the same set; Corral does not do that.
+//!   descriptor. A reopen to read-only (a live snapshot freezing the image)
+//!   takes the set's read-only descriptor.
 //! - The duplicate QEMU opens belongs to the block node: `blockdev-del` closes
 //!   it, after which `remove-fd` closes the set's own descriptor and the set
 //!   disappears. Removing the set first would only mark it; QEMU keeps the
@@ -220,11 +221,20 @@ pub async fn detach_disk_with_timeout(
     .await
 }
 
-/// Grow (or, where the format allows, shrink) disk `node` to `new_size_bytes`
-/// with `block_resize`. The guest is told of the new capacity at once.
+/// Grow (or, where the format allows, shrink) disk `node` (its guest device's
+/// top image) to `new_size_bytes` with `block_resize`. The guest is told of the new capacity at once.
 pub async fn resize_disk(qmp: &Qmp, node: &str, new_size_bytes: u64) -> Result<(), HotplugError> {
     validate_node(node)?;
-    let args = json!({ "node-name": node, "size": new_size_bytes });
+    // After a live snapshot the disk's top is an overlay node, not `node` itself.
+    let top = crate::live::top_node(qmp, node)
+        .await
+        .map_err(|e| match e {
+            crate::live::LiveError::Qmp { source, .. } => qmp_err("query-block", node)(source),
+            _ => HotplugError::NotAttached {
+                node: node.to_owned(),
+            },
+        })?;
+    let args = json!({ "node-name": top, "size": new_size_bytes });
     qmp.execute_raw("block_resize", Some(args))
         .await
         .map(drop)
@@ -280,6 +290,25 @@ async fn attach(qmp: &Qmp, spec: &HotDisk) -> Result<(), HotplugError> {
         .map_err(qmp_err("add-fd", node))?;
     // QEMU holds its own copy now; keeping ours would pin the image after detach.
     drop(image);
+    // A writable disk also gets a read-only descriptor, so QEMU can reopen it read-only
+    // when a live snapshot freezes it.
+    if !spec.read_only {
+        let read_only = HotDisk {
+            read_only: true,
+            ..spec.clone()
+        };
+        let second = match open_image(&read_only).await {
+            Ok(ro) => qmp
+                .add_fd(std::os::fd::AsFd::as_fd(&ro), Some(added.fdset_id), node)
+                .await
+                .map_err(qmp_err("add-fd", node)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = second {
+            undo_fdset(qmp, node, added.fdset_id).await;
+            return Err(e);
+        }
+    }
 
     let blockdev = blockdev_args(spec, added.fdset_id);
     if let Err(e) = qmp.execute_raw("blockdev-add", Some(blockdev)).await {
@@ -317,15 +346,26 @@ async fn detach(qmp: &Qmp, node: &str, timeout: Duration) -> Result<(), HotplugE
         wait_device_deleted(qmp, &mut events, node, &device, timeout).await?;
     }
 
-    let node_found = list_block(qmp)
-        .await
-        .map_err(qmp_err("query-named-block-nodes", node))?
-        .iter()
-        .any(|n| n.node_name == node);
-    if node_found {
-        qmp.execute_raw("blockdev-del", Some(json!({ "node-name": node })))
+    // The disk is its node, plus the overlays live snapshots put on top of it.
+    let owned = |nodes: Vec<BlockNode>| {
+        nodes
+            .into_iter()
+            .find(|n| crate::live::owned_by(&n.node_name, node))
+    };
+    let list = || async {
+        list_block(qmp)
             .await
-            .map_err(qmp_err("blockdev-del", node))?;
+            .map_err(qmp_err("query-named-block-nodes", node))
+    };
+    let node_found = owned(list().await?).is_some();
+    if node_found {
+        crate::live::release_unused(qmp, node).await;
+        // Whatever is left is still in use somehow: report QEMU's own reason.
+        if let Some(left) = owned(list().await?) {
+            qmp.execute_raw("blockdev-del", Some(json!({ "node-name": left.node_name })))
+                .await
+                .map_err(qmp_err("blockdev-del", node))?;
+        }
     }
 
     let mut sets_found = false;

@@ -54,14 +54,19 @@ pub struct Launched {
 }
 
 /// Spawns `binary argv` for the VM in `paths`, in `cgroup` if given, and waits until its
-/// QMP monitor answers. On error the process (if any) is killed before returning.
+/// QMP monitor answers. QEMU inherits the descriptors `inherit` under their own numbers
+/// (the argv names them: `-add-fd fd=N`); they stay close-on-exec in the daemon, so no
+/// other child ever gets them. On error the process (if any) is killed before returning.
 pub async fn launch(
     binary: &Path,
     argv: &[String],
     paths: &VmPaths,
     cgroup: Option<&VmCgroup>,
     qmp_opts: QmpOptions,
+    inherit: &[std::os::fd::BorrowedFd<'_>],
 ) -> Result<Launched, LaunchError> {
+    use std::os::fd::AsRawFd;
+    let inherit: Vec<i32> = inherit.iter().map(|fd| fd.as_raw_fd()).collect();
     let log = open_log(&paths.qemu_log())?;
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let stderr = log.try_clone().map_err(|source| LaunchError::Files {
@@ -75,10 +80,19 @@ pub async fn launch(
         .stdout(log)
         .stderr(stderr)
         .kill_on_drop(false);
-    // SAFETY: the closure runs between fork and exec and only calls setsid(2), which is
-    // async-signal-safe.
+    // SAFETY: the closure runs between fork and exec and only calls setsid(2) and
+    // fcntl(2), which are async-signal-safe, on descriptors the parent keeps open until
+    // the spawn has returned.
     unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(io::Error::from));
+        cmd.pre_exec(move || {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            for &fd in &inherit {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
     let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
         binary: binary.display().to_string(),

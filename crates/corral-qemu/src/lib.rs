@@ -3,6 +3,7 @@
 //! - [`argv`]: the command line, a pure function of the spec (golden-tested).
 //! - [`backup`]: point-in-time copies of a running VM's disks.
 //! - [`launch`]: start QEMU detached and confined, and find it again after a restart.
+//! - [`live`]: snapshots of a running VM: overlays, merges by block job, memory state.
 //! - [`qmp`]: an async QMP client (id-matched replies, event stream, timeouts).
 //! - [`probe`]: which accelerator really works on this host.
 //! - [`cgroup`]: one cgroup per VM.
@@ -12,5 +13,6 @@ pub mod backup;
 pub mod cgroup;
 pub mod hotplug;
 pub mod launch;
+pub mod live;
 pub mod probe;
 pub mod qmp;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use corral_api::{
     Accel, Disk, DiskFormat, Firmware, KernelBoot, Machine, NetworkKind, Nic, VmSpec,
 };
-use corral_qemu::argv::{build_argv, Confinement, LaunchConfig, VmPaths};
+use corral_qemu::argv::{build_argv, Confinement, DiskFds, LaunchConfig, VmPaths};
 use uuid::Uuid;
 
 fn base_spec() -> VmSpec {
@@ -35,6 +35,23 @@ const UNCONFINED: Confinement = Confinement {
 };
 
 fn check(case: &str, spec: &VmSpec, accel: Accel, confinement: Confinement) {
+    check_with(case, spec, accel, confinement, false)
+}
+
+fn check_with(case: &str, spec: &VmSpec, accel: Accel, confinement: Confinement, incoming: bool) {
+    // Disks whose id ends in "-fd" are passed by descriptor (numbers as a launch would).
+    let fds: Vec<DiskFds> = spec
+        .disks
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.id.ends_with("fd"))
+        .map(|(i, d)| DiskFds {
+            disk: d.id.clone(),
+            set: i as u32 + 1,
+            rw: (!d.read_only).then_some(20 + 2 * i as i32),
+            ro: 21 + 2 * i as i32,
+        })
+        .collect();
     let paths = VmPaths::new("/var/lib/corral/run/6f1c2a3e-2d4b-4c1e-9a7f-0123456789ab");
     let argv = build_argv(&LaunchConfig {
         spec,
@@ -42,6 +59,8 @@ fn check(case: &str, spec: &VmSpec, accel: Accel, confinement: Confinement) {
         accel,
         paths: &paths,
         confinement,
+        incoming,
+        disk_fds: &fds,
     });
     let actual = argv.join("\n") + "\n";
     let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{case}.args"));
@@ -144,4 +163,38 @@ fn uefi_on_q35() {
         cmdline: None,
     });
     check("uefi_q35", &spec, Accel::Tcg, UNCONFINED);
+}
+
+/// Reverting to a memory snapshot: the same machine, waiting for its saved state.
+#[test]
+fn restore_from_memory_snapshot() {
+    let mut spec = base_spec();
+    spec.disks = vec![Disk {
+        id: "disk0".into(),
+        volume: Some("web-01-disk0".into()),
+        path: "/var/lib/corral/pools/default/web-01-disk0-1a2b3c4d.qcow2".into(),
+        format: DiskFormat::Qcow2,
+        size_bytes: 2 << 30,
+        owned: true,
+        read_only: false,
+    }];
+    check_with("restore_memory", &spec, Accel::Tcg, UNCONFINED, true);
+}
+
+/// How the daemon starts VMs: each disk's top image passed in by descriptor, read-write
+/// and read-only, so a confined QEMU can reopen it in either mode.
+#[test]
+fn disks_passed_by_descriptor() {
+    let mut spec = base_spec();
+    let disk = |id: &str, read_only| Disk {
+        id: id.into(),
+        volume: Some(format!("web-01-{id}")),
+        path: format!("/var/lib/corral/pools/default/web-01-{id}.qcow2"),
+        format: DiskFormat::Qcow2,
+        size_bytes: 2 << 30,
+        owned: true,
+        read_only,
+    };
+    spec.disks = vec![disk("disk0fd", false), disk("disk1fd", true)];
+    check("disk_fds", &spec, Accel::Tcg, UNCONFINED);
 }

@@ -397,9 +397,9 @@ async fn hotplug_on_confined_qemu() {
     assert_eq!(sets.len(), 1);
     assert_eq!(sets[0].fdset_id, fdset);
     assert_eq!(sets[0].fds[0].opaque.as_deref(), Some("hot1"));
-    // The set's own descriptor plus the one dup QEMU opened for the node: no
-    // second open (reopen, lock fd) happened.
-    assert_eq!(vm.open_fds_on(&qcow2), 2);
+    // The set's two descriptors (read-write, and read-only for a later live snapshot)
+    // plus the one dup QEMU opened for the node: no other open (reopen, lock fd).
+    assert_eq!(vm.open_fds_on(&qcow2), 3);
     // The guest sees it, and it is writable.
     vm.wait_guest_disks(&["vda"]).await;
     assert_eq!(vm.console.run("cat /sys/block/vda/size").await, "131072");
@@ -545,7 +545,7 @@ async fn hotplug_on_confined_qemu() {
     let before_sets = vm.fdsets().await;
     let mut vm = vm.reconnect().await;
     assert_eq!(vm.fdsets().await, before_sets);
-    assert_eq!(vm.open_fds_on(&qcow2), 2);
+    assert_eq!(vm.open_fds_on(&qcow2), 3);
 
     // --- detach ------------------------------------------------------------
     detach_disk(&vm.qmp, "hot1").await.unwrap();

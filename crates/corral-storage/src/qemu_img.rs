@@ -156,6 +156,38 @@ pub async fn create_overlay(
     })
 }
 
+/// Creates an empty qcow2 overlay of `size` bytes on `backing` without opening the
+/// backing file (`-u`), so it works while a running VM holds that image locked.
+pub async fn create_overlay_sized(
+    path: &Path,
+    backing: &Path,
+    backing_format: DiskFormat,
+    size: u64,
+) -> Result<(), StorageError> {
+    if path.exists() {
+        return Err(StorageError::Exists(path.to_path_buf()));
+    }
+    run_qemu_img("create", path, |c| {
+        c.args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-u",
+            "-F",
+            backing_format.as_str(),
+            "-b",
+        ])
+        .arg(backing)
+        .arg(path)
+        .arg(size.to_string());
+    })
+    .await
+    .inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })
+}
+
 /// Moves a qcow2 image onto a new backing file (or none) without changing what it
 /// reads: qemu-img's safe mode copies into `path` every cluster where the old and the
 /// new backing differ. This is how a snapshot's data is merged into its children.
@@ -179,14 +211,14 @@ pub async fn check(path: &Path) -> Result<(), StorageError> {
     .await
 }
 
-/// The backing file an image names and its format, if any.
-pub async fn backing_of(path: &Path) -> Result<Option<(PathBuf, DiskFormat)>, StorageError> {
-    let out = Command::new("qemu-img")
-        .args(["info", "--output=json", "-U"])
-        .arg(path)
-        .output()
-        .await
-        .map_err(StorageError::Spawn)?;
+/// `qemu-img info` of any image, with force-share: it may be open in a running VM.
+async fn info_json(path: &Path, chain: bool) -> Result<serde_json::Value, StorageError> {
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["info", "--output=json", "-U"]);
+    if chain {
+        cmd.arg("--backing-chain");
+    }
+    let out = cmd.arg(path).output().await.map_err(StorageError::Spawn)?;
     let fail = |message: String| StorageError::QemuImg {
         action: "info",
         path: path.to_path_buf(),
@@ -197,8 +229,40 @@ pub async fn backing_of(path: &Path) -> Result<Option<(PathBuf, DiskFormat)>, St
             String::from_utf8_lossy(&out.stderr).trim().to_string(),
         ));
     }
-    let info: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| fail(e.to_string()))?;
+    serde_json::from_slice(&out.stdout).map_err(|e| fail(e.to_string()))
+}
+
+/// The size the guest sees of any image, backing file or not.
+pub async fn virtual_size(path: &Path) -> Result<u64, StorageError> {
+    let info = info_json(path, false).await?;
+    info["virtual-size"]
+        .as_u64()
+        .ok_or_else(|| StorageError::QemuImg {
+            action: "info",
+            path: path.to_path_buf(),
+            message: "no virtual-size in qemu-img's answer".into(),
+        })
+}
+
+/// Every file of an image's chain, the image itself first, then down its backing files.
+pub async fn chain(path: &Path) -> Result<Vec<PathBuf>, StorageError> {
+    let infos = info_json(path, true).await?;
+    Ok(infos
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["filename"].as_str().map(PathBuf::from))
+        .collect())
+}
+
+/// The backing file an image names and its format, if any.
+pub async fn backing_of(path: &Path) -> Result<Option<(PathBuf, DiskFormat)>, StorageError> {
+    let fail = |message: String| StorageError::QemuImg {
+        action: "info",
+        path: path.to_path_buf(),
+        message,
+    };
+    let info = info_json(path, false).await?;
     let Some(file) = info["full-backing-filename"]
         .as_str()
         .or(info["backing-filename"].as_str())
@@ -220,6 +284,9 @@ async fn run_qemu_img(
 ) -> Result<(), StorageError> {
     let mut cmd = Command::new("qemu-img");
     build(&mut cmd);
+    // A caller that gives up (a cancelled operation) stops qemu-img with it instead of
+    // leaving it working on unseen; the caller cleans up what it started.
+    cmd.kill_on_drop(true);
     let out = cmd.output().await.map_err(StorageError::Spawn)?;
     if !out.status.success() {
         return Err(StorageError::QemuImg {

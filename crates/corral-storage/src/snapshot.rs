@@ -8,12 +8,38 @@
 //! what each of them reads unchanged) and only then removes its image: no other
 //! snapshot, and not the current state, ever loses data, and no image is removed while
 //! anything still reads through it. See docs/storage.md.
+//!
+//! A running VM has its disks' chains open. The engine then asks it, through
+//! [`LiveChain`], to switch onto new overlays (all disks at one instant) and to merge
+//! into its top image whatever of the chain is being deleted; everything it touches with
+//! `qemu-img` is an image the VM does not have open.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use async_trait::async_trait;
 use corral_api::{DiskFormat, Snapshot, SnapshotDisk, SnapshotTree};
 
+use crate::import::Progress;
 use crate::{qemu_img, StorageError};
+
+/// A running VM's side of a snapshot operation (implemented by the daemon over QMP).
+#[async_trait]
+pub trait LiveChain: Send + Sync {
+    /// Puts each new overlay `(disk id, file)` on top of its disk, all at one instant;
+    /// the files already name the disks' current tops as their backing.
+    async fn snapshot(&self, overlays: &[(String, PathBuf)]) -> Result<(), SnapshotError>;
+
+    /// Merges into disk `disk`'s top image all of its chain above `base` (the whole chain
+    /// when `None`), so the top is based on `base`, and lets go of the images that fell
+    /// out of the chain. What the guest reads does not change.
+    async fn stream(
+        &self,
+        disk: &str,
+        base: Option<&Path>,
+        work: &dyn Progress,
+    ) -> Result<(), SnapshotError>;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -26,6 +52,16 @@ pub enum SnapshotError {
     /// An image operation failed; nothing was changed.
     #[error("snapshot storage")]
     Storage(#[from] StorageError),
+    /// The running VM refused a step; what was done before it has been undone, or (for
+    /// merges) left in a state that reads the same.
+    #[error("running VM")]
+    Live(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The caller asked to stop. A merge cut short leaves every image reading the same.
+    #[error("cancelled")]
+    Cancelled,
+    /// A safety check found an image still reading through one about to be removed.
+    #[error("{} still reads through {}; it is kept", dependent.display(), image.display())]
+    StillNeeded { image: PathBuf, dependent: PathBuf },
 }
 
 /// A VM disk as the engine sees it: its current top image.
@@ -69,7 +105,12 @@ async fn overlays_on(
         while path.exists() {
             path = overlay_path(d);
         }
-        if let Err(e) = qemu_img::create_overlay(&path, &backing, fmt).await {
+        // Made without opening the backing image, which a running VM holds locked.
+        let made_one = match qemu_img::virtual_size(&backing).await {
+            Ok(size) => qemu_img::create_overlay_sized(&path, &backing, fmt, size).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = made_one {
             for p in made.iter().flatten() {
                 let _ = std::fs::remove_file(p);
             }
@@ -88,10 +129,36 @@ pub async fn create(
     description: Option<String>,
     now: u64,
 ) -> Result<(), SnapshotError> {
+    create_on(tree, disks, name, description, now, None).await
+}
+
+/// Takes snapshot `name` of the disks, of a running VM when `live` is given: the new
+/// overlays are put under it in one transaction, crash-consistent across disks.
+pub async fn create_on(
+    tree: &mut SnapshotTree,
+    disks: &mut [ChainDisk],
+    name: &str,
+    description: Option<String>,
+    now: u64,
+    live: Option<&dyn LiveChain>,
+) -> Result<(), SnapshotError> {
     if tree.snapshots.iter().any(|s| s.name == name) {
         return Err(SnapshotError::Exists(name.to_string()));
     }
     let made = overlays_on(disks, |d| Some((d.active.clone(), d.format))).await?;
+    if let Some(live) = live {
+        let pairs: Vec<(String, PathBuf)> = disks
+            .iter()
+            .zip(&made)
+            .filter_map(|(d, m)| m.clone().map(|m| (d.id.clone(), m)))
+            .collect();
+        if let Err(e) = live.snapshot(&pairs).await {
+            for (_, file) in &pairs {
+                let _ = std::fs::remove_file(file);
+            }
+            return Err(e);
+        }
+    }
     let mut frozen = Vec::new();
     for (d, new) in disks.iter_mut().zip(made) {
         let Some(new) = new else { continue };
@@ -110,6 +177,7 @@ pub async fn create(
         description,
         disks: frozen,
         nvram: None,
+        memory: None,
     });
     tree.current = Some(name.to_string());
     Ok(())
@@ -171,58 +239,152 @@ pub async fn delete(
     name: &str,
     progress: &(dyn Fn(f32) + Send + Sync),
 ) -> Result<Vec<PathBuf>, SnapshotError> {
+    struct Report<'a>(&'a (dyn Fn(f32) + Send + Sync));
+    impl Progress for Report<'_> {
+        fn report(&self, percent: f32) {
+            (self.0)(percent)
+        }
+        fn cancelled(&self) -> bool {
+            false
+        }
+    }
+    delete_on(tree, disks, name, None, &Report(progress)).await
+}
+
+/// [`delete`] for a stopped VM (`live` is `None`) or a running one, cancellable.
+///
+/// For each disk of the snapshot, with `S` its image and `B` the image below `S`:
+/// if the running VM reads through `S`, it merges everything above `B` into its top
+/// image first ([`LiveChain::stream`]); then every image still based directly on `S`
+/// (children's images, a stopped VM's top) is rebased onto `B` with `qemu-img` in safe
+/// mode. Both keep what each image reads, so stopping in the middle (cancel, crash)
+/// leaves a consistent tree, and repeating the delete finishes it.
+pub async fn delete_on(
+    tree: &mut SnapshotTree,
+    disks: &[ChainDisk],
+    name: &str,
+    live: Option<&dyn LiveChain>,
+    work: &dyn Progress,
+) -> Result<Vec<PathBuf>, SnapshotError> {
     let snap = tree
         .snapshots
         .iter()
         .find(|s| s.name == name)
         .ok_or_else(|| SnapshotError::NotFound(name.to_string()))?
         .clone();
-    let children: Vec<&Snapshot> = tree
-        .snapshots
-        .iter()
-        .filter(|s| s.parent.as_deref() == Some(name))
-        .collect();
-    let is_current = tree.current.as_deref() == Some(name);
-    let steps = snap.disks.len().max(1) as f32;
+    let steps = snap.disks.len().max(1);
     let mut garbage = Vec::new();
     for (i, frozen) in snap.disks.iter().enumerate() {
+        let step = Step {
+            work,
+            index: i,
+            steps,
+        };
         let file = PathBuf::from(&frozen.file);
-        // Everything that reads through this image: children's images of the same disk,
-        // and the disk's top if the VM sits on this snapshot.
-        let mut dependents: Vec<PathBuf> = children
-            .iter()
-            .flat_map(|c| c.disks.iter().filter(|f| f.disk == frozen.disk))
-            .map(|f| PathBuf::from(&f.file))
-            .collect();
-        if is_current {
-            dependents.extend(
-                disks
-                    .iter()
-                    .filter(|d| d.id == frozen.disk)
-                    .map(|d| d.active.clone()),
-            );
-        }
         let below = qemu_img::backing_of(&file).await?;
-        for dep in &dependents {
-            qemu_img::rebase(dep, below.as_ref().map(|(p, f)| (p.as_path(), *f))).await?;
+        let active = disks.iter().find(|d| d.id == frozen.disk);
+        if let (Some(live), Some(active)) = (live, active) {
+            if qemu_img::chain(&active.active).await?.contains(&file) {
+                let base = below.as_ref().map(|(p, _)| p.as_path());
+                live.stream(&frozen.disk, base, &step).await?;
+            }
         }
-        // Now nothing reads through it.
+        // Everything that may read through this image: children's images of the same
+        // disk, and the disk's top (a running VM's no longer does, after the stream).
+        let mut candidates = children_images(tree, name, &frozen.disk);
+        candidates.extend(active.map(|d| d.active.clone()));
+        for dep in candidates {
+            if step.cancelled() {
+                return Err(SnapshotError::Cancelled);
+            }
+            if !reads_directly(&dep, &file).await? {
+                continue;
+            }
+            let new_backing = below.as_ref().map(|(p, f)| (p.as_path(), *f));
+            until_cancelled(&step, qemu_img::rebase(&dep, new_backing)).await??;
+            if reads_directly(&dep, &file).await? {
+                return Err(SnapshotError::StillNeeded {
+                    image: file,
+                    dependent: dep,
+                });
+            }
+        }
         garbage.push(file);
-        progress((i + 1) as f32 / steps * 100.0);
+        step.report(100.0);
     }
-    let parent = snap.parent.clone();
+    tree_without(tree, &snap);
+    Ok(garbage)
+}
+
+/// The images of disk `disk` in the snapshots whose parent is `parent`.
+fn children_images(tree: &SnapshotTree, parent: &str, disk: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for child in tree
+        .snapshots
+        .iter()
+        .filter(|s| s.parent.as_deref() == Some(parent))
+    {
+        for f in child.disks.iter().filter(|f| f.disk == disk) {
+            out.push(PathBuf::from(&f.file));
+        }
+    }
+    out
+}
+
+/// Whether `image`'s backing file is `base`.
+async fn reads_directly(image: &Path, base: &Path) -> Result<bool, StorageError> {
+    Ok(qemu_img::backing_of(image)
+        .await?
+        .is_some_and(|(b, _)| b == base))
+}
+
+/// Removes `snap` from the tree: its children move up to its parent, and so does the
+/// VM's position if it was on it.
+fn tree_without(tree: &mut SnapshotTree, snap: &Snapshot) {
     for s in tree
         .snapshots
         .iter_mut()
-        .filter(|s| s.parent.as_deref() == Some(name))
+        .filter(|s| s.parent.as_deref() == Some(snap.name.as_str()))
     {
-        s.parent = parent.clone();
+        s.parent = snap.parent.clone();
     }
-    tree.snapshots.retain(|s| s.name != name);
-    if is_current {
-        tree.current = parent;
+    tree.snapshots.retain(|s| s.name != snap.name);
+    if tree.current.as_deref() == Some(snap.name.as_str()) {
+        tree.current = snap.parent.clone();
     }
-    Ok(garbage)
+}
+
+/// Progress of one disk's step within a delete of several.
+struct Step<'a> {
+    work: &'a dyn Progress,
+    index: usize,
+    steps: usize,
+}
+
+impl Progress for Step<'_> {
+    fn report(&self, percent: f32) {
+        let done = self.index as f32 + percent.clamp(0.0, 100.0) / 100.0;
+        self.work.report(done / self.steps as f32 * 100.0);
+    }
+    fn cancelled(&self) -> bool {
+        self.work.cancelled()
+    }
+}
+
+/// Runs `fut`, dropping it (which stops its `qemu-img`) once `work` is cancelled.
+async fn until_cancelled<T>(
+    work: &dyn Progress,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, SnapshotError> {
+    let watch = async {
+        while !work.cancelled() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        out = fut => Ok(out),
+        () = watch => Err(SnapshotError::Cancelled),
+    }
 }
 
 /// Removes files returned by [`revert`] or [`delete`] after the new state was saved.

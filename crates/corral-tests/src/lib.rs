@@ -255,10 +255,9 @@ impl Daemon {
     /// the completion marker is computed by the guest, so the echo of the typed line
     /// cannot be mistaken for it.
     pub fn guest_run(&self, name: &str, command: &str) {
-        let tag = format!(
-            "{:x}",
-            std::process::id() ^ (Instant::now().elapsed().subsec_nanos())
-        );
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{:x}-{run}", std::process::id());
         let line = format!("{command}; echo DONE-{tag}-$((6*7))\n");
         self.console_session(name, line.as_bytes(), Duration::from_secs(1));
         self.wait_console(name, &format!("DONE-{tag}-42"), Duration::from_secs(30));

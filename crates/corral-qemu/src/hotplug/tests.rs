@@ -159,6 +159,10 @@ async fn attach_steps_in_order() {
     let (id, args) = peer.expect("add-fd").await;
     assert_eq!(args, json!({"opaque": "disk3"}));
     peer.ok(id, json!({"fdset-id": 2, "fd": 31})).await;
+    // A writable disk's set also gets a read-only descriptor (for live snapshots).
+    let (id, args) = peer.expect("add-fd").await;
+    assert_eq!(args, json!({"opaque": "disk3", "fdset-id": 2}));
+    peer.ok(id, json!({"fdset-id": 2, "fd": 32})).await;
     let (id, args) = peer.expect("blockdev-add").await;
     assert_eq!(args["file"]["filename"], "/dev/fdset/2");
     assert_eq!(args["read-only"], false);
@@ -204,8 +208,10 @@ async fn failed_device_add_deletes_node_then_fdset() {
     let s = spec(image.path(), false);
     let call = tokio::spawn(async move { attach_disk(&qmp, &s).await });
     peer.expect_clean_sweep().await;
-    let (id, _) = peer.expect("add-fd").await;
-    peer.ok(id, json!({"fdset-id": 1, "fd": 31})).await;
+    for fd in [31, 32] {
+        let (id, _) = peer.expect("add-fd").await;
+        peer.ok(id, json!({"fdset-id": 1, "fd": fd})).await;
+    }
     let (id, _) = peer.expect("blockdev-add").await;
     peer.ok(id, json!({})).await;
     let (id, _) = peer.expect("device_add").await;
@@ -237,8 +243,10 @@ async fn abandoned_attach_still_rolls_back() {
     let s = spec(image.path(), false);
     let call = tokio::spawn(async move { attach_disk(&qmp, &s).await });
     peer.expect_clean_sweep().await;
-    let (id, _) = peer.expect("add-fd").await;
-    peer.ok(id, json!({"fdset-id": 0, "fd": 31})).await;
+    for fd in [31, 32] {
+        let (id, _) = peer.expect("add-fd").await;
+        peer.ok(id, json!({"fdset-id": 0, "fd": fd})).await;
+    }
     let (id, _) = peer.expect("blockdev-add").await;
     // The caller gives up mid-way; the operation must still finish cleanly.
     call.abort();
@@ -296,20 +304,23 @@ async fn detach_waits_for_the_guest_then_cleans_up() {
         json!({"device": "disk3-dev", "path": "/machine/peripheral/disk3-dev"}),
     )
     .await;
-    let (id, args) = peer.expect("query-named-block-nodes").await;
-    assert_eq!(args, json!({"flat": true}));
     let node = |name: &str, drv: &str| {
         json!({"node-name": name, "drv": drv, "file": "/dev/fdset/1", "ro": false,
                "image": {"virtual-size": 1024, "filename": "/dev/fdset/1", "format": drv}})
     };
-    peer.ok(
-        id,
-        json!([node("disk3", "qcow2"), node("#block123", "file")]),
-    )
-    .await;
+    let both = json!([node("disk3", "qcow2"), node("#block123", "file")]);
+    // Is the node there? Then delete the disk's nodes until none is left.
+    for _ in 0..2 {
+        let (id, args) = peer.expect("query-named-block-nodes").await;
+        assert_eq!(args, json!({"flat": true}));
+        peer.ok(id, both.clone()).await;
+    }
     let (id, args) = peer.expect("blockdev-del").await;
     assert_eq!(args, json!({"node-name": "disk3"}));
     peer.ok(id, json!({})).await;
+    let (id, _) = peer.expect("query-named-block-nodes").await;
+    peer.ok(id, json!([])).await;
+    // The deleted node's fd set goes too; other disks' sets stay.
     let (id, _) = peer.expect("query-fdsets").await;
     peer.ok(
         id,
@@ -320,6 +331,15 @@ async fn detach_waits_for_the_guest_then_cleans_up() {
     let (id, args) = peer.expect("remove-fd").await;
     assert_eq!(args, json!({"fdset-id": 1}));
     peer.ok(id, json!({})).await;
+    // Nothing of the disk is left.
+    let (id, _) = peer.expect("query-named-block-nodes").await;
+    peer.ok(id, json!([])).await;
+    let (id, _) = peer.expect("query-fdsets").await;
+    peer.ok(
+        id,
+        json!([{"fdset-id": 0, "fds": [{"fd": 30, "opaque": "disk2"}]}]),
+    )
+    .await;
     call.await.unwrap().unwrap();
     peer.expect_silence().await;
 }
@@ -396,8 +416,20 @@ async fn resize_by_node_name() {
         let qmp = qmp.clone();
         async move { resize_disk(&qmp, "disk3", 128 << 20).await }
     });
+    // The disk's top node is found through its guest device (an overlay after a live
+    // snapshot).
+    let (id, _) = peer.expect("query-block").await;
+    peer.ok(
+        id,
+        json!([{"qdev": "/machine/peripheral/disk2-dev/virtio-backend", "inserted": {"node-name": "disk2"}},
+               {"qdev": "/machine/peripheral/disk3-dev/virtio-backend", "inserted": {"node-name": "disk3-0a1b2c3d"}}]),
+    )
+    .await;
     let (id, args) = peer.expect("block_resize").await;
-    assert_eq!(args, json!({"node-name": "disk3", "size": 134_217_728}));
+    assert_eq!(
+        args,
+        json!({"node-name": "disk3-0a1b2c3d", "size": 134_217_728})
+    );
     peer.err(id, "GenericError", "Cannot grow device files")
         .await;
     let e = call.await.unwrap().unwrap_err();

@@ -7,6 +7,7 @@ use crate::output::OutputArgs;
 const SNAPSHOT_EXAMPLES: &str = "\
 Examples:
   corral snapshot create web before-upgrade --description \"kernel 6.1\"
+  corral snapshot create web mid-install --memory
   corral snapshot list web
   corral snapshot revert web before-upgrade
   corral snapshot delete web before-upgrade";
@@ -14,12 +15,13 @@ Examples:
 #[derive(Debug, Subcommand)]
 #[command(after_help = SNAPSHOT_EXAMPLES)]
 pub enum SnapshotCommand {
-    /// Take a snapshot of a stopped VM's disks
+    /// Take a snapshot of a VM's disks (stopped or running; --memory also saves its RAM)
     Create(SnapshotCreateArgs),
     /// Show the VM's snapshots as a tree, with the current position marked
     #[command(visible_alias = "ls")]
     List(SnapshotListArgs),
-    /// Return the VM's disks to a snapshot (the state since the current one is dropped)
+    /// Return the VM to a snapshot (the state since the current one is dropped); a
+    /// running VM is powered off first and started again, from saved memory if any
     Revert(SnapshotNameArgs),
     /// Delete a snapshot; its data is merged into its neighbours, nothing else is lost
     #[command(visible_alias = "rm")]
@@ -35,6 +37,10 @@ pub struct SnapshotCreateArgs {
     /// A note kept with the snapshot.
     #[arg(long)]
     pub description: Option<String>,
+    /// Also save the running guest's RAM and device state; it is paused while that is
+    /// written, and reverting resumes it exactly where it was.
+    #[arg(long)]
+    pub memory: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -26,6 +26,7 @@ async fn create(client: &Client, args: &SnapshotCreateArgs) -> Result<()> {
     let request = CreateSnapshotRequest {
         name: args.name.clone(),
         description: args.description.clone(),
+        memory: args.memory,
     };
     let tree: SnapshotTree = client.post(&snapshots_path(&args.vm), &request).await?;
     emit(args.output.output, &tree, |_| {
@@ -108,6 +109,9 @@ fn walk(
         "├─ "
     };
     let mut rest = format_time(node.created_at);
+    if node.memory.is_some() {
+        rest.push_str("  +memory");
+    }
     if tree.current.as_deref() == Some(node.name.as_str()) {
         rest.push_str("  *  (current)");
     }
@@ -150,6 +154,7 @@ mod tests {
             description: None,
             disks: vec![],
             nvram: None,
+            memory: None,
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod images;
 mod import;
+mod live_chain;
 mod snapshots;
 mod volumes;
 

@@ -6,14 +6,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use corral_api::{
-    CreateSnapshotRequest, Operation, SnapshotTree, ValidationError, VmState, Volume,
+    CreateSnapshotRequest, Operation, SnapshotMemory, SnapshotTree, ValidationError, VmSpec,
+    VmState, Volume,
 };
-use corral_storage::snapshot::{self, ChainDisk};
+use corral_storage::import::Scaled;
+use corral_storage::snapshot::{self, ChainDisk, LiveChain};
 use corral_store::VmRecord;
 
+use super::live_chain::{self, QemuChain};
 use crate::clock::now_secs;
 use crate::error::{ApiError, ApiResult};
-use crate::vm::Manager;
+use crate::operations::OpHandle;
+use crate::vm::{Manager, Running};
 
 impl Manager {
     pub fn snapshot_tree(&self, vm: &str) -> ApiResult<SnapshotTree> {
@@ -28,7 +32,16 @@ impl Manager {
     ) -> ApiResult<SnapshotTree> {
         corral_api::validate_name("name", &req.name)?;
         let _lock = self.lock(vm).await;
-        let record = self.stopped_record(vm, "snapshot")?;
+        let record = self.record(vm)?;
+        let running = self.snapshot_target(vm, &record, "snapshot")?;
+        if req.memory && running.is_none() {
+            return Err(ValidationError::new(
+                "memory",
+                format!("VM '{vm}' is stopped: it has no memory state to save"),
+            )
+            .hint("start it, or take a disk-only snapshot without --memory")
+            .into());
+        }
         let mut tree = self.store.snapshot_tree(vm)?;
         if tree.snapshots.iter().any(|s| s.name == req.name) {
             return Err(ApiError::Conflict {
@@ -37,71 +50,186 @@ impl Manager {
             });
         }
         let mut disks = chain_disks(&record)?;
-        snapshot::create(
+        let chain = running.as_ref().map(|r| QemuChain { qmp: &r.qmp });
+        let live = chain.as_ref().map(|c| c as &dyn LiveChain);
+        // Disks and memory must be of one instant: the guest is paused across both.
+        let was_running = record.status.state == VmState::Running;
+        if let (true, true, Some(r)) = (req.memory, was_running, &running) {
+            r.qmp.stop().await?;
+        }
+        let taken = snapshot::create_on(
             &mut tree,
             &mut disks,
             &req.name,
             req.description,
             now_secs(),
+            live,
         )
         .await
-        .map_err(snapshot_error)?;
-        // UEFI: the firmware variables are part of the VM's state, so of the snapshot.
+        .map_err(snapshot_error);
+        let memory = match (&taken, &running) {
+            (Ok(()), Some(r)) if req.memory => Some(
+                self.save_snapshot_memory(vm, &req.name, &record, r, was_running)
+                    .await,
+            ),
+            _ => None,
+        };
+        if let (Err(_), true, true, Some(r)) = (&taken, req.memory, was_running, &running) {
+            r.qmp.cont().await?;
+        }
+        taken?;
+        let mut memory_error = None;
+        match memory {
+            Some(Ok(m)) => set_last(&mut tree, |s| s.memory = Some(m)),
+            // The disks have switched already: the snapshot is kept, as disk-only.
+            Some(Err(e)) => memory_error = Some(e),
+            None => {}
+        }
+        self.finish_snapshot(vm, &req.name, record, &mut tree, &disks)?;
+        if let Some(e) = memory_error {
+            return Err(ApiError::Internal(format!(
+                "snapshot '{}' was taken of the disks only: saving the memory failed: {}",
+                req.name,
+                crate::error::chain(&e)
+            )));
+        }
+        Ok(tree)
+    }
+
+    /// Saves memory for snapshot `name` while the guest is paused, then lets it go on.
+    async fn save_snapshot_memory(
+        &self,
+        vm: &str,
+        name: &str,
+        record: &VmRecord,
+        running: &Running,
+        was_running: bool,
+    ) -> ApiResult<SnapshotMemory> {
+        let file = live_chain::memory_file(&self.cfg.state_dir, vm, name);
+        let saved = live_chain::save_memory(&running.qmp, &file).await;
+        live_chain::reactivate(&running.qmp, was_running).await?;
+        Ok(SnapshotMemory {
+            file: file.display().to_string(),
+            size_bytes: saved?,
+            paused: !was_running,
+            spec: Box::new(record.spec.clone()),
+        })
+    }
+
+    /// Copies the NVRAM into the new snapshot (UEFI: the firmware variables are part of
+    /// the VM's state), records everything, and tells the event log.
+    fn finish_snapshot(
+        &self,
+        vm: &str,
+        name: &str,
+        record: VmRecord,
+        tree: &mut SnapshotTree,
+        disks: &[ChainDisk],
+    ) -> ApiResult<()> {
         let nvram_copy = match &record.spec.nvram {
             Some(nvram) => {
-                let copy = format!("{}@{}.fd", nvram.trim_end_matches(".fd"), req.name);
+                let copy = format!("{}@{name}.fd", nvram.trim_end_matches(".fd"));
                 std::fs::copy(nvram, &copy)
                     .map_err(|e| ApiError::Internal(format!("{copy}: {e}")))?;
-                if let Some(s) = tree.snapshots.last_mut() {
-                    s.nvram = Some(copy.clone());
-                }
+                set_last(tree, |s| s.nvram = Some(copy.clone()));
                 Some(copy)
             }
             None => None,
         };
-        if let Err(e) = self.save_chains(record, &tree, &disks) {
+        if let Err(e) = self.save_chains(record, tree, disks) {
+            // Not recorded: the new overlays stay in use by a running VM, so they are
+            // left (orphans to `pool show`); the copies nothing else uses go.
             if let Some(copy) = nvram_copy {
                 let _ = std::fs::remove_file(copy);
             }
             return Err(e);
         }
+        let with = if tree.snapshots.last().is_some_and(|s| s.memory.is_some()) {
+            " with memory"
+        } else {
+            ""
+        };
         self.events.emit(
             Some(vm),
             "snapshot",
-            format!("snapshot '{}' created", req.name),
+            format!("snapshot '{name}' created{with}"),
         );
-        Ok(tree)
+        Ok(())
     }
 
+    /// Puts the VM back to snapshot `name`. A running VM is powered off first; it is
+    /// started again from the snapshot's saved memory (then it resumes where it was), or,
+    /// for a disk-only snapshot, booted from the reverted disks if it was running.
     pub async fn revert_snapshot(&self, vm: &str, name: &str) -> ApiResult<SnapshotTree> {
+        let record = self.record(vm)?;
+        let snap = self
+            .store
+            .snapshot_tree(vm)?
+            .snapshots
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| ApiError::NotFound {
+                kind: "snapshot",
+                name: name.to_string(),
+            })?;
+        if let Some(m) = &snap.memory {
+            same_disks(&m.spec, &record.spec, name)?;
+        }
+        let before = record.status.state;
+        match before {
+            VmState::Stopped => {}
+            VmState::Running | VmState::Paused | VmState::Crashed => {
+                self.power_off(vm, &format!("powered off to revert to snapshot '{name}'"))
+                    .await?
+            }
+            other => return Err(busy(vm, "revert", other)),
+        }
         let _lock = self.lock(vm).await;
-        let record = self.stopped_record(vm, "revert")?;
+        let mut record = self.record(vm)?;
+        if record.status.state != VmState::Stopped {
+            return Err(busy(vm, "revert", record.status.state));
+        }
         let mut tree = self.store.snapshot_tree(vm)?;
         let mut disks = chain_disks(&record)?;
         let garbage = snapshot::revert(&mut tree, &mut disks, name)
             .await
             .map_err(snapshot_error)?;
+        if let Some(m) = &snap.memory {
+            restore_hardware(&mut record.spec, &m.spec);
+        }
         let nvram = record.spec.nvram.clone();
         self.save_chains(record, &tree, &disks)?;
         self.drop_garbage(&garbage);
-        let saved = tree
-            .snapshots
-            .iter()
-            .find(|s| s.name == name)
-            .and_then(|s| s.nvram.clone());
-        if let (Some(nvram), Some(saved)) = (nvram, saved) {
-            restore_nvram(&saved, &nvram)?;
+        if let (Some(nvram), Some(saved)) = (nvram, &snap.nvram) {
+            restore_nvram(saved, &nvram)?;
         }
         self.events.emit(
             Some(vm),
             "snapshot",
             format!("reverted to snapshot '{name}'"),
         );
+        let restart = match &snap.memory {
+            Some(m) => Some((m.paused, Some(PathBuf::from(&m.file)))),
+            None if before == VmState::Running => Some((false, None)),
+            None if before == VmState::Paused => Some((true, None)),
+            None => None,
+        };
+        if let Some((paused, memory)) = restart {
+            self.start_locked(vm, paused, memory.as_deref())
+                .await
+                .map_err(|e| {
+                    ApiError::Internal(format!(
+                        "reverted to snapshot '{name}', but the VM did not start: {}",
+                        crate::error::chain(&e)
+                    ))
+                })?;
+        }
         Ok(tree)
     }
 
     /// Deleting a snapshot merges its data into its neighbours, which takes time: an
-    /// operation with progress.
+    /// operation with progress, cancellable (a merge cut short leaves every image reading
+    /// what it read, and deleting again finishes the job).
     pub async fn delete_snapshot(self: &Arc<Self>, vm: &str, name: &str) -> ApiResult<Operation> {
         let tree = self.snapshot_tree(vm)?;
         if !tree.snapshots.iter().any(|s| s.name == name) {
@@ -110,37 +238,45 @@ impl Manager {
                 name: name.to_string(),
             });
         }
-        self.stopped_record(vm, "delete a snapshot of")?;
-        let (op, handle) = self.ops.begin("snapshot.delete", vm, false)?;
+        let record = self.record(vm)?;
+        self.snapshot_target(vm, &record, "delete a snapshot of")?;
+        let (op, handle) = self.ops.begin("snapshot.delete", vm, true)?;
         let mgr = self.clone();
         let (vm, name) = (vm.to_string(), name.to_string());
         tokio::spawn(async move {
-            let progress = |p: f32| handle.progress(p * 0.95);
-            let result = mgr.merge_out(&vm, &name, &progress).await;
-            handle.finish(result);
+            let result = mgr.merge_out(&vm, &name, &handle).await;
+            match result {
+                Err(ApiError::Cancelled) => handle.cancelled_done(),
+                other => handle.finish(other),
+            }
         });
         Ok(op)
     }
 
-    async fn merge_out(
-        &self,
-        vm: &str,
-        name: &str,
-        progress: &(dyn Fn(f32) + Send + Sync),
-    ) -> ApiResult<()> {
+    async fn merge_out(&self, vm: &str, name: &str, work: &OpHandle) -> ApiResult<()> {
         let _lock = self.lock(vm).await;
-        let record = self.stopped_record(vm, "delete a snapshot of")?;
+        let record = self.record(vm)?;
+        let running = self.snapshot_target(vm, &record, "delete a snapshot of")?;
         let mut tree = self.store.snapshot_tree(vm)?;
         let disks = chain_disks(&record)?;
-        let nvram_copy = tree
+        let leftovers: Vec<PathBuf> = tree
             .snapshots
             .iter()
             .find(|s| s.name == name)
-            .and_then(|s| s.nvram.clone());
-        let mut garbage = snapshot::delete(&mut tree, &disks, name, progress)
+            .map(|s| {
+                let nvram = s.nvram.iter().map(PathBuf::from);
+                nvram
+                    .chain(s.memory.iter().map(|m| PathBuf::from(&m.file)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let chain = running.as_ref().map(|r| QemuChain { qmp: &r.qmp });
+        let live = chain.as_ref().map(|c| c as &dyn LiveChain);
+        let progress = Scaled::new(work, 0.0, 95.0);
+        let mut garbage = snapshot::delete_on(&mut tree, &disks, name, live, &progress)
             .await
             .map_err(snapshot_error)?;
-        garbage.extend(nvram_copy.map(PathBuf::from));
+        garbage.extend(leftovers);
         self.save_chains(record, &tree, &disks)?;
         self.drop_garbage(&garbage);
         self.events
@@ -159,18 +295,22 @@ impl Manager {
             .collect())
     }
 
-    fn stopped_record(&self, vm: &str, what: &str) -> ApiResult<VmRecord> {
-        let record = self.record(vm)?;
-        if record.status.state != VmState::Stopped {
-            return Err(ApiError::Conflict {
-                message: format!(
-                    "cannot {what} VM '{vm}' while it is {}",
-                    record.status.state.as_str()
-                ),
-                hint: Some("stop it first; snapshots of running VMs are not supported yet".into()),
-            });
+    /// The QEMU to work through when the VM runs (`None` when it is stopped); a VM on
+    /// its way up or down is refused until it gets there.
+    fn snapshot_target(
+        &self,
+        vm: &str,
+        record: &VmRecord,
+        what: &str,
+    ) -> ApiResult<Option<Arc<Running>>> {
+        match record.status.state {
+            VmState::Stopped => Ok(None),
+            VmState::Running | VmState::Paused | VmState::Crashed => self
+                .running(vm)
+                .map(Some)
+                .ok_or_else(|| ApiError::Internal(format!("VM '{vm}' has no QEMU attached"))),
+            other => Err(busy(vm, what, other)),
         }
-        Ok(record)
     }
 
     /// Records the disks' new top images in the spec and their volumes, with the tree.
@@ -240,6 +380,45 @@ fn chain_disks(record: &VmRecord) -> ApiResult<Vec<ChainDisk>> {
     Ok(out)
 }
 
+fn busy(vm: &str, what: &str, state: VmState) -> ApiError {
+    ApiError::Conflict {
+        message: format!("cannot {what} VM '{vm}' while it is {}", state.as_str()),
+        hint: Some("wait until it is running or stopped".into()),
+    }
+}
+
+fn set_last(tree: &mut SnapshotTree, f: impl FnOnce(&mut corral_api::Snapshot)) {
+    if let Some(s) = tree.snapshots.last_mut() {
+        f(s);
+    }
+}
+
+/// A memory snapshot's state fits only the devices it was saved with.
+fn same_disks(saved: &VmSpec, now: &VmSpec, name: &str) -> ApiResult<()> {
+    let ids = |s: &VmSpec| s.disks.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
+    if ids(saved) == ids(now) {
+        return Ok(());
+    }
+    Err(ApiError::Conflict {
+        message: format!(
+            "snapshot '{name}' saved the guest's memory with disks [{}]; the VM now has [{}]",
+            ids(saved).join(", "),
+            ids(now).join(", ")
+        ),
+        hint: Some("attach or detach disks to match, then revert".into()),
+    })
+}
+
+/// Puts back what the saved machine state depends on; disks keep their reverted paths.
+fn restore_hardware(spec: &mut VmSpec, saved: &VmSpec) {
+    spec.memory_mib = saved.memory_mib;
+    spec.vcpus = saved.vcpus;
+    spec.machine = saved.machine;
+    spec.nics = saved.nics.clone();
+    spec.cdrom = saved.cdrom.clone();
+    spec.kernel = saved.kernel.clone();
+}
+
 fn snapshot_error(e: snapshot::SnapshotError) -> ApiError {
     match e {
         snapshot::SnapshotError::NotFound(name) => ApiError::NotFound {
@@ -251,6 +430,15 @@ fn snapshot_error(e: snapshot::SnapshotError) -> ApiError {
             hint: Some("choose another name".into()),
         },
         snapshot::SnapshotError::Storage(e) => e.into(),
+        snapshot::SnapshotError::Cancelled => ApiError::Cancelled,
+        e @ snapshot::SnapshotError::StillNeeded { .. } => ApiError::Conflict {
+            message: e.to_string(),
+            hint: Some("nothing was removed; report this, it is a bug".into()),
+        },
+        snapshot::SnapshotError::Live(e) => ApiError::Internal(format!(
+            "the running VM refused: {}",
+            crate::error::chain(e.as_ref())
+        )),
     }
 }
 

@@ -91,12 +91,13 @@ impl Manager {
         let record = self.record(name)?;
         check_allowed(&record, VmAction::Delete)?;
         let snapshot_files = self.snapshot_files(name)?;
-        let snapshot_nvrams: Vec<String> = self
+        // NVRAM copies and memory states: the VM's alone, whoever owns its disks.
+        let snapshot_extras: Vec<String> = self
             .store
             .snapshot_tree(name)?
             .snapshots
             .into_iter()
-            .filter_map(|s| s.nvram)
+            .flat_map(|s| s.nvram.into_iter().chain(s.memory.map(|m| m.file)))
             .collect();
         // The record goes first: a volume left behind by a failure below is an orphan
         // file, never a VM pointing at missing data.
@@ -110,7 +111,7 @@ impl Manager {
             }
         }
         let _ = std::fs::remove_dir_all(self.vm_paths(&record.spec).dir);
-        for f in record.spec.nvram.iter().chain(snapshot_nvrams.iter()) {
+        for f in record.spec.nvram.iter().chain(snapshot_extras.iter()) {
             let _ = std::fs::remove_file(f);
         }
         self.events

@@ -2,13 +2,14 @@
 //! (DESIGN.md §6); a failed step kills it again. Stops wait for the monitor to record the
 //! exit, so a finished stop means the process is gone.
 
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use corral_api::{Operation, StopRequest, Vm, VmAction, VmState, VmStatus};
-use corral_qemu::argv::{build_argv, LaunchConfig};
+use corral_api::{Operation, StopRequest, Vm, VmAction, VmSpec, VmState, VmStatus};
+use corral_qemu::argv::{build_argv, DiskFds, LaunchConfig};
 use corral_qemu::cgroup::VmCgroup;
 use corral_qemu::launch;
 use corral_qemu::qmp::QmpOptions;
@@ -25,9 +26,30 @@ const POWER_OFF_WAIT: Duration = Duration::from_secs(10);
 
 impl Manager {
     pub async fn start(&self, name: &str, paused: bool) -> ApiResult<Vm> {
-        let _lock = self.lock(name).await;
+        let lock = self.lock(name).await;
+        self.start_locked(name, paused, None).await?;
+        drop(lock);
+        self.get(name)
+    }
+
+    /// Starts a stopped VM; the caller holds its lock. With `memory`, QEMU waits for a
+    /// saved state (`-incoming defer`) and gets it from that file before it runs, so the
+    /// guest resumes where the state was saved (a memory snapshot's revert).
+    pub(crate) async fn start_locked(
+        &self,
+        name: &str,
+        paused: bool,
+        memory: Option<&std::path::Path>,
+    ) -> ApiResult<()> {
         let record = self.record(name)?;
         check_allowed(&record, VmAction::Start)?;
+        // Opened before anything starts, so a missing state file changes nothing.
+        let memory = memory
+            .map(|m| {
+                std::fs::File::open(m)
+                    .map_err(|e| ApiError::Internal(format!("memory state {}: {e}", m.display())))
+            })
+            .transpose()?;
         let spec = record.spec;
         let paths = self.vm_paths(&spec);
         prepare_runtime_dir(&paths.dir)?;
@@ -39,33 +61,46 @@ impl Manager {
             ));
         }
         let ovmf_code = ovmf.map(|(code, _)| code).unwrap_or_default();
+        let (opened, disk_fds) = open_disks(&spec)?;
         let argv = build_argv(&LaunchConfig {
             spec: &spec,
             ovmf_code: &ovmf_code,
             accel: self.host.accel.accel,
             paths: &paths,
             confinement: self.host.confinement,
+            incoming: memory.is_some(),
+            disk_fds: &disk_fds,
         });
         let opts = QmpOptions {
             log_path: Some(paths.qmp_log()),
             ..QmpOptions::default()
         };
-        let launched =
-            match launch::launch(&self.cfg.qemu_binary, &argv, &paths, cgroup.as_ref(), opts).await
-            {
-                Ok(l) => l,
-                Err(e) => {
-                    if let Some(c) = &cgroup {
-                        let _ = c.remove();
-                    }
-                    self.events.emit(
-                        Some(name),
-                        "error",
-                        format!("start failed: {}", crate::error::chain(&e)),
-                    );
-                    return Err(e.into());
+        let inherit: Vec<_> = opened.iter().map(|f| f.as_fd()).collect();
+        let launched = launch::launch(
+            &self.cfg.qemu_binary,
+            &argv,
+            &paths,
+            cgroup.as_ref(),
+            opts,
+            &inherit,
+        )
+        .await;
+        // QEMU has its own copies now.
+        drop(opened);
+        let launched = match launched {
+            Ok(l) => l,
+            Err(e) => {
+                if let Some(c) = &cgroup {
+                    let _ = c.remove();
                 }
-            };
+                self.events.emit(
+                    Some(name),
+                    "error",
+                    format!("start failed: {}", crate::error::chain(&e)),
+                );
+                return Err(e.into());
+            }
+        };
         let started_at = now_secs();
         let (exited_tx, exited_rx) = watch::channel(false);
         let running = Arc::new(Running {
@@ -88,17 +123,24 @@ impl Manager {
             accel: Some(self.host.accel.accel.as_str().to_string()),
         };
         self.set_status(name, status(VmState::Starting))?;
-        // Set-up hooks that need a paused, fully built machine go here.
-        let result = if paused {
-            Ok(())
-        } else {
-            running.qmp.cont().await
-        };
+        // Set-up that needs a paused, fully built machine goes here.
+        let result = async {
+            if let Some(state) = &memory {
+                corral_qemu::live::load_memory(&running.qmp, state)
+                    .await
+                    .map_err(|e| ApiError::Internal(crate::error::chain(&e)))?;
+            }
+            if !paused {
+                running.qmp.cont().await?;
+            }
+            Ok::<(), ApiError>(())
+        }
+        .await;
         if let Err(e) = result {
             running.set_stop_reason("start failed");
             let _ = running.qmp.quit().await;
             let _ = launch::kill(running.pid);
-            return Err(e.into());
+            return Err(e);
         }
         let state = if paused {
             VmState::Paused
@@ -106,8 +148,7 @@ impl Manager {
             VmState::Running
         };
         self.set_status(name, status(state))?;
-        drop(_lock);
-        self.get(name)
+        Ok(())
     }
 
     pub async fn pause(&self, name: &str) -> ApiResult<Vm> {
@@ -277,6 +318,40 @@ impl Manager {
                 ))
             })
     }
+}
+
+/// Opens each disk's top image for QEMU to inherit: read-write and read-only (see
+/// [`DiskFds`]); fd set `i + 1` for disk `i`.
+fn open_disks(spec: &VmSpec) -> ApiResult<(Vec<std::fs::File>, Vec<DiskFds>)> {
+    let mut files = Vec::new();
+    let mut fds = Vec::new();
+    for (i, disk) in spec.disks.iter().enumerate() {
+        let open = |write: bool| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(write)
+                .open(&disk.path)
+                .map_err(|e| ApiError::Conflict {
+                    message: format!("cannot open disk {} ({}): {e}", disk.id, disk.path),
+                    hint: Some("check that the image exists and is readable".into()),
+                })
+        };
+        let rw = if disk.read_only {
+            None
+        } else {
+            Some(open(true)?)
+        };
+        let ro = open(false)?;
+        fds.push(DiskFds {
+            disk: disk.id.clone(),
+            set: i as u32 + 1,
+            rw: rw.as_ref().map(|f| f.as_raw_fd()),
+            ro: ro.as_raw_fd(),
+        });
+        files.extend(rw);
+        files.push(ro);
+    }
+    Ok((files, fds))
 }
 
 /// `quit` over QMP, and SIGKILL if the monitor cannot deliver it.

@@ -1,0 +1,186 @@
+//! Snapshots of running VMs: disks switched onto new overlays without stopping the
+//! guest, merges by block job while it runs, and memory snapshots that resume the guest
+//! exactly where it was.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use corral_tests::{image_head, Daemon};
+
+fn active(d: &Daemon, vm: &str) -> String {
+    d.vm(vm)["spec"]["disks"][0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Has the guest print what its disk holds, bypassing its page cache.
+fn guest_sees(d: &Daemon, vm: &str, expected: &str) {
+    d.guest_run(
+        vm,
+        "sync; echo 3 > /proc/sys/vm/drop_caches; echo DISK-$(head -c 3 /dev/vda)-END",
+    );
+    d.wait_console(vm, &format!("DISK-{expected}-END"), Duration::from_secs(30));
+}
+
+fn guest_writes(d: &Daemon, vm: &str, text: &str) {
+    d.guest_run(vm, &format!("printf {text} > /dev/vda; sync"));
+}
+
+fn op_succeeds(d: &Daemon, args: &[&str]) {
+    let op = d.json(args);
+    assert_eq!(op["state"], "succeeded", "{op}");
+}
+
+fn pool_is_clean(d: &Daemon) {
+    let pool = d.json(&["pool", "show", "default"]);
+    assert!(pool["orphans"].as_array().unwrap().is_empty(), "{pool}");
+    assert!(pool["missing"].as_array().unwrap().is_empty(), "{pool}");
+}
+
+fn qemu_img_check(path: &str) {
+    let ok = std::process::Command::new("qemu-img")
+        .args(["check", "-q", path])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "qemu-img check {path}");
+}
+
+#[test]
+fn running_vm_snapshots_and_merges_without_stopping() {
+    let d = Daemon::start();
+    d.define(
+        "live",
+        &[
+            "--memory",
+            "256M",
+            "--disk",
+            "size=64M",
+            "--network",
+            "none",
+        ],
+    );
+    d.start_and_wait("live");
+    let pid = d.vm("live")["status"]["pid"].as_u64().unwrap();
+    guest_writes(&d, "live", "one");
+    d.ok(&["snapshot", "create", "live", "s1"]);
+    guest_writes(&d, "live", "two");
+    d.ok(&["snapshot", "create", "live", "s2"]);
+    guest_writes(&d, "live", "tri");
+    // The same QEMU ran throughout, and the disk is now the third image of the chain.
+    assert_eq!(d.vm("live")["status"]["pid"].as_u64().unwrap(), pid);
+    assert_eq!(d.state("live"), "running");
+    let tree = d.json(&["snapshot", "list", "live"]);
+    assert_eq!(tree["current"], "s2");
+
+    // Delete the root while running: its data is streamed into the running disk.
+    op_succeeds(&d, &["snapshot", "delete", "live", "s1"]);
+    guest_sees(&d, "live", "tri");
+    // Delete the snapshot the VM runs on.
+    op_succeeds(&d, &["snapshot", "delete", "live", "s2"]);
+    guest_sees(&d, "live", "tri");
+    assert_eq!(d.vm("live")["status"]["pid"].as_u64().unwrap(), pid);
+
+    // Snapshot again, then revert the running VM: it is powered off and boots from the
+    // snapshot's disk.
+    d.ok(&["snapshot", "create", "live", "s3"]);
+    guest_writes(&d, "live", "for");
+    let before = d.console_log("live").matches("CORRAL-GUEST-READY").count();
+    d.ok(&["snapshot", "revert", "live", "s3"]);
+    assert_eq!(d.state("live"), "running");
+    assert_ne!(d.vm("live")["status"]["pid"].as_u64().unwrap(), pid);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while d.console_log("live").matches("CORRAL-GUEST-READY").count() <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reboot after revert"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    guest_sees(&d, "live", "tri");
+
+    d.ok(&["stop", "live", "--force"]);
+    let top = active(&d, "live");
+    assert_eq!(image_head(&top, 3), "tri");
+    qemu_img_check(&top);
+    op_succeeds(&d, &["snapshot", "delete", "live", "s3"]);
+    assert_eq!(image_head(&active(&d, "live"), 3), "tri");
+    pool_is_clean(&d);
+    d.ok(&["delete", "live"]);
+    pool_is_clean(&d);
+}
+
+#[test]
+fn memory_snapshot_resumes_the_guest_where_it_was() {
+    let d = Daemon::start();
+    d.define(
+        "mem",
+        &[
+            "--memory",
+            "256M",
+            "--disk",
+            "size=64M",
+            "--network",
+            "none",
+        ],
+    );
+    // No memory to save while stopped: a 400 naming the field.
+    let err = d.fails(&["snapshot", "create", "mem", "m0", "--memory"]);
+    assert!(err.contains("memory"), "{err}");
+    assert!(d.json(&["snapshot", "list", "mem"])["snapshots"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    d.start_and_wait("mem");
+    d.guest_run("mem", "echo before > /tmp/mark");
+    guest_writes(&d, "mem", "one");
+    d.ok(&["snapshot", "create", "mem", "m1", "--memory"]);
+    assert_eq!(d.state("mem"), "running");
+    let tree = d.json(&["snapshot", "list", "mem"]);
+    let saved = &tree["snapshots"][0]["memory"];
+    assert!(saved["size_bytes"].as_u64().unwrap() > 1 << 20, "{tree}");
+    assert_eq!(saved["paused"], false);
+    let mem_file = saved["file"].as_str().unwrap().to_string();
+    assert!(std::path::Path::new(&mem_file).exists());
+    assert!(d.ok(&["snapshot", "list", "mem"]).contains("+memory"));
+
+    d.guest_run("mem", "echo after > /tmp/mark");
+    guest_writes(&d, "mem", "two");
+    d.ok(&["snapshot", "revert", "mem", "m1"]);
+    assert_eq!(d.state("mem"), "running");
+    // The guest did not boot again: it carries on with the RAM it had.
+    d.guest_run("mem", "echo MARK-$(cat /tmp/mark)-END");
+    d.wait_console("mem", "MARK-before-END", Duration::from_secs(30));
+    guest_sees(&d, "mem", "one");
+
+    // A paused guest is saved paused and comes back paused.
+    d.ok(&["pause", "mem"]);
+    d.ok(&["snapshot", "create", "mem", "m2", "--memory"]);
+    assert_eq!(d.state("mem"), "paused");
+    d.ok(&["resume", "mem"]);
+    d.guest_run("mem", "echo later > /tmp/mark");
+    d.ok(&["snapshot", "revert", "mem", "m2"]);
+    assert_eq!(d.state("mem"), "paused");
+    d.ok(&["resume", "mem"]);
+    d.guest_run("mem", "echo MARK2-$(cat /tmp/mark)-END");
+    d.wait_console("mem", "MARK2-before-END", Duration::from_secs(30));
+
+    // A stopped VM reverted to a memory snapshot starts from it.
+    d.ok(&["stop", "mem", "--force"]);
+    d.ok(&["snapshot", "revert", "mem", "m1"]);
+    assert_eq!(d.state("mem"), "running");
+    d.guest_run("mem", "echo MARK3-$(cat /tmp/mark)-END");
+    d.wait_console("mem", "MARK3-before-END", Duration::from_secs(30));
+
+    // Deleting the snapshot removes its memory state; nothing is left over.
+    op_succeeds(&d, &["snapshot", "delete", "mem", "m1"]);
+    assert!(!std::path::Path::new(&mem_file).exists());
+    d.ok(&["delete", "mem", "--force"]);
+    pool_is_clean(&d);
+    let left: Vec<_> = std::fs::read_dir(d.state_dir().join("memory"))
+        .map(|r| r.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
