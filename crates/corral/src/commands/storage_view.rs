@@ -252,6 +252,7 @@ mod tests {
             used_by: vec!["web".into()],
             allocation_bytes: Some(196_608),
             base_image: None,
+            base_snapshot: None,
         }
     }
 

@@ -208,6 +208,7 @@ impl Manager {
             used_by: Vec::new(),
             allocation_bytes: None,
             base_image: None,
+            base_snapshot: None,
         };
         let disk = Disk {
             volume: Some(name),
