@@ -118,8 +118,8 @@ impl Manager {
         Ok(())
     }
 
-    /// The VM's own NVRAM: a copy of OVMF's variables template.
-    fn new_nvram(
+    /// The VM's own NVRAM: a copy of `template` (OVMF's, or the VM it is cloned from).
+    pub(super) fn new_nvram(
         &self,
         name: &str,
         uuid: Uuid,
