@@ -110,6 +110,7 @@ impl Manager {
                 name: name.to_string(),
             });
         }
+        self.check_snapshot_delete(vm, name)?;
         self.stopped_record(vm, "delete a snapshot of")?;
         let (op, handle) = self.ops.begin("snapshot.delete", vm, false)?;
         let mgr = self.clone();
