@@ -198,6 +198,18 @@ pub struct Volume {
     /// which therefore cannot be deleted while the volume exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_image: Option<String>,
+    /// The snapshot this volume is a linked clone of (`corral clone --linked`): its data
+    /// reads through that snapshot's frozen image, so neither the snapshot nor its VM can
+    /// be deleted while the volume exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_snapshot: Option<SnapshotRef>,
+}
+
+/// A snapshot of a VM, named from outside its tree (e.g. by a linked clone's volume).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotRef {
+    pub vm: String,
+    pub snapshot: String,
 }
 
 /// A read-only base image that VMs are made from as linked clones (`create --image`).

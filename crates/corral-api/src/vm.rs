@@ -357,12 +357,55 @@ pub struct StopRequest {
     pub timeout_secs: Option<u64>,
 }
 
-/// `POST /api/v1/vms/{name}/clone`: a full copy as a new VM.
+/// `POST /api/v1/vms/{name}/clone`: a new VM with the source's disks, a new machine
+/// identity (UUID) and new MAC addresses. A full clone copies the disks (an operation);
+/// a linked clone puts qcow2 overlays on a snapshot's frozen images (instant, the VM).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CloneRequest {
     /// Name of the new VM.
     pub name: String,
+    /// Overlays on the source's snapshot instead of copies: no data is copied, and the
+    /// snapshot (and the source VM) cannot be deleted while the clone exists.
+    #[serde(default)]
+    pub linked: bool,
+    /// Linked clones only: the source's existing snapshot to build on. Without it a new
+    /// snapshot `linked-<name>` of the source is taken first.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+}
+
+/// The snapshot a linked clone without `snapshot` takes of its source.
+pub const LINKED_SNAPSHOT_PREFIX: &str = "linked-";
+
+impl CloneRequest {
+    /// Checks everything that needs only the request itself.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_name("name", &self.name)?;
+        match &self.snapshot {
+            Some(_) if !self.linked => Err(ValidationError::new(
+                "snapshot",
+                "a snapshot can only be given for a linked clone",
+            )
+            .hint("add --linked (a full clone copies the current state)")),
+            Some(s) => validate_name("snapshot", s),
+            None if self.linked => validate_name(
+                "name",
+                &format!("{LINKED_SNAPSHOT_PREFIX}{}", self.name),
+            )
+            .map_err(|_| {
+                ValidationError::new(
+                    "name",
+                    format!(
+                        "the snapshot '{LINKED_SNAPSHOT_PREFIX}{}' a linked clone takes would be too long",
+                        self.name
+                    ),
+                )
+                .hint("use a clone name of at most 56 characters, or give --snapshot")
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// `POST /api/v1/vms/{name}/start`.
@@ -484,6 +527,32 @@ mod tests {
             assert_eq!(err.field, "name");
             assert!(err.hint.is_some());
         }
+    }
+
+    #[test]
+    fn clone_requests() {
+        let req = |name: &str, linked: bool, snapshot: Option<&str>| CloneRequest {
+            name: name.into(),
+            linked,
+            snapshot: snapshot.map(String::from),
+        };
+        assert!(req("copy", false, None).validate().is_ok());
+        assert!(req("copy", true, None).validate().is_ok());
+        assert!(req("copy", true, Some("s1")).validate().is_ok());
+        let err = req("copy", false, Some("s1")).validate().unwrap_err();
+        assert_eq!(err.field, "snapshot");
+        assert!(err.hint.unwrap().contains("--linked"));
+        assert_eq!(
+            req("copy", true, Some("a/b")).validate().unwrap_err().field,
+            "snapshot"
+        );
+        assert_eq!(req("a/b", true, None).validate().unwrap_err().field, "name");
+        // `linked-<name>` must itself be a valid snapshot name.
+        let long = "a".repeat(57);
+        let err = req(&long, true, None).validate().unwrap_err();
+        assert!(err.hint.unwrap().contains("--snapshot"));
+        assert!(req(&long, true, Some("s")).validate().is_ok());
+        assert!(req(&"a".repeat(56), true, None).validate().is_ok());
     }
 
     #[test]

@@ -60,7 +60,12 @@ pub trait Store: Send + Sync {
     fn update_vm_status(&self, name: &str, status: &VmStatus) -> Result<()>;
     /// Whether any VM has a NIC with this MAC address.
     fn mac_in_use(&self, mac: &str) -> Result<bool>;
-    /// Removes a VM and its events.
+    /// Adds a VM together with new volumes it owns, in one transaction (all or none).
+    /// A volume based on a snapshot is recorded only while that snapshot exists, checked
+    /// in the same transaction.
+    fn insert_vm_with_volumes(&self, record: &VmRecord, volumes: &[Volume]) -> Result<()>;
+    /// Removes a VM, its events and its snapshot tree; fails with `InUse` while any
+    /// volume is a linked clone of one of its snapshots (checked in the same transaction).
     fn delete_vm(&self, name: &str) -> Result<()>;
 
     /// Appends an event and returns it with its id.
@@ -105,12 +110,15 @@ pub trait Store: Send + Sync {
     fn snapshot_tree(&self, vm: &str) -> Result<SnapshotTree>;
     /// Saves a VM's spec, its snapshot tree and the volumes whose files changed, in one
     /// transaction: a snapshot operation's new state is recorded whole or not at all.
+    /// Fails with `InUse` if the new tree lacks a snapshot a volume is based on.
     fn save_vm_and_snapshots(
         &self,
         spec: &VmSpec,
         tree: &SnapshotTree,
         volumes: &[Volume],
     ) -> Result<()>;
+    /// Volumes that are linked clones of a VM's snapshots (of `snapshot` only, if given).
+    fn volumes_based_on_snapshot(&self, vm: &str, snapshot: Option<&str>) -> Result<Vec<Volume>>;
     /// Names of the VMs with a disk on this volume.
     fn vms_using_volume(&self, name: &str) -> Result<Vec<String>>;
 }

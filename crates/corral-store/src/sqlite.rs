@@ -245,9 +245,69 @@ impl Store for SqliteStore {
         })
     }
 
+    fn insert_vm_with_volumes(&self, record: &VmRecord, volumes: &[Volume]) -> Result<()> {
+        let spec = serde_json::to_string(&record.spec)?;
+        let status = serde_json::to_string(&record.status)?;
+        let bodies: Vec<String> = volumes
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<std::result::Result<_, _>>()?;
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let inserted = tx.execute(
+                "INSERT INTO vms (name, spec, status, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO NOTHING",
+                params![record.spec.name, spec, status, record.created_at as i64],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::AlreadyExists {
+                    kind: "vm",
+                    name: record.spec.name.clone(),
+                });
+            }
+            for (v, body) in volumes.iter().zip(&bodies) {
+                if let Some(base) = &v.base_snapshot {
+                    if !tree_of(&tx, &base.vm)?
+                        .is_some_and(|t| t.snapshots.iter().any(|s| s.name == base.snapshot))
+                    {
+                        return Err(StoreError::NotFound {
+                            kind: "snapshot",
+                            name: format!("{}@{}", base.vm, base.snapshot),
+                        });
+                    }
+                }
+                let n = tx.execute(
+                    "INSERT INTO volumes (name, pool, body) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO NOTHING",
+                    params![v.name, v.pool, body],
+                )?;
+                if n == 0 {
+                    return Err(StoreError::AlreadyExists {
+                        kind: "volume",
+                        name: v.name.clone(),
+                    });
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     fn delete_vm(&self, name: &str) -> Result<()> {
         self.with(|c| {
             let tx = c.transaction()?;
+            let clones = based_on_snapshots(&tx, name)?;
+            if !clones.is_empty() {
+                return Err(StoreError::InUse {
+                    kind: "vm",
+                    name: name.to_string(),
+                    by: clones
+                        .iter()
+                        .map(|(v, _)| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
             let n = tx.execute("DELETE FROM vms WHERE name = ?1", [name])?;
             tx.execute("DELETE FROM events WHERE vm = ?1", [name])?;
             tx.execute("DELETE FROM snapshot_trees WHERE vm = ?1", [name])?;
@@ -495,6 +555,16 @@ impl Store for SqliteStore {
                     name: spec.name.clone(),
                 });
             }
+            // A snapshot a linked clone reads through must stay in the tree.
+            for (volume, snapshot) in based_on_snapshots(&tx, &spec.name)? {
+                if !tree.snapshots.iter().any(|s| s.name == snapshot) {
+                    return Err(StoreError::InUse {
+                        kind: "snapshot",
+                        name: snapshot,
+                        by: volume,
+                    });
+                }
+            }
             tx.execute(
                 "INSERT INTO snapshot_trees (vm, body) VALUES (?1, ?2)
                  ON CONFLICT (vm) DO UPDATE SET body = excluded.body",
@@ -511,6 +581,14 @@ impl Store for SqliteStore {
         })
     }
 
+    fn volumes_based_on_snapshot(&self, vm: &str, snapshot: Option<&str>) -> Result<Vec<Volume>> {
+        self.bodies(
+            "SELECT body FROM volumes WHERE body ->> '$.base_snapshot.vm' = ?1
+             AND (?2 IS NULL OR body ->> '$.base_snapshot.snapshot' = ?2) ORDER BY name",
+            params![vm, snapshot],
+        )
+    }
+
     fn vms_using_volume(&self, name: &str) -> Result<Vec<String>> {
         self.with(|c| {
             column(
@@ -525,6 +603,28 @@ impl Store for SqliteStore {
 
 const VOLUMES_BASED_ON: &str =
     "SELECT name FROM volumes WHERE body ->> 'base_image' = ?1 ORDER BY name";
+
+/// (volume, snapshot) for every volume that is a linked clone of one of `vm`'s snapshots.
+fn based_on_snapshots(c: &Connection, vm: &str) -> Result<Vec<(String, String)>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT name, body ->> '$.base_snapshot.snapshot' FROM volumes
+         WHERE body ->> '$.base_snapshot.vm' = ?1 ORDER BY name",
+    )?;
+    let rows = stmt
+        .query_map([vm], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// A VM's stored snapshot tree, if it has one.
+fn tree_of(c: &Connection, vm: &str) -> Result<Option<SnapshotTree>> {
+    let body: Option<String> = c
+        .query_row("SELECT body FROM snapshot_trees WHERE vm = ?1", [vm], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+}
 
 /// A statement that must have touched one row: none means the object is not there.
 fn found(changed: usize, kind: &'static str, name: &str) -> Result<()> {

@@ -242,6 +242,14 @@ pub struct CloneArgs {
     pub source: String,
     /// Name of the new VM.
     pub name: String,
+    /// Make a linked clone: qcow2 overlays on a snapshot of SOURCE, instant whatever the
+    /// disks' size. The snapshot and SOURCE cannot be deleted while the clone exists.
+    #[arg(long)]
+    pub linked: bool,
+    /// With --linked: build on this existing snapshot of SOURCE (default: take a new
+    /// snapshot named linked-NAME).
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub snapshot: Option<String>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -20,6 +20,13 @@ pub enum ApiError {
     BadBody(String),
     #[error("{kind} '{name}' not found")]
     NotFound { kind: &'static str, name: String },
+    /// A field of the request names something that does not exist.
+    #[error("{message}")]
+    UnknownIn {
+        field: &'static str,
+        message: String,
+        hint: String,
+    },
     /// The object is not in a state that allows this, or collides with another.
     #[error("{message}")]
     Conflict {
@@ -109,10 +116,19 @@ impl ApiError {
             ),
             ApiError::NotFound { kind, name } => (
                 StatusCode::NOT_FOUND,
-                body(
-                    format!("{kind} '{name}' not found"),
-                    Some("`corral list` shows the VMs"),
-                ),
+                body(format!("{kind} '{name}' not found"), Some(list_hint(kind))),
+            ),
+            ApiError::UnknownIn {
+                field,
+                message,
+                hint,
+            } => (
+                StatusCode::NOT_FOUND,
+                ErrorBody {
+                    error: message.clone(),
+                    field: Some(field.to_string()),
+                    hint: Some(hint.clone()),
+                },
             ),
             ApiError::Conflict { message, hint } => {
                 (StatusCode::CONFLICT, body(message.clone(), hint.as_deref()))
@@ -144,6 +160,19 @@ impl ApiError {
             ),
             other => (StatusCode::INTERNAL_SERVER_ERROR, body(chain(other), None)),
         }
+    }
+}
+
+/// Where to look up what exists, for a 404.
+fn list_hint(kind: &str) -> &'static str {
+    match kind {
+        "snapshot" => "`corral snapshot list VM` shows a VM's snapshots",
+        "volume" => "`corral volume list` shows the volumes",
+        "pool" => "`corral pool list` shows the pools",
+        "image" => "`corral image list` shows the images",
+        "operation" => "`corral operation list` shows the operations",
+        "path" => "see /api/openapi.json for the API's paths",
+        _ => "`corral list` shows the VMs",
     }
 }
 

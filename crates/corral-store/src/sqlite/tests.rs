@@ -162,3 +162,152 @@ fn event_history_is_bounded() {
     assert_eq!(all.last().unwrap().message, format!("e{}", EVENTS_KEPT + 9));
     assert_eq!(s.events(Some("b"), 0, 10).unwrap().len(), 1);
 }
+
+fn volume(name: &str, base: Option<(&str, &str)>) -> Volume {
+    Volume {
+        name: name.to_string(),
+        pool: corral_api::DEFAULT_POOL.to_string(),
+        format: corral_api::DiskFormat::Qcow2,
+        size_bytes: 1 << 20,
+        path: format!("/pool/{name}.qcow2"),
+        owner: None,
+        created_at: 1,
+        used_by: vec![],
+        allocation_bytes: None,
+        base_image: None,
+        base_snapshot: base.map(|(vm, snapshot)| corral_api::SnapshotRef {
+            vm: vm.to_string(),
+            snapshot: snapshot.to_string(),
+        }),
+    }
+}
+
+fn tree(names: &[&str]) -> SnapshotTree {
+    SnapshotTree {
+        snapshots: names
+            .iter()
+            .map(|n| corral_api::Snapshot {
+                name: n.to_string(),
+                parent: None,
+                created_at: 1,
+                description: None,
+                disks: vec![],
+                nvram: None,
+                memory: None,
+            })
+            .collect(),
+        current: None,
+    }
+}
+
+/// A store with pool `default`, VM `src` with snapshots s1 and s2.
+fn store_with_snapshots() -> (SqliteStore, VmRecord) {
+    let s = SqliteStore::in_memory().unwrap();
+    s.insert_pool(&PoolSpec {
+        name: corral_api::DEFAULT_POOL.into(),
+        driver: "dir".into(),
+        path: Some("/pool".into()),
+        volume_group: None,
+        thin_pool: None,
+        shared: false,
+    })
+    .unwrap();
+    let src = record("src");
+    s.insert_vm(&src).unwrap();
+    s.save_vm_and_snapshots(&src.spec, &tree(&["s1", "s2"]), &[])
+        .unwrap();
+    (s, src)
+}
+
+#[test]
+fn volumes_stored_before_base_snapshot_existed_still_decode() {
+    let s = SqliteStore::in_memory().unwrap();
+    s.insert_pool(&PoolSpec {
+        name: "default".into(),
+        driver: "dir".into(),
+        path: Some("/pool".into()),
+        volume_group: None,
+        thin_pool: None,
+        shared: false,
+    })
+    .unwrap();
+    let old = r#"{"name":"old","pool":"default","format":"qcow2","size_bytes":1048576,
+                  "path":"/pool/old.qcow2","owner":null,"created_at":1}"#;
+    s.with(|c| {
+        c.execute(
+            "INSERT INTO volumes (name, pool, body) VALUES ('old', 'default', ?1)",
+            [old],
+        )?;
+        Ok(())
+    })
+    .unwrap();
+    let v = s.get_volume("old").unwrap().unwrap();
+    assert_eq!(v.base_snapshot, None);
+    assert!(s.volumes_based_on_snapshot("src", None).unwrap().is_empty());
+}
+
+#[test]
+fn linked_clone_is_recorded_whole_and_only_on_an_existing_snapshot() {
+    let (s, _) = store_with_snapshots();
+    let dst = record("dst");
+    let missing = volume("dst-disk0", Some(("src", "gone")));
+    assert!(matches!(
+        s.insert_vm_with_volumes(&dst, &[missing]),
+        Err(StoreError::NotFound {
+            kind: "snapshot",
+            ..
+        })
+    ));
+    // Nothing of it was recorded.
+    assert!(s.get_vm("dst").unwrap().is_none());
+    assert!(s.get_volume("dst-disk0").unwrap().is_none());
+
+    let v = volume("dst-disk0", Some(("src", "s1")));
+    s.insert_vm_with_volumes(&dst, std::slice::from_ref(&v))
+        .unwrap();
+    assert_eq!(s.get_volume("dst-disk0").unwrap(), Some(v.clone()));
+    assert_eq!(
+        s.volumes_based_on_snapshot("src", None).unwrap(),
+        vec![v.clone()]
+    );
+    assert_eq!(
+        s.volumes_based_on_snapshot("src", Some("s1")).unwrap(),
+        vec![v]
+    );
+    assert!(s
+        .volumes_based_on_snapshot("src", Some("s2"))
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        s.insert_vm_with_volumes(&record("other"), &[volume("dst-disk0", None)]),
+        Err(StoreError::AlreadyExists { kind: "volume", .. })
+    ));
+    assert!(s.get_vm("other").unwrap().is_none());
+}
+
+#[test]
+fn snapshot_and_vm_a_clone_reads_through_cannot_go() {
+    let (s, src) = store_with_snapshots();
+    s.insert_vm_with_volumes(&record("dst"), &[volume("dst-disk0", Some(("src", "s1")))])
+        .unwrap();
+    // Dropping s1 from the tree is refused; dropping s2 is fine.
+    let err = s
+        .save_vm_and_snapshots(&src.spec, &tree(&["s2"]), &[])
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::InUse { kind: "snapshot", name, by } if name == "s1" && by == "dst-disk0"),
+        "{err:?}"
+    );
+    assert_eq!(s.snapshot_tree("src").unwrap().snapshots.len(), 2);
+    s.save_vm_and_snapshots(&src.spec, &tree(&["s1"]), &[])
+        .unwrap();
+    assert!(matches!(
+        s.delete_vm("src"),
+        Err(StoreError::InUse { kind: "vm", .. })
+    ));
+    assert!(s.get_vm("src").unwrap().is_some());
+    // Once the clone's volume is gone, both are allowed.
+    s.delete_volume("dst-disk0").unwrap();
+    s.save_vm_and_snapshots(&src.spec, &tree(&[]), &[]).unwrap();
+    s.delete_vm("src").unwrap();
+}

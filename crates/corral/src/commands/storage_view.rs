@@ -186,9 +186,19 @@ pub fn volume_page(v: &Volume) -> String {
         ("Allocated", or_dash(v.allocation_bytes.map(format_size))),
         ("Path", v.path.clone()),
         ("Owner", owner),
+        ("Based on", based_on(v)),
         ("Used by", used_by(v)),
         ("Created", format_time(v.created_at)),
     ])
+}
+
+/// What a linked clone's data reads through: an image, or a VM's snapshot.
+fn based_on(v: &Volume) -> String {
+    match (&v.base_image, &v.base_snapshot) {
+        (Some(image), _) => format!("image {image}"),
+        (None, Some(s)) => format!("snapshot {} of VM {}", s.snapshot, s.vm),
+        (None, None) => "-".to_string(),
+    }
 }
 
 fn used_by(v: &Volume) -> String {
@@ -252,6 +262,7 @@ mod tests {
             used_by: vec!["web".into()],
             allocation_bytes: Some(196_608),
             base_image: None,
+            base_snapshot: None,
         }
     }
 
@@ -382,6 +393,19 @@ mod tests {
         let text = volume_page(&volume());
         assert!(text.contains("Owner:      - (standalone)\n"), "{text}");
         assert!(text.contains("Used by:    web\n"), "{text}");
+        assert!(text.contains("Based on:   -\n"), "{text}");
         assert!(text.contains("Created:    2023-11-14 22:13:20\n"), "{text}");
+        let linked = Volume {
+            base_snapshot: Some(corral_api::SnapshotRef {
+                vm: "web".into(),
+                snapshot: "s1".into(),
+            }),
+            ..volume()
+        };
+        let text = volume_page(&linked);
+        assert!(
+            text.contains("Based on:   snapshot s1 of VM web\n"),
+            "{text}"
+        );
     }
 }

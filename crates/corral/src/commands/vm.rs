@@ -73,11 +73,28 @@ async fn import_ova(
     Ok(())
 }
 
-/// Copies the VM and follows the copy's progress.
+/// Copies the VM and follows the copy's progress; a linked clone is made at once.
 pub async fn clone(client: &Client, args: &CloneArgs) -> Result<()> {
     let request = CloneRequest {
         name: args.name.clone(),
+        linked: args.linked,
+        snapshot: args.snapshot.clone(),
     };
+    if args.linked {
+        let vm: Vm = client
+            .post(&format!("{}/clone", vm_path(&args.source)), &request)
+            .await?;
+        let snapshot = args
+            .snapshot
+            .clone()
+            .unwrap_or_else(|| format!("{}{}", corral_api::LINKED_SNAPSHOT_PREFIX, args.name));
+        return emit(args.output.output, &vm, |_| {
+            format!(
+                "made vm {} as a linked clone of {} at its snapshot {snapshot}\n",
+                args.name, args.source
+            )
+        });
+    }
     let op: Operation = client
         .post(&format!("{}/clone", vm_path(&args.source)), &request)
         .await?;

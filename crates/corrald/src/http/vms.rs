@@ -198,13 +198,24 @@ pub async fn delete_snapshot(
     Ok((StatusCode::ACCEPTED, Json(op)).into_response())
 }
 
+/// A full clone is long work (202, an operation); a linked clone is instant (201, the VM).
 #[utoipa::path(post, path = "/api/v1/vms/{name}/clone", request_body = CloneRequest,
-    responses((status = 202, body = Operation), (status = 409, body = corral_api::ErrorBody)))]
+    responses((status = 201, description = "linked clone made", body = Vm),
+              (status = 202, description = "full clone started", body = Operation),
+              (status = 400, body = corral_api::ErrorBody),
+              (status = 404, body = corral_api::ErrorBody),
+              (status = 409, body = corral_api::ErrorBody)))]
 pub async fn clone(
     State(mgr): State<AppState>,
     Path(name): Path<String>,
     JsonBody(req): JsonBody<CloneRequest>,
 ) -> ApiResult<Response> {
-    let op = mgr.clone_vm(vm_name(&name)?, &req.name).await?;
+    let source = vm_name(&name)?;
+    req.validate()?;
+    if req.linked {
+        let vm = mgr.linked_clone(source, &req).await?;
+        return Ok((StatusCode::CREATED, Json(vm)).into_response());
+    }
+    let op = mgr.clone_vm(source, &req.name).await?;
     Ok((StatusCode::ACCEPTED, Json(op)).into_response())
 }

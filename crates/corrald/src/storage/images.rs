@@ -183,6 +183,7 @@ impl Manager {
             used_by: Vec::new(),
             allocation_bytes: None,
             base_image: Some(image.name.clone()),
+            base_snapshot: None,
         };
         if let Err(e) = self.store.insert_volume(&volume) {
             let _ = std::fs::remove_file(&path);

@@ -238,6 +238,7 @@ impl Manager {
                 name: name.to_string(),
             });
         }
+        self.check_snapshot_delete(vm, name)?;
         let record = self.record(vm)?;
         self.snapshot_target(vm, &record, "delete a snapshot of")?;
         let (op, handle) = self.ops.begin("snapshot.delete", vm, true)?;

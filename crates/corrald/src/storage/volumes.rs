@@ -97,6 +97,7 @@ impl Manager {
             used_by: Vec::new(),
             allocation_bytes: None,
             base_image: None,
+            base_snapshot: None,
         };
         if let Err(e) = self.store.insert_volume(&volume) {
             let _ = driver.delete_volume(&spec, &path).await;

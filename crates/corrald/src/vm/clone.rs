@@ -18,6 +18,7 @@ use super::Manager;
 use crate::clock::now_secs;
 use crate::error::{ApiError, ApiResult};
 use crate::operations::OpHandle;
+use crate::revert::Reverter;
 use crate::storage::pool_driver;
 
 impl Manager {
@@ -98,10 +99,27 @@ impl Manager {
                 return Err(e);
             }
         };
+        // UEFI: the clone gets its own copy of the variables (sharing the source's file
+        // would let one VM's firmware write the other's, and deleting one remove it).
+        let uuid = Uuid::new_v4();
+        let mut revert = Reverter::new();
+        let nvram = match &source.spec.nvram {
+            Some(n) => match self.new_nvram(target, uuid, Path::new(n), &mut revert) {
+                Ok(copy) => Some(copy),
+                Err(e) => {
+                    for v in &made {
+                        let _ = std::fs::remove_file(&v.path);
+                    }
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let kinds: Vec<_> = source.spec.nics.iter().map(|n| n.kind).collect();
         let spec = VmSpec {
             name: target.to_string(),
-            uuid: Uuid::new_v4(),
+            uuid,
+            nvram,
             disks,
             nics: self.new_nics(&kinds)?,
             ..source.spec.clone()
@@ -134,6 +152,7 @@ impl Manager {
             }
             return Err(e);
         }
+        revert.commit();
         self.events.emit(
             Some(target),
             "created",
@@ -208,6 +227,7 @@ impl Manager {
             used_by: Vec::new(),
             allocation_bytes: None,
             base_image: None,
+            base_snapshot: None,
         };
         let disk = Disk {
             volume: Some(name),

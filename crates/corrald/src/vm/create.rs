@@ -84,6 +84,8 @@ impl Manager {
     /// Deletes a VM and the volumes it owns; files it merely attached are never touched.
     pub async fn delete(&self, name: &str, force: bool) -> ApiResult<()> {
         let record = self.record(name)?;
+        // Before anything, even a forced power-off: linked clones read through its images.
+        self.refuse_if_linked(name, None)?;
         if force && record.status.state.has_process() {
             self.power_off(name, "powered off to be deleted").await?;
         }
@@ -101,7 +103,9 @@ impl Manager {
             .collect();
         // The record goes first: a volume left behind by a failure below is an orphan
         // file, never a VM pointing at missing data.
-        self.store.delete_vm(name)?;
+        self.store
+            .delete_vm(name)
+            .map_err(|e| self.linked_refusal(name, None, e))?;
         for disk in record.spec.disks.iter().filter(|d| d.owned) {
             self.delete_owned_disk(name, disk).await;
             // An owned disk's snapshot images go with it; a volume the VM did not own
@@ -119,8 +123,8 @@ impl Manager {
         Ok(())
     }
 
-    /// The VM's own NVRAM: a copy of OVMF's variables template.
-    fn new_nvram(
+    /// The VM's own NVRAM: a copy of `template` (OVMF's, or the VM it is cloned from).
+    pub(super) fn new_nvram(
         &self,
         name: &str,
         uuid: Uuid,

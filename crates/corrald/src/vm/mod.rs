@@ -4,6 +4,7 @@
 mod clone;
 mod create;
 mod lifecycle;
+mod linked_clone;
 mod monitor;
 
 use std::collections::{HashMap, HashSet};
