@@ -203,6 +203,15 @@ pub async fn rebase(path: &Path, backing: Option<(&Path, DiskFormat)>) -> Result
     .await
 }
 
+/// Writes the data of qcow2 image `path` into its backing file (`qemu-img commit`),
+/// leaving `path` as it was (`-d`). What `path` reads does not change.
+pub async fn commit(path: &Path) -> Result<(), StorageError> {
+    run_qemu_img("commit", path, |c| {
+        c.args(["commit", "-q", "-d", "-f", "qcow2"]).arg(path);
+    })
+    .await
+}
+
 /// `qemu-img check`: consistency of a qcow2 image's metadata.
 pub async fn check(path: &Path) -> Result<(), StorageError> {
     run_qemu_img("check", path, |c| {
@@ -300,6 +309,41 @@ pub fn qcow2_virtual_size(path: &Path) -> Result<u64, StorageError> {
     let mut size = [0u8; 8];
     size.copy_from_slice(&header[24..32]);
     Ok(u64::from_be_bytes(size))
+}
+
+/// The backing file a qcow2 image's header names (relative names resolved against the
+/// image's directory), read directly: the snapshot engine asks this for every image it
+/// may rebase, and a `qemu-img` process per question is what made merges slow.
+pub fn qcow2_backing(path: &Path) -> Result<Option<PathBuf>, StorageError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |source| StorageError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut header = [0u8; 20];
+    file.read_exact(&mut header).map_err(io)?;
+    if header[..4] != *b"QFI\xfb" {
+        return Err(StorageError::QemuImg {
+            action: "read header",
+            path: path.to_path_buf(),
+            message: "not a qcow2 image".into(),
+        });
+    }
+    // Big-endian: backing file name offset at 8 (u64), its length at 16 (u32).
+    let offset = u64::from_be_bytes(header[8..16].try_into().unwrap_or_default());
+    let len = u32::from_be_bytes(header[16..20].try_into().unwrap_or_default());
+    if offset == 0 || len == 0 {
+        return Ok(None);
+    }
+    let mut name = vec![0u8; len.min(4096) as usize];
+    file.seek(SeekFrom::Start(offset)).map_err(io)?;
+    file.read_exact(&mut name).map_err(io)?;
+    let name = PathBuf::from(String::from_utf8_lossy(&name).into_owned());
+    Ok(Some(match path.parent() {
+        Some(dir) if name.is_relative() => dir.join(name),
+        _ => name,
+    }))
 }
 
 async fn run_qemu_img(

@@ -56,6 +56,10 @@ pub enum SnapshotError {
     /// merges) left in a state that reads the same.
     #[error("running VM")]
     Live(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The caller could not record an intermediate state ([`Journal`]); nothing was
+    /// changed after it.
+    #[error("recording the snapshot tree")]
+    Record(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The caller asked to stop. A merge cut short leaves every image reading the same.
     #[error("cancelled")]
     Cancelled,
@@ -106,7 +110,11 @@ async fn overlays_on(
             path = overlay_path(d);
         }
         // Made without opening the backing image, which a running VM holds locked.
-        let made_one = match qemu_img::virtual_size(&backing).await {
+        let size = match fmt {
+            DiskFormat::Qcow2 => qemu_img::qcow2_virtual_size(&backing),
+            DiskFormat::Raw => qemu_img::virtual_size(&backing).await,
+        };
+        let made_one = match size {
             Ok(size) => qemu_img::create_overlay_sized(&path, &backing, fmt, size).await,
             Err(e) => Err(e),
         };
@@ -235,7 +243,7 @@ fn is_frozen(tree: &SnapshotTree, path: &Path) -> bool {
 /// valid backing files, since every merge kept what its image reads.
 pub async fn delete(
     tree: &mut SnapshotTree,
-    disks: &[ChainDisk],
+    disks: &mut [ChainDisk],
     name: &str,
     progress: &(dyn Fn(f32) + Send + Sync),
 ) -> Result<Vec<PathBuf>, SnapshotError> {
@@ -248,8 +256,13 @@ pub async fn delete(
             false
         }
     }
-    delete_on(tree, disks, name, None, &Report(progress)).await
+    delete_on(tree, disks, name, None, &Report(progress), &|_, _| Ok(())).await
 }
+
+/// Records an intermediate state of a delete (the tree and disks as they then are) before
+/// the engine goes on; see [`delete_on`].
+pub type Journal<'a> =
+    &'a (dyn Fn(&SnapshotTree, &[ChainDisk]) -> Result<(), SnapshotError> + Send + Sync);
 
 /// [`delete`] for a stopped VM (`live` is `None`) or a running one, cancellable.
 ///
@@ -259,12 +272,20 @@ pub async fn delete(
 /// (children's images, a stopped VM's top) is rebased onto `B` with `qemu-img` in safe
 /// mode. Both keep what each image reads, so stopping in the middle (cancel, crash)
 /// leaves a consistent tree, and repeating the delete finishes it.
+///
+/// One shortcut, for a stopped VM that sits on `S` with nothing else reading `S`
+/// (deleting the only snapshot after trying something): when the VM's top image holds
+/// less data than `S`, the top is committed into `S` instead and `S`'s file becomes the
+/// top, which copies the small image rather than the large one. The tree without `S` is
+/// first recorded through `journal`, because the commit changes `S`'s content: from then
+/// on only the top reads `S`, and it reads the same before, during and after.
 pub async fn delete_on(
     tree: &mut SnapshotTree,
-    disks: &[ChainDisk],
+    disks: &mut [ChainDisk],
     name: &str,
     live: Option<&dyn LiveChain>,
     work: &dyn Progress,
+    journal: Journal<'_>,
 ) -> Result<Vec<PathBuf>, SnapshotError> {
     let snap = tree
         .snapshots
@@ -272,6 +293,9 @@ pub async fn delete_on(
         .find(|s| s.name == name)
         .ok_or_else(|| SnapshotError::NotFound(name.to_string()))?
         .clone();
+    if live.is_none() && commit_is_cheaper(tree, disks, &snap).await? {
+        return commit_top_into(tree, disks, &snap, work, journal).await;
+    }
     let steps = snap.disks.len().max(1);
     let mut garbage = Vec::new();
     for (i, frozen) in snap.disks.iter().enumerate() {
@@ -316,6 +340,73 @@ pub async fn delete_on(
     Ok(garbage)
 }
 
+/// Whether `snap` is the shortcut's case (see [`delete_on`]): no child snapshots, the
+/// VM on it, each of its disks' tops based directly on it and smaller than its image.
+async fn commit_is_cheaper(
+    tree: &SnapshotTree,
+    disks: &[ChainDisk],
+    snap: &Snapshot,
+) -> Result<bool, SnapshotError> {
+    let has_children = tree
+        .snapshots
+        .iter()
+        .any(|s| s.parent.as_deref() == Some(snap.name.as_str()));
+    if has_children || tree.current.as_deref() != Some(snap.name.as_str()) {
+        return Ok(false);
+    }
+    for frozen in &snap.disks {
+        let file = Path::new(&frozen.file);
+        let Some(top) = disks.iter().find(|d| d.id == frozen.disk) else {
+            return Ok(false);
+        };
+        if top.format != DiskFormat::Qcow2 || !reads_directly(&top.active, file).await? {
+            return Ok(false);
+        }
+        if allocated(&top.active) >= allocated(file) {
+            return Ok(false);
+        }
+    }
+    Ok(!snap.disks.is_empty())
+}
+
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(u64::MAX)
+}
+
+/// The shortcut: record the tree without `snap`, then commit each disk's top into the
+/// snapshot's image, which becomes the top. Returns the old tops, garbage once the
+/// caller has saved the disks. Not cancellable: once recorded, the snapshot is gone, and
+/// the commit is the small copy.
+async fn commit_top_into(
+    tree: &mut SnapshotTree,
+    disks: &mut [ChainDisk],
+    snap: &Snapshot,
+    work: &dyn Progress,
+    journal: Journal<'_>,
+) -> Result<Vec<PathBuf>, SnapshotError> {
+    let mut without = tree.clone();
+    tree_without(&mut without, snap);
+    journal(&without, disks)?;
+    *tree = without;
+    let mut garbage = Vec::new();
+    for (i, frozen) in snap.disks.iter().enumerate() {
+        let Some(top) = disks.iter_mut().find(|d| d.id == frozen.disk) else {
+            continue;
+        };
+        qemu_img::commit(&top.active).await?;
+        garbage.push(std::mem::replace(
+            &mut top.active,
+            PathBuf::from(&frozen.file),
+        ));
+        top.format = frozen.format;
+        work.report((i + 1) as f32 / snap.disks.len() as f32 * 100.0);
+    }
+    Ok(garbage)
+}
+
 /// The images of disk `disk` in the snapshots whose parent is `parent`.
 fn children_images(tree: &SnapshotTree, parent: &str, disk: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -333,9 +424,7 @@ fn children_images(tree: &SnapshotTree, parent: &str, disk: &str) -> Vec<PathBuf
 
 /// Whether `image`'s backing file is `base`.
 async fn reads_directly(image: &Path, base: &Path) -> Result<bool, StorageError> {
-    Ok(qemu_img::backing_of(image)
-        .await?
-        .is_some_and(|(b, _)| b == base))
+    Ok(qemu_img::qcow2_backing(image)?.is_some_and(|b| b == base))
 }
 
 /// Removes `snap` from the tree: its children move up to its parent, and so does the

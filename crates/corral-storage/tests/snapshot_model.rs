@@ -163,7 +163,7 @@ async fn run_sequence(seed: u64) {
             7 | 8 if !names.is_empty() => {
                 let name = &names[rng.below(names.len())];
                 let garbage =
-                    snapshot::delete(&mut tree, std::slice::from_ref(&disk), name, &|_| {})
+                    snapshot::delete(&mut tree, std::slice::from_mut(&mut disk), name, &|_| {})
                         .await
                         .unwrap();
                 snapshot::remove_garbage(&garbage);
@@ -253,7 +253,7 @@ async fn deleting_the_current_node_and_the_root_keeps_everything() {
     assert_eq!(tree.current.as_deref(), Some("c"));
     // Delete the root (a): its data moves into both branches; its file (the original
     // volume file) goes only after.
-    let g = snapshot::delete(&mut tree, std::slice::from_ref(&disk), "a", &|_| {})
+    let g = snapshot::delete(&mut tree, std::slice::from_mut(&mut disk), "a", &|_| {})
         .await
         .unwrap();
     assert!(
@@ -269,7 +269,7 @@ async fn deleting_the_current_node_and_the_root_keeps_everything() {
     );
     assert_eq!(b.parent, None);
     // Delete the node the VM runs on (c): the current state keeps its data.
-    let g = snapshot::delete(&mut tree, std::slice::from_ref(&disk), "c", &|_| {})
+    let g = snapshot::delete(&mut tree, std::slice::from_mut(&mut disk), "c", &|_| {})
         .await
         .unwrap();
     snapshot::remove_garbage(&g);
@@ -278,7 +278,7 @@ async fn deleting_the_current_node_and_the_root_keeps_everything() {
         read_image(&disk.active, scratch.path()),
         [1, 0, 0, 4, 0, 0, 0, 0]
     );
-    let err = snapshot::delete(&mut tree, std::slice::from_ref(&disk), "nope", &|_| {})
+    let err = snapshot::delete(&mut tree, std::slice::from_mut(&mut disk), "nope", &|_| {})
         .await
         .unwrap_err();
     assert!(err.to_string().contains("nope"));

@@ -190,7 +190,14 @@ fn linked_clone_of_a_running_vm() {
     let d = Daemon::start();
     d.define(
         "src",
-        &["--memory", "256M", "--disk", "size=64M", "--network", "none"],
+        &[
+            "--memory",
+            "256M",
+            "--disk",
+            "size=64M",
+            "--network",
+            "none",
+        ],
     );
     d.start_and_wait("src");
     guest_writes(&d, "src", "abc");
@@ -241,7 +248,10 @@ fn daemon_killed_mid_live_merge() {
         .unwrap()
         .iter()
         .any(|s| s["name"] == "root");
-    println!("after the kill: operation {}, snapshot kept: {still_there}", op["state"]);
+    println!(
+        "after the kill: operation {}, snapshot kept: {still_there}",
+        op["state"]
+    );
     if still_there {
         op_succeeds(&d, &["snapshot", "delete", "merge", "root"]);
     }

@@ -259,7 +259,7 @@ impl Manager {
         let record = self.record(vm)?;
         let running = self.snapshot_target(vm, &record, "delete a snapshot of")?;
         let mut tree = self.store.snapshot_tree(vm)?;
-        let disks = chain_disks(&record)?;
+        let mut disks = chain_disks(&record)?;
         let leftovers: Vec<PathBuf> = tree
             .snapshots
             .iter()
@@ -274,9 +274,14 @@ impl Manager {
         let chain = running.as_ref().map(|r| QemuChain { qmp: &r.qmp });
         let live = chain.as_ref().map(|c| c as &dyn LiveChain);
         let progress = Scaled::new(work, 0.0, 95.0);
-        let mut garbage = snapshot::delete_on(&mut tree, &disks, name, live, &progress)
-            .await
-            .map_err(snapshot_error)?;
+        let journal = |tree: &SnapshotTree, disks: &[ChainDisk]| {
+            self.save_chains(record.clone(), tree, disks)
+                .map_err(|e| snapshot::SnapshotError::Record(Box::new(e)))
+        };
+        let mut garbage =
+            snapshot::delete_on(&mut tree, &mut disks, name, live, &progress, &journal)
+                .await
+                .map_err(snapshot_error)?;
         garbage.extend(leftovers);
         self.save_chains(record, &tree, &disks)?;
         self.drop_garbage(&garbage);
@@ -436,6 +441,9 @@ fn snapshot_error(e: snapshot::SnapshotError) -> ApiError {
             message: e.to_string(),
             hint: Some("nothing was removed; report this, it is a bug".into()),
         },
+        snapshot::SnapshotError::Record(e) => {
+            ApiError::Internal(format!("recording the snapshot tree: {e}"))
+        }
         snapshot::SnapshotError::Live(e) => ApiError::Internal(format!(
             "the running VM refused: {}",
             crate::error::chain(e.as_ref())
