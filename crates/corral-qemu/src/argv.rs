@@ -4,6 +4,7 @@
 //! and the golden tests (`tests/golden/`) pin it, so any change to what Corral asks of QEMU
 //! shows up in review.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use corral_api::{Accel, Disk, Firmware, Machine, NetworkKind, VmSpec};
@@ -60,6 +61,30 @@ pub struct LaunchConfig<'a> {
     pub accel: Accel,
     pub paths: &'a VmPaths,
     pub confinement: Confinement,
+    /// Ids of the disks whose path is a block device (an LV, a partition), found by
+    /// [`block_device_disks`] at launch: QEMU opens those with `host_device`.
+    pub block_devices: &'a BTreeSet<String>,
+}
+
+/// The disks of `spec` whose path is a block device now. Not pure: it looks at the
+/// host, which is why it is asked once at launch and handed to [`build_argv`].
+pub fn block_device_disks(spec: &VmSpec) -> BTreeSet<String> {
+    use std::os::unix::fs::FileTypeExt;
+    spec.disks
+        .iter()
+        .filter(|d| std::fs::metadata(&d.path).is_ok_and(|m| m.file_type().is_block_device()))
+        .map(|d| d.id.clone())
+        .collect()
+}
+
+/// QEMU's protocol driver for an image: `file` refuses block devices ("'file' driver
+/// requires '/dev/…' to be a regular file"), `host_device` refuses regular files.
+pub fn protocol_driver(block_device: bool) -> &'static str {
+    if block_device {
+        "host_device"
+    } else {
+        "file"
+    }
 }
 
 /// Builds QEMU's arguments (without the binary itself).
@@ -102,7 +127,7 @@ pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
     );
     serial_args(&mut a, cfg.paths);
     for (i, disk) in spec.disks.iter().enumerate() {
-        disk_args(&mut a, i + 1, disk);
+        disk_args(&mut a, i + 1, disk, cfg.block_devices.contains(&disk.id));
     }
     if let Some(iso) = &spec.cdrom {
         cdrom_args(&mut a, iso, spec.disks.len() + 1);
@@ -155,7 +180,7 @@ fn serial_args(a: &mut Args, paths: &VmPaths) {
     a.push2("-serial", "chardev:serial0");
 }
 
-fn disk_args(a: &mut Args, bootindex: usize, disk: &Disk) {
+fn disk_args(a: &mut Args, bootindex: usize, disk: &Disk, block_device: bool) {
     let node = &disk.id;
     // JSON form: file names may hold commas, which the key=value syntax would split.
     let blockdev = json!({
@@ -164,7 +189,7 @@ fn disk_args(a: &mut Args, bootindex: usize, disk: &Disk) {
         "read-only": disk.read_only,
         "discard": "unmap",
         "file": {
-            "driver": "file",
+            "driver": protocol_driver(block_device),
             "filename": disk.path,
             "read-only": disk.read_only,
         },

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use corral_api::{
@@ -35,13 +36,26 @@ const UNCONFINED: Confinement = Confinement {
 };
 
 fn check(case: &str, spec: &VmSpec, accel: Accel, confinement: Confinement) {
+    check_with_devices(case, spec, accel, confinement, &[]);
+}
+
+/// `block_devices`: the disks that are block devices on the host.
+fn check_with_devices(
+    case: &str,
+    spec: &VmSpec,
+    accel: Accel,
+    confinement: Confinement,
+    block_devices: &[&str],
+) {
     let paths = VmPaths::new("/var/lib/corral/run/6f1c2a3e-2d4b-4c1e-9a7f-0123456789ab");
+    let block_devices: BTreeSet<String> = block_devices.iter().map(|s| s.to_string()).collect();
     let argv = build_argv(&LaunchConfig {
         spec,
         ovmf_code: std::path::Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd"),
         accel,
         paths: &paths,
         confinement,
+        block_devices: &block_devices,
     });
     let actual = argv.join("\n") + "\n";
     let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{case}.args"));
@@ -144,4 +158,38 @@ fn uefi_on_q35() {
         cmdline: None,
     });
     check("uefi_q35", &spec, Accel::Tcg, UNCONFINED);
+}
+
+/// A thin LV of an lvm-thin pool next to an image file: the LV is opened with
+/// `host_device` (QEMU's `file` driver refuses block devices), the file with `file`.
+#[test]
+fn block_device_disk() {
+    let mut spec = base_spec();
+    spec.disks = vec![
+        Disk {
+            id: "disk0".into(),
+            volume: Some("data".into()),
+            path: "/dev/vg0/data".into(),
+            format: DiskFormat::Raw,
+            size_bytes: 8 << 30,
+            owned: false,
+            read_only: false,
+        },
+        Disk {
+            id: "disk1".into(),
+            volume: Some("web-01-disk1".into()),
+            path: "/var/lib/corral/pools/default/web-01-disk1.qcow2".into(),
+            format: DiskFormat::Qcow2,
+            size_bytes: 2 << 30,
+            owned: true,
+            read_only: false,
+        },
+    ];
+    check_with_devices(
+        "block_device_disk",
+        &spec,
+        Accel::Tcg,
+        UNCONFINED,
+        &["disk0"],
+    );
 }

@@ -39,12 +39,14 @@ impl Manager {
             ));
         }
         let ovmf_code = ovmf.map(|(code, _)| code).unwrap_or_default();
+        let block_devices = corral_qemu::argv::block_device_disks(&spec);
         let argv = build_argv(&LaunchConfig {
             spec: &spec,
             ovmf_code: &ovmf_code,
             accel: self.host.accel.accel,
             paths: &paths,
             confinement: self.host.confinement,
+            block_devices: &block_devices,
         });
         let opts = QmpOptions {
             log_path: Some(paths.qmp_log()),
