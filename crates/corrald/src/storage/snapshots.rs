@@ -29,6 +29,7 @@ impl Manager {
         corral_api::validate_name("name", &req.name)?;
         let _lock = self.lock(vm).await;
         let record = self.stopped_record(vm, "snapshot")?;
+        self.require_snapshot_pools(&record)?;
         let mut tree = self.store.snapshot_tree(vm)?;
         if tree.snapshots.iter().any(|s| s.name == req.name) {
             return Err(ApiError::Conflict {
