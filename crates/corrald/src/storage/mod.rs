@@ -114,8 +114,8 @@ impl Manager {
                 e @ corral_storage::StorageError::NotEmpty { .. } => ApiError::Conflict {
                     message: crate::error::chain(&e),
                     hint: Some(format!(
-                        "no volume accounts for it (`corral pool show {name}` lists such \
-                         orphans); move it away or remove it first"
+                        "it is an image (`corral image list`) or an orphan no volume \
+                         accounts for (`corral pool show {name}`); delete or move it first"
                     )),
                 },
                 other => other.into(),
@@ -309,7 +309,7 @@ fn pool_create_error(e: corral_storage::StorageError) -> ApiError {
         } => corral_api::ValidationError::new(field, message)
             .hint(hint)
             .into(),
-        S::Lvm(e) => ApiError::Storage(S::Lvm(e)),
+        e @ S::Lvm(_) => e.into(),
         other => corral_api::ValidationError::new("path", crate::error::chain(&other))
             .hint("give an existing, writable directory (or one whose parent exists)")
             .into(),
