@@ -169,7 +169,7 @@ fn refused_without_device_mapper(d: &Daemon) {
     assert_eq!(body["field"], "driver");
     assert!(body["error"].as_str().unwrap().contains(NO_DM), "{body}");
 
-    // Nothing was made: no pool record, no event, no volume group.
+    // Nothing was made: no pool record, no event.
     let pools = d.json(&["pool", "list"]);
     let names: Vec<&str> = pools
         .as_array()
