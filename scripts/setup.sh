@@ -27,6 +27,20 @@ have flock || need+=(util-linux)
 have ps || need+=(procps)
 have tar || need+=(tar)
 have gzip || need+=(gzip)
+# lvm-thin pools (and their test) need the kernel's device-mapper; without it the LVM
+# tools are useless (nothing can be activated) and worse than useless: libdevmapper
+# leaves a dead /dev/mapper/control node behind. The kernel's misc-device list is the
+# proof (opening the control node first loads dm_mod where it is a module), not the
+# node, which may be such a leftover.
+dm_present() {
+    (exec 3<>/dev/mapper/control) 2>/dev/null || true
+    grep -qw device-mapper /proc/misc 2>/dev/null
+}
+if dm_present; then
+    { have lvm || [[ -x /usr/sbin/lvm ]]; } || need+=(lvm2 thin-provisioning-tools)
+else
+    log "no device-mapper in this kernel: lvm-thin pools are unavailable, lvm2 not installed"
+fi
 if ((${#need[@]})); then
     log "installing ${need[*]}"
     apt-get update -qq

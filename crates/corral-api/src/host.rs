@@ -57,4 +57,18 @@ pub struct HostInfo {
     pub confinement: String,
     pub vms_total: u32,
     pub vms_running: u32,
+    /// Every pool driver this build has, and whether this host can use it.
+    #[serde(default)]
+    pub storage_drivers: Vec<StorageDriverInfo>,
+}
+
+/// A pool driver and whether it works on this host (checked when asked, not cached).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StorageDriverInfo {
+    /// `dir`, `lvm-thin`.
+    pub name: String,
+    pub available: bool,
+    /// Why not, when unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }

@@ -14,7 +14,7 @@ pub mod vm;
 
 pub use error::{ErrorBody, ValidationError};
 pub use event::Event;
-pub use host::{Accel, AccelInfo, HostInfo};
+pub use host::{Accel, AccelInfo, HostInfo, StorageDriverInfo};
 pub use operation::{Operation, OperationState};
 pub use size::{format_size, parse_size};
 pub use storage::*;

@@ -36,6 +36,17 @@ impl PoolSpec {
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_name("name", &self.name)?;
         match self.driver.as_str() {
+            "dir" if self.volume_group.is_some() || self.thin_pool.is_some() => {
+                let field = if self.volume_group.is_some() {
+                    "volume_group"
+                } else {
+                    "thin_pool"
+                };
+                Err(
+                    ValidationError::new(field, "a dir pool has no volume group or thin pool")
+                        .hint("use --driver lvm-thin for LVM, or drop the LVM flags"),
+                )
+            }
             "dir" => match &self.path {
                 Some(p) if p.starts_with('/') && !p.split('/').any(|c| c == "..") => Ok(()),
                 Some(p) => Err(ValidationError::new(
@@ -47,12 +58,27 @@ impl PoolSpec {
                     .hint("add --path /srv/pool")),
             },
             "lvm-thin" => {
-                if self.volume_group.as_deref().unwrap_or("").is_empty() {
+                let Some(vg) = self.volume_group.as_deref() else {
                     return Err(ValidationError::new(
                         "volume_group",
                         "an lvm-thin pool needs a volume group",
                     )
-                    .hint("add --volume-group VG"));
+                    .hint("add --volume-group VG (`vgs` lists them)"));
+                };
+                validate_lvm_name("volume_group", vg)?;
+                let Some(pool) = self.thin_pool.as_deref() else {
+                    return Err(ValidationError::new(
+                        "thin_pool",
+                        "an lvm-thin pool needs the thin pool LV to put volumes in",
+                    )
+                    .hint("add --thin-pool LV; make one with `lvcreate --type thin-pool -L 100G -n pool0 VG`"));
+                };
+                validate_lvm_name("thin_pool", pool)?;
+                if self.path.is_some() {
+                    return Err(
+                        ValidationError::new("path", "an lvm-thin pool has no directory")
+                            .hint("drop --path; volumes live in the volume group"),
+                    );
                 }
                 if self.shared {
                     return Err(ValidationError::new(
@@ -71,6 +97,26 @@ impl PoolSpec {
     }
 }
 
+/// Volume group and LV names as LVM allows them (`man lvm`, VALID NAMES): letters,
+/// digits and `+_.-`, not starting with `-` (it would read as an option) and not `.` or
+/// `..` (they would be paths).
+fn validate_lvm_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "+_.-".contains(c);
+    let ok = !name.is_empty()
+        && name.len() <= 127
+        && !name.starts_with('-')
+        && name != "."
+        && name != ".."
+        && name.chars().all(allowed);
+    if ok {
+        return Ok(());
+    }
+    Err(
+        ValidationError::new(field, format!("'{name}' is not a valid LVM name"))
+            .hint("use letters, digits and + _ . - (not starting with -), as `vgs`/`lvs` show it"),
+    )
+}
+
 /// What a pool's driver can do, so callers ask "can you" instead of matching on names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PoolCapabilities {
@@ -84,6 +130,11 @@ pub struct PoolCapabilities {
     pub online_grow: bool,
     /// qcow2 overlays (linked clones, external snapshots) can be made on it.
     pub overlays: bool,
+    /// Volumes are block devices the driver makes (thin LVs), not files: QEMU opens them
+    /// as host devices, a running VM's disk grows by growing the device first, and
+    /// Corral cannot write new image files (imports, clones, images) into the pool.
+    #[serde(default)]
+    pub block_devices: bool,
 }
 
 /// `GET /api/v1/pools/{name}`.
@@ -340,4 +391,72 @@ pub struct OvaSpec {
     pub name: Option<String>,
     pub vcpus: Option<u32>,
     pub memory_mib: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lvm(vg: Option<&str>, pool: Option<&str>) -> PoolSpec {
+        PoolSpec {
+            name: "thin".into(),
+            driver: "lvm-thin".into(),
+            path: None,
+            volume_group: vg.map(str::to_string),
+            thin_pool: pool.map(str::to_string),
+            shared: false,
+        }
+    }
+
+    fn field(spec: &PoolSpec) -> String {
+        spec.validate()
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.field)
+    }
+
+    #[test]
+    fn lvm_thin_pool_needs_a_volume_group_and_a_thin_pool() {
+        assert!(lvm(Some("vg0"), Some("pool0")).validate().is_ok());
+        assert!(lvm(Some("vg_data.1+x"), Some("thin-pool"))
+            .validate()
+            .is_ok());
+        assert_eq!(field(&lvm(None, Some("pool0"))), "volume_group");
+        assert_eq!(field(&lvm(Some("vg0"), None)), "thin_pool");
+    }
+
+    #[test]
+    fn lvm_names_that_would_be_options_or_paths_are_refused() {
+        for bad in ["", "-y", "--force", ".", "..", "a/b", "vg 0", "vg\n", "é"] {
+            assert_eq!(field(&lvm(Some(bad), Some("p"))), "volume_group", "{bad:?}");
+            assert_eq!(field(&lvm(Some("vg"), Some(bad))), "thin_pool", "{bad:?}");
+        }
+        assert_eq!(
+            field(&lvm(Some(&"v".repeat(128)), Some("p"))),
+            "volume_group"
+        );
+    }
+
+    #[test]
+    fn flags_of_the_other_driver_are_refused_not_ignored() {
+        let mut spec = lvm(Some("vg0"), Some("pool0"));
+        spec.path = Some("/srv".into());
+        assert_eq!(field(&spec), "path");
+        spec.path = None;
+        spec.shared = true;
+        assert_eq!(field(&spec), "shared");
+        let dir = PoolSpec {
+            driver: "dir".into(),
+            path: Some("/srv".into()),
+            thin_pool: Some("pool0".into()),
+            ..lvm(None, None)
+        };
+        assert_eq!(field(&dir), "thin_pool");
+    }
+
+    #[test]
+    fn capabilities_without_block_devices_still_parse() {
+        let old = r#"{"formats":["qcow2"],"thin":true,"shared":false,"online_grow":true,"overlays":true}"#;
+        let caps: PoolCapabilities = serde_json::from_str(old).unwrap();
+        assert!(!caps.block_devices);
+    }
 }

@@ -4,6 +4,7 @@
 //! and the golden tests (`tests/golden/`) pin it, so any change to what Corral asks of QEMU
 //! shows up in review.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use corral_api::{Accel, Disk, Firmware, Machine, NetworkKind, VmSpec};
@@ -66,6 +67,9 @@ pub struct LaunchConfig<'a> {
     /// Start waiting for a saved memory/device state (`-incoming defer`): the daemon then
     /// passes the state file and runs `migrate-incoming` (reverting to a memory snapshot).
     pub incoming: bool,
+    /// Ids of the disks whose path is a block device (an LV, a partition), found by
+    /// [`block_device_disks`] at launch: QEMU opens those with `host_device`.
+    pub block_devices: &'a BTreeSet<String>,
 }
 
 /// A disk's top image as descriptors QEMU inherits, gathered in fd set `set` (tagged
@@ -79,6 +83,27 @@ pub struct DiskFds {
     /// The read-write descriptor (none for a read-only disk).
     pub rw: Option<i32>,
     pub ro: i32,
+}
+
+/// The disks of `spec` whose path is a block device now. Not pure: it looks at the
+/// host, which is why it is asked once at launch and handed to [`build_argv`].
+pub fn block_device_disks(spec: &VmSpec) -> BTreeSet<String> {
+    use std::os::unix::fs::FileTypeExt;
+    spec.disks
+        .iter()
+        .filter(|d| std::fs::metadata(&d.path).is_ok_and(|m| m.file_type().is_block_device()))
+        .map(|d| d.id.clone())
+        .collect()
+}
+
+/// QEMU's protocol driver for an image: `file` refuses block devices ("'file' driver
+/// requires '/dev/…' to be a regular file"), `host_device` refuses regular files.
+pub fn protocol_driver(block_device: bool) -> &'static str {
+    if block_device {
+        "host_device"
+    } else {
+        "file"
+    }
 }
 
 /// Builds QEMU's arguments (without the binary itself).
@@ -125,7 +150,8 @@ pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
     serial_args(&mut a, cfg.paths);
     for (i, disk) in spec.disks.iter().enumerate() {
         let fds = cfg.disk_fds.iter().find(|f| f.disk == disk.id);
-        disk_args(&mut a, i + 1, disk, fds);
+        let block_device = cfg.block_devices.contains(&disk.id);
+        disk_args(&mut a, i + 1, disk, fds, block_device);
     }
     if let Some(iso) = &spec.cdrom {
         cdrom_args(&mut a, iso, spec.disks.len() + 1);
@@ -178,7 +204,13 @@ fn serial_args(a: &mut Args, paths: &VmPaths) {
     a.push2("-serial", "chardev:serial0");
 }
 
-fn disk_args(a: &mut Args, bootindex: usize, disk: &Disk, fds: Option<&DiskFds>) {
+fn disk_args(
+    a: &mut Args,
+    bootindex: usize,
+    disk: &Disk,
+    fds: Option<&DiskFds>,
+    block_device: bool,
+) {
     let node = &disk.id;
     let filename = match fds {
         Some(f) => {
@@ -196,7 +228,7 @@ fn disk_args(a: &mut Args, bootindex: usize, disk: &Disk, fds: Option<&DiskFds>)
         "read-only": disk.read_only,
         "discard": "unmap",
         "file": {
-            "driver": "file",
+            "driver": protocol_driver(block_device),
             "filename": filename,
             "read-only": disk.read_only,
         },

@@ -283,6 +283,7 @@ impl BlockNode {
 async fn attach(qmp: &Qmp, spec: &HotDisk) -> Result<(), HotplugError> {
     let node = spec.node.as_str();
     let image = open_image(spec).await?;
+    let block_device = is_block_device(&image);
     sweep_stale_fdsets(qmp, node).await;
     let added = qmp
         .add_fd(std::os::fd::AsFd::as_fd(&image), None, node)
@@ -310,7 +311,7 @@ async fn attach(qmp: &Qmp, spec: &HotDisk) -> Result<(), HotplugError> {
         }
     }
 
-    let blockdev = blockdev_args(spec, added.fdset_id);
+    let blockdev = blockdev_args(spec, added.fdset_id, block_device);
     if let Err(e) = qmp.execute_raw("blockdev-add", Some(blockdev)).await {
         undo_fdset(qmp, node, added.fdset_id).await;
         return Err(qmp_err("blockdev-add", node)(e));
@@ -491,16 +492,25 @@ async fn open_image(spec: &HotDisk) -> Result<std::fs::File, HotplugError> {
     }
 }
 
-/// `blockdev-add` arguments: the format node over a `file` node reading the fd
-/// set. Same shape as the cold-plugged disks' `-blockdev` (see `argv`).
-fn blockdev_args(spec: &HotDisk, fdset_id: u32) -> Value {
+/// Whether the opened image is a block device (an LV): it then needs `host_device`.
+fn is_block_device(image: &std::fs::File) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    image
+        .metadata()
+        .is_ok_and(|m| m.file_type().is_block_device())
+}
+
+/// `blockdev-add` arguments: the format node over a `file` (or, for a block
+/// device, `host_device`) node reading the fd set. Same shape as the
+/// cold-plugged disks' `-blockdev` (see `argv`).
+fn blockdev_args(spec: &HotDisk, fdset_id: u32, block_device: bool) -> Value {
     json!({
         "node-name": spec.node,
         "driver": spec.format.as_str(),
         "read-only": spec.read_only,
         "discard": "unmap",
         "file": {
-            "driver": "file",
+            "driver": crate::argv::protocol_driver(block_device),
             "filename": format!("/dev/fdset/{fdset_id}"),
             "read-only": spec.read_only,
         },

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use corral_api::{
@@ -35,11 +36,33 @@ const UNCONFINED: Confinement = Confinement {
 };
 
 fn check(case: &str, spec: &VmSpec, accel: Accel, confinement: Confinement) {
-    check_with(case, spec, accel, confinement, false)
+    check_full(case, spec, accel, confinement, false, &[])
 }
 
 fn check_with(case: &str, spec: &VmSpec, accel: Accel, confinement: Confinement, incoming: bool) {
-    // Disks whose id ends in "-fd" are passed by descriptor (numbers as a launch would).
+    check_full(case, spec, accel, confinement, incoming, &[])
+}
+
+/// `block_devices`: the disks that are block devices on the host.
+fn check_with_devices(
+    case: &str,
+    spec: &VmSpec,
+    accel: Accel,
+    confinement: Confinement,
+    block_devices: &[&str],
+) {
+    check_full(case, spec, accel, confinement, false, block_devices)
+}
+
+fn check_full(
+    case: &str,
+    spec: &VmSpec,
+    accel: Accel,
+    confinement: Confinement,
+    incoming: bool,
+    block_devices: &[&str],
+) {
+    // Disks whose id ends in "fd" are passed by descriptor (numbers as a launch would).
     let fds: Vec<DiskFds> = spec
         .disks
         .iter()
@@ -53,6 +76,7 @@ fn check_with(case: &str, spec: &VmSpec, accel: Accel, confinement: Confinement,
         })
         .collect();
     let paths = VmPaths::new("/var/lib/corral/run/6f1c2a3e-2d4b-4c1e-9a7f-0123456789ab");
+    let block_devices: BTreeSet<String> = block_devices.iter().map(|s| s.to_string()).collect();
     let argv = build_argv(&LaunchConfig {
         spec,
         ovmf_code: std::path::Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd"),
@@ -61,6 +85,7 @@ fn check_with(case: &str, spec: &VmSpec, accel: Accel, confinement: Confinement,
         confinement,
         incoming,
         disk_fds: &fds,
+        block_devices: &block_devices,
     });
     let actual = argv.join("\n") + "\n";
     let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{case}.args"));
@@ -197,4 +222,38 @@ fn disks_passed_by_descriptor() {
     };
     spec.disks = vec![disk("disk0fd", false), disk("disk1fd", true)];
     check("disk_fds", &spec, Accel::Tcg, UNCONFINED);
+}
+
+/// A thin LV of an lvm-thin pool next to an image file: the LV is opened with
+/// `host_device` (QEMU's `file` driver refuses block devices), the file with `file`.
+#[test]
+fn block_device_disk() {
+    let mut spec = base_spec();
+    spec.disks = vec![
+        Disk {
+            id: "disk0".into(),
+            volume: Some("data".into()),
+            path: "/dev/vg0/data".into(),
+            format: DiskFormat::Raw,
+            size_bytes: 8 << 30,
+            owned: false,
+            read_only: false,
+        },
+        Disk {
+            id: "disk1".into(),
+            volume: Some("web-01-disk1".into()),
+            path: "/var/lib/corral/pools/default/web-01-disk1.qcow2".into(),
+            format: DiskFormat::Qcow2,
+            size_bytes: 2 << 30,
+            owned: true,
+            read_only: false,
+        },
+    ];
+    check_with_devices(
+        "block_device_disk",
+        &spec,
+        Accel::Tcg,
+        UNCONFINED,
+        &["disk0"],
+    );
 }

@@ -32,6 +32,7 @@ impl PoolDriver for DirDriver {
             shared: spec.shared,
             online_grow: true,
             overlays: true,
+            block_devices: false,
         }
     }
 
@@ -64,8 +65,11 @@ impl PoolDriver for DirDriver {
 
     async fn delete_pool(&self, spec: &PoolSpec) -> Result<(), StorageError> {
         let dir = pool_dir(spec);
-        if !self.entries(spec)?.is_empty() {
-            return Err(StorageError::NotEmpty(dir));
+        if let Some(first) = self.entries(spec).await?.into_iter().next() {
+            return Err(StorageError::NotEmpty {
+                storage: format!("pool directory {}", dir.display()),
+                first,
+            });
         }
         // The directory itself may be the user's (or a mount point): leave it.
         Ok(())
@@ -117,11 +121,11 @@ impl PoolDriver for DirDriver {
         qemu_img::grow(path, format, size).await
     }
 
-    fn allocation(&self, path: &Path) -> Result<u64, StorageError> {
+    async fn allocation(&self, _spec: &PoolSpec, path: &Path) -> Result<u64, StorageError> {
         Ok(std::fs::metadata(path).map_err(io(path))?.blocks() * 512)
     }
 
-    fn entries(&self, spec: &PoolSpec) -> Result<Vec<PathBuf>, StorageError> {
+    async fn entries(&self, spec: &PoolSpec) -> Result<Vec<PathBuf>, StorageError> {
         let dir = pool_dir(spec);
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
@@ -165,7 +169,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(path, dir.path().join("pool/v1.qcow2"));
-        assert!(d.allocation(&path).unwrap() < 1 << 20, "thin");
+        assert!(d.allocation(&s, &path).await.unwrap() < 1 << 20, "thin");
         d.grow_volume(&s, &path, DiskFormat::Qcow2, 2 << 30)
             .await
             .unwrap();
@@ -177,10 +181,13 @@ mod tests {
             .create_volume(&s, "v2", DiskFormat::Raw, 1 << 20)
             .await
             .unwrap();
-        assert_eq!(d.entries(&s).unwrap(), vec![path.clone(), raw.clone()]);
+        assert_eq!(
+            d.entries(&s).await.unwrap(),
+            vec![path.clone(), raw.clone()]
+        );
         assert!(matches!(
             d.delete_pool(&s).await,
-            Err(StorageError::NotEmpty(_))
+            Err(StorageError::NotEmpty { .. })
         ));
         d.delete_volume(&s, &path).await.unwrap();
         d.delete_volume(&s, &raw).await.unwrap();

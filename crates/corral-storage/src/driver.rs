@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use corral_api::{DiskFormat, PoolCapabilities, PoolSpec};
 
+use crate::lvm::{LvmThinDriver, Unavailable};
 use crate::{DirDriver, StorageError};
 
 /// Space on a pool's storage.
@@ -20,6 +21,11 @@ pub struct Usage {
 #[async_trait]
 pub trait PoolDriver: Send + Sync {
     fn capabilities(&self, spec: &PoolSpec) -> PoolCapabilities;
+
+    /// Whether this host can use the driver at all (kernel features, tools).
+    fn availability(&self) -> Result<(), Unavailable> {
+        Ok(())
+    }
 
     /// Checks the pool's storage is usable and prepares it (nothing is made on failure).
     async fn create_pool(&self, spec: &PoolSpec) -> Result<(), StorageError>;
@@ -43,7 +49,9 @@ pub trait PoolDriver: Send + Sync {
 
     async fn delete_volume(&self, spec: &PoolSpec, path: &Path) -> Result<(), StorageError>;
 
-    /// Grows a volume no running VM has open.
+    /// Grows a volume. On pools whose volumes are files, only while no running VM has
+    /// it open (QEMU grows open files itself); on `block_devices` pools also under a
+    /// running VM, before QEMU is told (it cannot grow a device).
     async fn grow_volume(
         &self,
         spec: &PoolSpec,
@@ -53,24 +61,27 @@ pub trait PoolDriver: Send + Sync {
     ) -> Result<(), StorageError>;
 
     /// Bytes the volume takes on the storage now.
-    fn allocation(&self, path: &Path) -> Result<u64, StorageError>;
+    async fn allocation(&self, spec: &PoolSpec, path: &Path) -> Result<u64, StorageError>;
 
     /// Every volume-like entry in the pool, to find files no volume accounts for.
-    fn entries(&self, spec: &PoolSpec) -> Result<Vec<PathBuf>, StorageError>;
+    async fn entries(&self, spec: &PoolSpec) -> Result<Vec<PathBuf>, StorageError>;
 }
 
-/// The driver registered under `name`.
+/// Every driver's name, in the order `corral host info` lists them.
+pub const DRIVERS: [&str; 2] = ["dir", "lvm-thin"];
+
+/// The driver registered under `name`. A driver this host cannot use is still
+/// returned: it says why through [`PoolDriver::availability`] and its errors.
 pub fn driver(name: &str) -> Result<&'static dyn PoolDriver, StorageError> {
     static DIR: DirDriver = DirDriver;
+    static LVM_THIN: LvmThinDriver = LvmThinDriver;
     match name {
         "dir" => Ok(&DIR),
-        "lvm-thin" => Err(StorageError::DriverUnavailable {
-            driver: name.to_string(),
-            why: "not implemented yet in this build".to_string(),
-        }),
+        "lvm-thin" => Ok(&LVM_THIN),
         other => Err(StorageError::DriverUnavailable {
             driver: other.to_string(),
-            why: "no such driver (use dir)".to_string(),
+            why: "no such driver".to_string(),
+            hint: format!("use one of {}", DRIVERS.join(", ")),
         }),
     }
 }

@@ -4,11 +4,13 @@
 mod dir;
 mod driver;
 pub mod import;
+pub mod lvm;
 pub mod qemu_img;
 pub mod snapshot;
 
 pub use dir::DirDriver;
-pub use driver::{driver, PoolDriver, Usage};
+pub use driver::{driver, PoolDriver, Usage, DRIVERS};
+pub use lvm::{LvmError, LvmThinDriver, Unavailable};
 pub use qemu_img::{create_qcow2, inspect, remove_volume, ImageInfo};
 
 use std::path::PathBuf;
@@ -36,13 +38,27 @@ pub enum StorageError {
     HasBacking { path: PathBuf, backing: String },
     /// The pool's driver is not available here.
     #[error("pool driver '{driver}' is not available: {why}")]
-    DriverUnavailable { driver: String, why: String },
+    DriverUnavailable {
+        driver: String,
+        why: String,
+        hint: String,
+    },
+    /// A setting of the request cannot work with this pool's storage.
+    #[error("{message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+        hint: String,
+    },
+    /// An LVM tool failed or reported something unusable.
+    #[error(transparent)]
+    Lvm(#[from] LvmError),
     /// The pool's storage cannot be used.
     #[error("pool storage {path} cannot be used: {why}")]
     PoolUnusable { path: PathBuf, why: String },
-    /// The pool still holds files Corral did not make.
-    #[error("pool directory {0} is not empty")]
-    NotEmpty(PathBuf),
+    /// The pool's storage still holds volumes no Corral volume accounts for.
+    #[error("{storage} still holds {}", first.display())]
+    NotEmpty { storage: String, first: PathBuf },
     /// File system error.
     #[error("{path}")]
     Io {

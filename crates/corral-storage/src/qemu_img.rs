@@ -92,6 +92,20 @@ pub async fn inspect(path: &Path, expected: Option<DiskFormat>) -> Result<ImageI
 
 /// Removes a volume the VM owns. A missing file is not an error (the goal is reached).
 pub fn remove_volume(path: &Path) -> Result<(), StorageError> {
+    // Only image files: a block device node or a link to one (an LV's /dev/VG/NAME)
+    // is removed by its pool driver, never unlinked here.
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => {
+            return Err(StorageError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a regular file; only image files are removed this way",
+                ),
+            })
+        }
+        _ => {}
+    }
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -427,5 +441,18 @@ mod tests {
         // An overlay is as big as what it is backed by.
         assert_eq!(qcow2_virtual_size(&top).unwrap(), 1 << 20);
         assert!(qcow2_virtual_size(&dir.path().join("none")).is_err());
+    }
+
+    #[test]
+    fn links_and_devices_are_not_removed_as_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("lv");
+        std::fs::write(&target, b"data").unwrap();
+        // Like /dev/VG/NAME: a link to the LV's device node.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(remove_volume(&link).is_err());
+        assert!(link.exists() && target.exists());
+        assert!(remove_volume(Path::new("/dev/null")).is_err());
     }
 }

@@ -151,6 +151,30 @@ impl ApiError {
                     Some("the VM's disks are unchanged; check the guest and try again"),
                 ),
             ),
+            ApiError::Storage(StorageError::Invalid {
+                field,
+                message,
+                hint,
+            }) => (
+                StatusCode::BAD_REQUEST,
+                ErrorBody {
+                    error: message.clone(),
+                    field: Some(field.to_string()),
+                    hint: Some(hint.clone()),
+                },
+            ),
+            ApiError::Storage(StorageError::DriverUnavailable { why, hint, .. }) => {
+                (StatusCode::CONFLICT, body(why.clone(), Some(hint)))
+            }
+            // The host's storage refused (a full thin pool, an inactive one, an LV
+            // someone else made): a conflict with the host, told in LVM's own words.
+            ApiError::Storage(e @ StorageError::Lvm(_)) => (
+                StatusCode::CONFLICT,
+                body(
+                    chain(e),
+                    Some("`lvs` and `vgs` show the state of the volume group and thin pool"),
+                ),
+            ),
             ApiError::Storage(e @ StorageError::Exists(_)) => (
                 StatusCode::CONFLICT,
                 body(

@@ -112,12 +112,14 @@ fn node_names_follow_qemu_rules() {
 fn blockdev_and_device_arguments() {
     let s = spec(std::path::Path::new("/img/x.qcow2"), true);
     assert_eq!(
-        blockdev_args(&s, 4),
+        blockdev_args(&s, 4, false),
         json!({
             "node-name": "disk3", "driver": "qcow2", "read-only": true, "discard": "unmap",
             "file": {"driver": "file", "filename": "/dev/fdset/4", "read-only": true},
         })
     );
+    // A thin LV (or any block device) behind the fd set.
+    assert_eq!(blockdev_args(&s, 4, true)["file"]["driver"], "host_device");
     assert_eq!(
         device_args(&s),
         json!({"driver": "virtio-blk-pci", "drive": "disk3", "id": "disk3-dev"})

@@ -72,10 +72,16 @@ pub struct PoolCreateArgs {
     pub path: Option<PathBuf>,
 
     /// lvm-thin: the volume group.
-    #[arg(long, value_name = "VG", required_if_eq("driver", "lvm-thin"))]
+    #[arg(
+        long,
+        value_name = "VG",
+        required_if_eq("driver", "lvm-thin"),
+        requires = "thin_pool"
+    )]
     pub volume_group: Option<String>,
 
-    /// lvm-thin: the thin pool LV inside the volume group.
+    /// lvm-thin: the thin pool LV inside the volume group, made beforehand (e.g.
+    /// `lvcreate --type thin-pool -L 100G -n pool0 vg0`); volumes are thin LVs in it.
     #[arg(long, value_name = "LV", requires = "volume_group")]
     pub thin_pool: Option<String>,
 
@@ -162,6 +168,18 @@ mod tests {
             &["pool", "create", "p", "--driver", "lvm-thin"],
             "--volume-group",
         );
+        usage_error(
+            &[
+                "pool",
+                "create",
+                "p",
+                "--driver",
+                "lvm-thin",
+                "--volume-group",
+                "v",
+            ],
+            "--thin-pool",
+        );
         let argv = ["pool", "create", "p", "--path", "/a", "--volume-group", "v"];
         usage_error(&argv, "--volume-group");
         usage_error(
@@ -176,6 +194,8 @@ mod tests {
             "lvm-thin",
             "--volume-group",
             "v",
+            "--thin-pool",
+            "t",
             "--shared",
         ];
         usage_error(&argv, "--shared");
@@ -188,7 +208,16 @@ mod tests {
 
     #[test]
     fn pool_driver_is_inferred() {
-        match parse(&["pool", "create", "thin", "--volume-group", "vg0"]).unwrap() {
+        let argv = [
+            "pool",
+            "create",
+            "thin",
+            "--volume-group",
+            "vg0",
+            "--thin-pool",
+            "p0",
+        ];
+        match parse(&argv).unwrap() {
             Command::Pool(PoolCommand::Create(a)) => assert_eq!(a.driver(), PoolDriverArg::LvmThin),
             other => panic!("{other:?}"),
         }

@@ -26,6 +26,7 @@ fn host_details(host: &HostInfo) -> String {
         ("Accel reason", host.accel.reason.clone()),
         ("Accel chosen", accel_origin(host)),
         ("Confinement", host.confinement.clone()),
+        ("Pool drivers", pool_drivers(host)),
         (
             "VMs",
             format!("{} total, {} running", host.vms_total, host.vms_running),
@@ -33,6 +34,24 @@ fn host_details(host: &HostInfo) -> String {
         ("State dir", host.state_dir.clone()),
         ("corrald", host.corral_version.clone()),
     ])
+}
+
+/// `dir: available; lvm-thin: unavailable (why)`.
+fn pool_drivers(host: &HostInfo) -> String {
+    let each: Vec<String> = host
+        .storage_drivers
+        .iter()
+        .map(|d| match (&d.reason, d.available) {
+            (_, true) => format!("{}: available", d.name),
+            (Some(why), false) => format!("{}: unavailable ({why})", d.name),
+            (None, false) => format!("{}: unavailable", d.name),
+        })
+        .collect();
+    if each.is_empty() {
+        "-".to_string()
+    } else {
+        each.join("; ")
+    }
 }
 
 /// `forced (--accel)` or `probed at <time>`: whether to trust it as measured.
@@ -49,7 +68,7 @@ fn accel_origin(host: &HostInfo) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use corral_api::{Accel, AccelInfo};
+    use corral_api::{Accel, AccelInfo, StorageDriverInfo};
 
     #[test]
     fn shows_accel_and_reason() {
@@ -70,6 +89,18 @@ mod tests {
             confinement: "uid corral-qemu, seccomp sandbox".into(),
             vms_total: 3,
             vms_running: 1,
+            storage_drivers: vec![
+                StorageDriverInfo {
+                    name: "dir".into(),
+                    available: true,
+                    reason: None,
+                },
+                StorageDriverInfo {
+                    name: "lvm-thin".into(),
+                    available: false,
+                    reason: Some("no device-mapper".into()),
+                },
+            ],
         };
         let text = host_details(&host);
         assert!(text.contains("Memory:        24 GiB"), "{text}");
@@ -77,5 +108,11 @@ mod tests {
         assert!(text.contains("KVM guest hung"), "{text}");
         assert!(text.contains("probed at 1970-01-01 00:00:00"), "{text}");
         assert!(text.contains("3 total, 1 running"), "{text}");
+        assert!(
+            text.contains(
+                "Pool drivers:  dir: available; lvm-thin: unavailable (no device-mapper)"
+            ),
+            "{text}"
+        );
     }
 }

@@ -102,11 +102,20 @@ mod tests {
 
     #[test]
     fn lvm_thin_spec() {
-        let args = create_args(&["thin", "--driver", "lvm-thin", "--volume-group", "vg0"]);
+        let args = create_args(&[
+            "thin",
+            "--driver",
+            "lvm-thin",
+            "--volume-group",
+            "vg0",
+            "--thin-pool",
+            "pool0",
+        ]);
         let spec = pool_spec(&args, Path::new("/"));
         assert_eq!(spec.driver, "lvm-thin");
         assert_eq!(spec.volume_group.as_deref(), Some("vg0"));
-        assert!(spec.path.is_none() && spec.thin_pool.is_none());
+        assert_eq!(spec.thin_pool.as_deref(), Some("pool0"));
+        assert!(spec.path.is_none());
         assert!(spec.validate().is_ok());
     }
 }

@@ -55,6 +55,14 @@ pub fn pool_page(pool: &Pool) -> String {
         ("Thin", yes_no(caps.thin)),
         ("Online grow", yes_no(caps.online_grow)),
         ("Overlays", yes_no(caps.overlays)),
+    ]);
+    if caps.block_devices {
+        rows.push((
+            "Block devices",
+            "yes (volumes are LVs: no snapshots or images)".into(),
+        ));
+    }
+    rows.extend([
         ("Capacity", format_size(pool.capacity_bytes)),
         (
             "Allocated",
@@ -239,6 +247,7 @@ mod tests {
                 shared: false,
                 online_grow: true,
                 overlays: true,
+                block_devices: false,
             },
             capacity_bytes: 100 << 30,
             allocation_bytes: 40 << 30,
@@ -360,9 +369,19 @@ mod tests {
         p.spec.driver = "lvm-thin".into();
         p.spec.path = None;
         p.spec.volume_group = Some("vg0".into());
+        p.spec.thin_pool = Some("pool0".into());
+        p.capabilities = PoolCapabilities {
+            formats: vec![DiskFormat::Raw],
+            overlays: false,
+            block_devices: true,
+            ..p.capabilities
+        };
         let text = pool_page(&p);
-        assert!(text.contains("Volume group:  vg0\n"), "{text}");
-        assert!(text.contains("Thin pool:     -\n"), "{text}");
+        assert!(text.contains("Volume group:   vg0\n"), "{text}");
+        assert!(text.contains("Thin pool:      pool0\n"), "{text}");
+        assert!(text.contains("Formats:        raw\n"), "{text}");
+        assert!(text.contains("Overlays:       no\n"), "{text}");
+        assert!(text.contains("Block devices:  yes"), "{text}");
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub async fn list_volumes(
     State(mgr): State<AppState>,
     Query(q): Query<VolumesQuery>,
 ) -> ApiResult<Json<Vec<Volume>>> {
-    Ok(Json(mgr.list_volumes(q.pool.as_deref())?))
+    Ok(Json(mgr.list_volumes(q.pool.as_deref()).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/volumes/{name}", responses((status = 200, body = Volume), (status = 404, body = corral_api::ErrorBody)))]
@@ -70,7 +70,7 @@ pub async fn show_volume(
     State(mgr): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Volume>> {
-    Ok(Json(mgr.volume(checked(&name)?)?))
+    Ok(Json(mgr.volume(checked(&name)?).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/volumes", request_body = CreateVolumeRequest,

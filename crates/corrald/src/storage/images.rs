@@ -53,6 +53,18 @@ impl Manager {
         self.check_quiet(&volume)?;
         let pool = req.pool.clone().unwrap_or_else(|| volume.pool.clone());
         let spec = self.pool_spec(&pool)?;
+        // An image is a qcow2 file that VMs' overlays read through.
+        if !super::pool_driver(&spec)?.capabilities(&spec).overlays {
+            return Err(ValidationError::new(
+                "pool",
+                format!(
+                    "pool '{pool}' ({}) cannot hold images: they are qcow2 bases for overlays",
+                    spec.driver
+                ),
+            )
+            .hint("put the image in a dir pool: add --pool default")
+            .into());
+        }
         let dir = PathBuf::from(spec.path.as_deref().unwrap_or_default());
         let dest = dir.join(format!("{}.image.qcow2", req.name));
         let (op, handle) = self.ops.begin("image.create", &req.name, true)?;
@@ -167,6 +179,10 @@ impl Manager {
                 hint: Some("rename or delete that volume, or pick another VM name".into()),
             });
         }
+        self.require_overlays(
+            &image.pool,
+            &format!("cannot make a linked clone of image '{}'", image.name),
+        )?;
         let spec = self.pool_spec(&image.pool)?;
         let path =
             PathBuf::from(spec.path.as_deref().unwrap_or_default()).join(format!("{name}.qcow2"));

@@ -26,6 +26,7 @@ impl Manager {
             ValidationError::new("pool", format!("pool '{pool}' does not exist"))
                 .hint("`corral pool list` shows the pools")
         })?;
+        check_import_pool(&pool, &spec, req.format)?;
         if self.store.get_volume(&req.name)?.is_some() {
             return Err(ApiError::Conflict {
                 message: format!("volume '{}' already exists", req.name),
@@ -188,6 +189,36 @@ impl Manager {
         );
         Ok(volume)
     }
+}
+
+/// Imports write new image files into the pool's directory: the pool must be one of
+/// files, and hold the format asked for.
+fn check_import_pool(
+    pool: &str,
+    spec: &corral_api::PoolSpec,
+    format: Option<DiskFormat>,
+) -> ApiResult<()> {
+    let caps = pool_driver(spec)?.capabilities(spec);
+    if caps.block_devices {
+        return Err(ValidationError::new(
+            "pool",
+            format!(
+                "pool '{pool}' ({}) holds block devices; imports are written as image files",
+                spec.driver
+            ),
+        )
+        .hint("import into a dir pool (the default pool is one)")
+        .into());
+    }
+    let format = format.unwrap_or(DiskFormat::Qcow2);
+    if !caps.formats.contains(&format) {
+        return Err(ValidationError::new(
+            "format",
+            format!("pool '{pool}' cannot hold {} volumes", format.as_str()),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// An OVA is a tar archive: "ustar" at offset 257.

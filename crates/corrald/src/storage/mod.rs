@@ -85,20 +85,8 @@ impl Manager {
                 hint: Some("choose another name".into()),
             });
         }
-        if let Some(path) = &spec.path {
-            if let Some(other) = self.pool_at(Path::new(path))? {
-                return Err(corral_api::ValidationError::new(
-                    "path",
-                    format!("{path} is already pool '{other}'"),
-                )
-                .hint("give each pool its own directory")
-                .into());
-            }
-        }
-        driver.create_pool(&spec).await.map_err(|e| {
-            corral_api::ValidationError::new("path", crate::error::chain(&e))
-                .hint("give an existing, writable directory (or one whose parent exists)")
-        })?;
+        self.check_storage_unclaimed(&spec)?;
+        driver.create_pool(&spec).await.map_err(pool_create_error)?;
         self.store.insert_pool(&spec)?;
         self.events
             .emit(None, "pool", format!("pool '{}' created", spec.name));
@@ -123,12 +111,15 @@ impl Manager {
         pool_driver(&spec)?
             .delete_pool(&spec)
             .await
-            .map_err(|e| ApiError::Conflict {
-                message: crate::error::chain(&e),
-                hint: Some(
-                    "the pool's directory holds files Corral did not make; move them away first"
-                        .into(),
-                ),
+            .map_err(|e| match e {
+                e @ corral_storage::StorageError::NotEmpty { .. } => ApiError::Conflict {
+                    message: crate::error::chain(&e),
+                    hint: Some(format!(
+                        "it is an image (`corral image list`) or an orphan no volume \
+                         accounts for (`corral pool show {name}`); delete or move it first"
+                    )),
+                },
+                other => other.into(),
             })?;
         self.store.delete_pool(name)?;
         self.events
@@ -150,6 +141,7 @@ impl Manager {
                             shared: spec.shared,
                             online_grow: false,
                             overlays: false,
+                            block_devices: false,
                         },
                     ),
                     capacity_bytes: 0,
@@ -189,7 +181,8 @@ impl Manager {
                 .map(|i| PathBuf::from(i.path)),
         );
         let mut orphans: Vec<PathBuf> = driver
-            .entries(&spec)?
+            .entries(&spec)
+            .await?
             .into_iter()
             .filter(|p| !known.contains(p))
             .collect();
@@ -230,13 +223,97 @@ impl Manager {
             })
     }
 
-    fn pool_at(&self, path: &Path) -> ApiResult<Option<String>> {
-        Ok(self
-            .store
-            .list_pools()?
-            .into_iter()
-            .find(|p| p.path.as_deref().map(Path::new) == Some(path))
-            .map(|p| p.name))
+    /// Two pools on one directory or one thin pool would each call the other's volumes
+    /// orphans.
+    fn check_storage_unclaimed(&self, spec: &PoolSpec) -> ApiResult<()> {
+        let pools = self.store.list_pools()?;
+        if let Some(path) = &spec.path {
+            if let Some(other) = pools
+                .iter()
+                .find(|p| p.path.as_deref().map(Path::new) == Some(Path::new(path)))
+            {
+                return Err(corral_api::ValidationError::new(
+                    "path",
+                    format!("{path} is already pool '{}'", other.name),
+                )
+                .hint("give each pool its own directory")
+                .into());
+            }
+        }
+        if let (Some(vg), Some(thin)) = (&spec.volume_group, &spec.thin_pool) {
+            if let Some(other) = pools
+                .iter()
+                .find(|p| p.volume_group.as_ref() == Some(vg) && p.thin_pool.as_ref() == Some(thin))
+            {
+                return Err(corral_api::ValidationError::new(
+                    "thin_pool",
+                    format!("{vg}/{thin} is already pool '{}'", other.name),
+                )
+                .hint("give each pool its own thin pool")
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses work that needs qcow2 overlays (snapshots, linked clones) on a volume
+    /// whose pool cannot hold them, naming the pool.
+    pub(crate) fn require_overlays(&self, pool: &str, what: &str) -> ApiResult<()> {
+        let spec = self.pool_spec(pool)?;
+        if pool_driver(&spec)?.capabilities(&spec).overlays {
+            return Ok(());
+        }
+        Err(ApiError::Conflict {
+            message: format!(
+                "{what}: pool '{pool}' ({}) cannot hold qcow2 overlays",
+                spec.driver
+            ),
+            hint: Some(
+                "snapshots and linked clones need volumes on a pool that can (dir); \
+                 `corral pool show` lists each pool's capabilities"
+                    .into(),
+            ),
+        })
+    }
+
+    /// Snapshots put an overlay on every writable volume of the VM; each must be on a
+    /// pool that can hold one. Checked before the engine makes anything.
+    pub(crate) fn require_snapshot_pools(&self, record: &corral_store::VmRecord) -> ApiResult<()> {
+        let vm = &record.spec.name;
+        for d in record.spec.disks.iter().filter(|d| !d.read_only) {
+            let Some(volume) = d.volume.as_deref() else {
+                continue;
+            };
+            if let Some(v) = self.store.get_volume(volume)? {
+                let what = format!(
+                    "cannot snapshot VM '{vm}': its disk {} is volume '{volume}'",
+                    d.id
+                );
+                self.require_overlays(&v.pool, &what)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A driver's refusal to make a pool, as the field it is about and a hint.
+fn pool_create_error(e: corral_storage::StorageError) -> ApiError {
+    use corral_storage::StorageError as S;
+    match e {
+        S::DriverUnavailable { why, hint, .. } => corral_api::ValidationError::new("driver", why)
+            .hint(hint)
+            .into(),
+        S::Invalid {
+            field,
+            message,
+            hint,
+        } => corral_api::ValidationError::new(field, message)
+            .hint(hint)
+            .into(),
+        e @ S::Lvm(_) => e.into(),
+        other => corral_api::ValidationError::new("path", crate::error::chain(&other))
+            .hint("give an existing, writable directory (or one whose parent exists)")
+            .into(),
     }
 }
 
@@ -266,9 +343,27 @@ async fn backing_chains(tops: Vec<PathBuf>) -> HashSet<PathBuf> {
 pub(crate) fn pool_driver(spec: &PoolSpec) -> ApiResult<&'static dyn PoolDriver> {
     corral_storage::driver(&spec.driver).map_err(|e| {
         corral_api::ValidationError::new("driver", crate::error::chain(&e))
-            .hint("use the dir driver")
+            .hint(format!("use one of {}", corral_storage::DRIVERS.join(", ")))
             .into()
     })
+}
+
+/// Every pool driver and whether this host can use it, for `corral host info`.
+pub fn storage_drivers() -> Vec<corral_api::StorageDriverInfo> {
+    corral_storage::DRIVERS
+        .iter()
+        .map(|name| {
+            let unavailable = match corral_storage::driver(name) {
+                Ok(d) => d.availability().err().map(|u| u.reason),
+                Err(e) => Some(e.to_string()),
+            };
+            corral_api::StorageDriverInfo {
+                name: name.to_string(),
+                available: unavailable.is_none(),
+                reason: unavailable,
+            }
+        })
+        .collect()
 }
 
 /// Lock keys share the manager's lock table with VM names; prefixes keep them apart

@@ -42,6 +42,7 @@ impl Manager {
             .hint("start it, or take a disk-only snapshot without --memory")
             .into());
         }
+        self.require_snapshot_pools(&record)?;
         let mut tree = self.store.snapshot_tree(vm)?;
         if tree.snapshots.iter().any(|s| s.name == req.name) {
             return Err(ApiError::Conflict {

@@ -30,7 +30,7 @@ impl Manager {
             "volume",
             format!("volume '{}' created in pool '{pool}'", req.name),
         );
-        self.volume(&volume.name)
+        self.volume(&volume.name).await
     }
 
     /// Makes the volume's storage and its record; on failure, neither is left.
@@ -50,10 +50,12 @@ impl Manager {
         let caps = driver.capabilities(&spec);
         let format = format.unwrap_or(caps.formats[0]);
         if !caps.formats.contains(&format) {
+            let formats: Vec<&str> = caps.formats.iter().map(|f| f.as_str()).collect();
             return Err(ValidationError::new(
                 "format",
                 format!("pool '{pool}' cannot hold {} volumes", format.as_str()),
             )
+            .hint(format!("it holds {}", formats.join(", ")))
             .into());
         }
         let _lock = self.lock(&volume_key(name)).await;
@@ -76,7 +78,7 @@ impl Manager {
             .map_err(|e| match e {
                 corral_storage::StorageError::Exists(p) => ApiError::Conflict {
                     message: format!(
-                        "a file is already where volume '{name}' would go: {}",
+                        "something is already where volume '{name}' would go: {}",
                         p.display()
                     ),
                     hint: Some(
@@ -107,33 +109,35 @@ impl Manager {
     }
 
     /// A volume with who uses it and how much space it takes now.
-    pub fn volume(&self, name: &str) -> ApiResult<Volume> {
+    pub async fn volume(&self, name: &str) -> ApiResult<Volume> {
         let mut v = self
             .store
             .get_volume(name)?
             .ok_or_else(|| volume_not_found(name))?;
-        self.fill_volume(&mut v)?;
+        self.fill_volume(&mut v).await?;
         Ok(v)
     }
 
-    pub fn list_volumes(&self, pool: Option<&str>) -> ApiResult<Vec<Volume>> {
+    pub async fn list_volumes(&self, pool: Option<&str>) -> ApiResult<Vec<Volume>> {
         if let Some(p) = pool {
             self.pool_spec(p)?;
         }
         let mut all = self.store.list_volumes(pool)?;
         for v in &mut all {
-            self.fill_volume(v)?;
+            self.fill_volume(v).await?;
         }
         Ok(all)
     }
 
-    fn fill_volume(&self, v: &mut Volume) -> ApiResult<()> {
+    async fn fill_volume(&self, v: &mut Volume) -> ApiResult<()> {
         v.used_by = self.store.vms_using_volume(&v.name)?;
-        v.allocation_bytes = self
-            .store
-            .get_pool(&v.pool)?
-            .and_then(|spec| pool_driver(&spec).ok())
-            .and_then(|d| d.allocation(Path::new(&v.path)).ok());
+        v.allocation_bytes = None;
+        if let Some(spec) = self.store.get_pool(&v.pool)? {
+            if let Ok(d) = pool_driver(&spec) {
+                // Unknown rather than an error: the volume is still there to be shown.
+                v.allocation_bytes = d.allocation(&spec, Path::new(&v.path)).await.ok();
+            }
+        }
         Ok(())
     }
 
@@ -231,11 +235,21 @@ impl Manager {
                 .clone();
             Some((running, disk))
         });
+        let spec = self.pool_spec(&v.pool)?;
+        let driver = pool_driver(&spec)?;
         match running_user {
-            Some((running, disk)) => hotplug::resize_disk(&running.qmp, &disk.id, size).await?,
+            Some((running, disk)) => {
+                // QEMU grows an open image file itself, but not a block device: that is
+                // grown first, and block_resize then shows the guest its new size.
+                if driver.capabilities(&spec).block_devices {
+                    driver
+                        .grow_volume(&spec, Path::new(&v.path), v.format, size)
+                        .await?;
+                }
+                hotplug::resize_disk(&running.qmp, &disk.id, size).await?
+            }
             None => {
-                let spec = self.pool_spec(&v.pool)?;
-                pool_driver(&spec)?
+                driver
                     .grow_volume(&spec, Path::new(&v.path), v.format, size)
                     .await?;
             }

@@ -55,7 +55,8 @@ impl Manager {
                 .hint("attach it read-only, or import it as a volume first")
                 .into());
             }
-            if d.volume.is_some() {
+            if let Some(volume) = &d.volume {
+                self.check_clone_pool(source, volume)?;
                 let name = owned_volume_name(target, i);
                 if self.store.get_volume(&name)?.is_some() {
                     return Err(ApiError::conflict(format!("volume name '{name}' is taken")));
@@ -197,6 +198,27 @@ impl Manager {
                 other => ApiError::Internal(crate::error::chain(&other)),
             })?;
         Ok(disks)
+    }
+
+    /// A clone's copy is a qcow2 file made next to the source volume, so the source's
+    /// pool must hold qcow2 files.
+    fn check_clone_pool(&self, source: &str, volume: &str) -> ApiResult<()> {
+        let Some(v) = self.store.get_volume(volume)? else {
+            return Ok(());
+        };
+        let spec = self.pool_spec(&v.pool)?;
+        let caps = pool_driver(&spec)?.capabilities(&spec);
+        if caps.block_devices || !caps.formats.contains(&DiskFormat::Qcow2) {
+            return Err(ApiError::Conflict {
+                message: format!(
+                    "cannot clone VM '{source}': volume '{volume}' is on pool '{}' ({}), \
+                     where clones cannot be made yet",
+                    v.pool, spec.driver
+                ),
+                hint: Some("clone VMs whose volumes are on dir pools".into()),
+            });
+        }
+        Ok(())
     }
 
     /// The new volume (not yet made or recorded) and disk a clone gets for `d`.

@@ -62,6 +62,7 @@ impl Manager {
         }
         let ovmf_code = ovmf.map(|(code, _)| code).unwrap_or_default();
         let (opened, disk_fds) = open_disks(&spec)?;
+        let block_devices = corral_qemu::argv::block_device_disks(&spec);
         let argv = build_argv(&LaunchConfig {
             spec: &spec,
             ovmf_code: &ovmf_code,
@@ -70,6 +71,7 @@ impl Manager {
             confinement: self.host.confinement,
             incoming: memory.is_some(),
             disk_fds: &disk_fds,
+            block_devices: &block_devices,
         });
         let opts = QmpOptions {
             log_path: Some(paths.qmp_log()),
