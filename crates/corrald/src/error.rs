@@ -43,7 +43,7 @@ pub enum ApiError {
     Storage(#[from] StorageError),
     /// An import or copy failed.
     #[error("import")]
-    Import(corral_storage::import::ImportError),
+    Import(#[source] corral_storage::import::ImportError),
     /// The client cancelled the operation; what it had made is gone.
     #[error("cancelled")]
     Cancelled,
@@ -180,6 +180,15 @@ impl ApiError {
                 body(
                     e.to_string(),
                     Some("Corral never overwrites a file; remove or rename it"),
+                ),
+            ),
+            // A full file system under a pool: the host's state, not a bug, and the
+            // step that hit it has removed what it wrote.
+            other if chain(other).contains("No space left on device") => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                body(
+                    format!("the pool is full: {}", chain(other)),
+                    Some("free space in the pool (`corral pool show`), or use another pool"),
                 ),
             ),
             other => (StatusCode::INTERNAL_SERVER_ERROR, body(chain(other), None)),

@@ -202,17 +202,27 @@ impl Manager {
             .hint("volumes only grow: shrinking would cut off the guest's data")
             .into());
         }
-        let (op, handle) = self.ops.begin("volume.resize", name, false)?;
+        let (op, handle) = self.ops.begin("volume.resize", name, true)?;
         let mgr = self.clone();
         let name = name.to_string();
         tokio::spawn(async move {
-            let result = mgr.grow(&name, size).await;
-            handle.finish(result);
+            match mgr.grow(&name, size, &|| handle.is_cancelled()).await {
+                Err(ApiError::Cancelled) => handle.cancelled_done(),
+                result => handle.finish(result),
+            }
         });
         Ok(op)
     }
 
-    async fn grow(&self, name: &str, size: u64) -> ApiResult<()> {
+    /// Grows the volume once it has the locks of the volume and its VM (which a long
+    /// snapshot merge may hold). Cancelling takes effect until then; the grow itself is
+    /// one step (a metadata change, or QMP `block_resize`) and is not cut short.
+    async fn grow(
+        &self,
+        name: &str,
+        size: u64,
+        cancelled: &(dyn Fn() -> bool + Send + Sync),
+    ) -> ApiResult<()> {
         let users = self.store.vms_using_volume(name)?;
         // VM locks before the volume lock, always, so attach and resize cannot deadlock.
         let mut vm_locks = Vec::new();
@@ -220,6 +230,9 @@ impl Manager {
             vm_locks.push(self.lock(vm).await);
         }
         let _lock = self.lock(&volume_key(name)).await;
+        if cancelled() {
+            return Err(ApiError::Cancelled);
+        }
         let mut v = self
             .store
             .get_volume(name)?
