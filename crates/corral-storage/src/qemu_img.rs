@@ -148,26 +148,7 @@ pub async fn create_overlay(
     backing: &Path,
     backing_format: DiskFormat,
 ) -> Result<(), StorageError> {
-    if path.exists() {
-        return Err(StorageError::Exists(path.to_path_buf()));
-    }
-    run_qemu_img("create", path, |c| {
-        c.args([
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            backing_format.as_str(),
-            "-b",
-        ])
-        .arg(backing)
-        .arg(path);
-    })
-    .await
-    .inspect_err(|_| {
-        let _ = std::fs::remove_file(path);
-    })
+    overlay(path, backing, backing_format, None).await
 }
 
 /// Creates an empty qcow2 overlay of `size` bytes on `backing` without opening the
@@ -178,23 +159,27 @@ pub async fn create_overlay_sized(
     backing_format: DiskFormat,
     size: u64,
 ) -> Result<(), StorageError> {
+    overlay(path, backing, backing_format, Some(size)).await
+}
+
+async fn overlay(
+    path: &Path,
+    backing: &Path,
+    backing_format: DiskFormat,
+    unsafe_size: Option<u64>,
+) -> Result<(), StorageError> {
     if path.exists() {
         return Err(StorageError::Exists(path.to_path_buf()));
     }
     run_qemu_img("create", path, |c| {
-        c.args([
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-u",
-            "-F",
-            backing_format.as_str(),
-            "-b",
-        ])
-        .arg(backing)
-        .arg(path)
-        .arg(size.to_string());
+        c.args(["create", "-q", "-f", "qcow2", "-F", backing_format.as_str()]);
+        if unsafe_size.is_some() {
+            c.arg("-u");
+        }
+        c.arg("-b").arg(backing).arg(path);
+        if let Some(size) = unsafe_size {
+            c.arg(size.to_string());
+        }
     })
     .await
     .inspect_err(|_| {

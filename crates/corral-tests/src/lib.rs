@@ -321,6 +321,19 @@ impl Daemon {
         }
     }
 
+    /// `corral pool show POOL` reports no orphan and no missing file.
+    pub fn assert_pool_clean(&self, pool: &str) {
+        let shown = self.json(&["pool", "show", pool]);
+        assert!(shown["orphans"].as_array().unwrap().is_empty(), "{shown}");
+        assert!(shown["missing"].as_array().unwrap().is_empty(), "{shown}");
+    }
+
+    /// Runs an operation-returning command (`-o json`) and checks it succeeded.
+    pub fn op_succeeds(&self, args: &[&str]) {
+        let op = self.json(args);
+        assert_eq!(op["state"], "succeeded", "{op}");
+    }
+
     pub fn wait_state(&self, name: &str, state: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
@@ -412,3 +425,12 @@ pub fn exists(path: &str) -> bool {
 }
 
 pub const BOOT: Duration = Duration::from_secs(60);
+
+/// `qemu-img check` finds the image clean.
+pub fn qemu_img_check(path: &str) {
+    let ok = std::process::Command::new("qemu-img")
+        .args(["check", "-q", path])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "qemu-img check {path}");
+}

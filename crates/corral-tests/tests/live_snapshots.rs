@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use corral_tests::{image_head, Daemon};
+use corral_tests::{image_head, qemu_img_check, Daemon};
 
 fn active(d: &Daemon, vm: &str) -> String {
     d.vm(vm)["spec"]["disks"][0]["path"]
@@ -26,25 +26,6 @@ fn guest_sees(d: &Daemon, vm: &str, expected: &str) {
 
 fn guest_writes(d: &Daemon, vm: &str, text: &str) {
     d.guest_run(vm, &format!("printf {text} > /dev/vda; sync"));
-}
-
-fn op_succeeds(d: &Daemon, args: &[&str]) {
-    let op = d.json(args);
-    assert_eq!(op["state"], "succeeded", "{op}");
-}
-
-fn pool_is_clean(d: &Daemon) {
-    let pool = d.json(&["pool", "show", "default"]);
-    assert!(pool["orphans"].as_array().unwrap().is_empty(), "{pool}");
-    assert!(pool["missing"].as_array().unwrap().is_empty(), "{pool}");
-}
-
-fn qemu_img_check(path: &str) {
-    let ok = std::process::Command::new("qemu-img")
-        .args(["check", "-q", path])
-        .status()
-        .unwrap();
-    assert!(ok.success(), "qemu-img check {path}");
 }
 
 #[test]
@@ -75,10 +56,10 @@ fn running_vm_snapshots_and_merges_without_stopping() {
     assert_eq!(tree["current"], "s2");
 
     // Delete the root while running: its data is streamed into the running disk.
-    op_succeeds(&d, &["snapshot", "delete", "live", "s1"]);
+    d.op_succeeds(&["snapshot", "delete", "live", "s1"]);
     guest_sees(&d, "live", "tri");
     // Delete the snapshot the VM runs on.
-    op_succeeds(&d, &["snapshot", "delete", "live", "s2"]);
+    d.op_succeeds(&["snapshot", "delete", "live", "s2"]);
     guest_sees(&d, "live", "tri");
     assert_eq!(d.vm("live")["status"]["pid"].as_u64().unwrap(), pid);
 
@@ -104,11 +85,11 @@ fn running_vm_snapshots_and_merges_without_stopping() {
     let top = active(&d, "live");
     assert_eq!(image_head(&top, 3), "tri");
     qemu_img_check(&top);
-    op_succeeds(&d, &["snapshot", "delete", "live", "s3"]);
+    d.op_succeeds(&["snapshot", "delete", "live", "s3"]);
     assert_eq!(image_head(&active(&d, "live"), 3), "tri");
-    pool_is_clean(&d);
+    d.assert_pool_clean("default");
     d.ok(&["delete", "live"]);
-    pool_is_clean(&d);
+    d.assert_pool_clean("default");
 }
 
 #[test]
@@ -175,10 +156,10 @@ fn memory_snapshot_resumes_the_guest_where_it_was() {
     d.wait_console("mem", "MARK3-before-END", Duration::from_secs(30));
 
     // Deleting the snapshot removes its memory state; nothing is left over.
-    op_succeeds(&d, &["snapshot", "delete", "mem", "m1"]);
+    d.op_succeeds(&["snapshot", "delete", "mem", "m1"]);
     assert!(!std::path::Path::new(&mem_file).exists());
     d.ok(&["delete", "mem", "--force"]);
-    pool_is_clean(&d);
+    d.assert_pool_clean("default");
     let left: Vec<_> = std::fs::read_dir(d.state_dir().join("memory"))
         .map(|r| r.flatten().collect())
         .unwrap_or_default();
@@ -211,10 +192,10 @@ fn linked_clone_of_a_running_vm() {
     guest_sees(&d, "copy", "abc");
     guest_sees(&d, "src", "xyz");
     d.ok(&["delete", "copy", "--force"]);
-    op_succeeds(&d, &["snapshot", "delete", "src", "linked-copy"]);
+    d.op_succeeds(&["snapshot", "delete", "src", "linked-copy"]);
     guest_sees(&d, "src", "xyz");
     d.ok(&["delete", "src", "--force"]);
-    pool_is_clean(&d);
+    d.assert_pool_clean("default");
 }
 
 /// kill -9 of the daemon while QEMU streams a deleted snapshot into the running disk:
@@ -253,7 +234,7 @@ fn daemon_killed_mid_live_merge() {
         op["state"]
     );
     if still_there {
-        op_succeeds(&d, &["snapshot", "delete", "merge", "root"]);
+        d.op_succeeds(&["snapshot", "delete", "merge", "root"]);
     }
     guest_sees(&d, "merge", "new");
     d.ok(&["stop", "merge", "--force"]);
@@ -265,5 +246,5 @@ fn daemon_killed_mid_live_merge() {
     let out = String::from_utf8_lossy(&read.stdout);
     assert!(!out.contains("failed"), "{out}");
     qemu_img_check(&top);
-    pool_is_clean(&d);
+    d.assert_pool_clean("default");
 }
