@@ -137,11 +137,19 @@ pub async fn create(
     description: Option<String>,
     now: u64,
 ) -> Result<(), SnapshotError> {
-    create_on(tree, disks, name, description, now, None).await
+    create_on(tree, disks, name, description, now, None, &|_, _| Ok(())).await
 }
 
 /// Takes snapshot `name` of the disks, of a running VM when `live` is given: the new
 /// overlays are put under it in one transaction, crash-consistent across disks.
+///
+/// For a running VM the new tree and disks are recorded through `journal` *before* the
+/// VM switches, so that a daemon dying in between never leaves a VM writing into an
+/// overlay no record knows (a restart would open the old top and miss those writes).
+/// Recorded first, the worst case is the reverse: the record names the new, empty
+/// overlay while the VM still writes below it, which reads the same data; the daemon
+/// finishes the switch when it re-attaches. If the VM refuses, the old state is recorded
+/// again and the overlays removed.
 pub async fn create_on(
     tree: &mut SnapshotTree,
     disks: &mut [ChainDisk],
@@ -149,24 +157,14 @@ pub async fn create_on(
     description: Option<String>,
     now: u64,
     live: Option<&dyn LiveChain>,
+    journal: Journal<'_>,
 ) -> Result<(), SnapshotError> {
     if tree.snapshots.iter().any(|s| s.name == name) {
         return Err(SnapshotError::Exists(name.to_string()));
     }
     let made = overlays_on(disks, |d| Some((d.active.clone(), d.format))).await?;
-    if let Some(live) = live {
-        let pairs: Vec<(String, PathBuf)> = disks
-            .iter()
-            .zip(&made)
-            .filter_map(|(d, m)| m.clone().map(|m| (d.id.clone(), m)))
-            .collect();
-        if let Err(e) = live.snapshot(&pairs).await {
-            for (_, file) in &pairs {
-                let _ = std::fs::remove_file(file);
-            }
-            return Err(e);
-        }
-    }
+    let (old_tree, old_disks) = (tree.clone(), disks.to_vec());
+    let mut pairs: Vec<(String, PathBuf)> = Vec::new();
     let mut frozen = Vec::new();
     for (d, new) in disks.iter_mut().zip(made) {
         let Some(new) = new else { continue };
@@ -175,6 +173,7 @@ pub async fn create_on(
             file: d.active.display().to_string(),
             format: d.format,
         });
+        pairs.push((d.id.clone(), new.clone()));
         d.active = new;
         d.format = DiskFormat::Qcow2;
     }
@@ -188,6 +187,31 @@ pub async fn create_on(
         memory: None,
     });
     tree.current = Some(name.to_string());
+    let Some(live) = live else {
+        return Ok(());
+    };
+    let undo = |tree: &mut SnapshotTree, disks: &mut [ChainDisk]| {
+        *tree = old_tree.clone();
+        disks.clone_from_slice(&old_disks);
+    };
+    let remove_overlays = || {
+        for (_, file) in &pairs {
+            let _ = std::fs::remove_file(file);
+        }
+    };
+    if let Err(e) = journal(tree, disks) {
+        undo(tree, disks);
+        remove_overlays();
+        return Err(e);
+    }
+    if let Err(e) = live.snapshot(&pairs).await {
+        undo(tree, disks);
+        // Only once no record names them may the overlays go.
+        if journal(tree, disks).is_ok() {
+            remove_overlays();
+        }
+        return Err(e);
+    }
     Ok(())
 }
 

@@ -167,6 +167,18 @@ impl Daemon {
             .unwrap()
     }
 
+    /// Starts `corral ARGS` against this daemon without waiting for it.
+    pub fn corral_spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(bin("corral"))
+            .env("CORRAL_SOCKET", &self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     /// Runs `corral ARGS`, asserting success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.corral(args);

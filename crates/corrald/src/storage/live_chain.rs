@@ -100,3 +100,38 @@ pub async fn reactivate(qmp: &Qmp, was_running: bool) -> ApiResult<()> {
     }
     Ok(())
 }
+
+/// The files a process has open (`/proc/PID/fd`, resolved from the daemon's root, so a
+/// chrooted QEMU's files show with their real paths). `None` if they cannot be read.
+fn open_files(pid: u32) -> Option<std::collections::HashSet<PathBuf>> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(
+        dir.flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .collect(),
+    )
+}
+
+/// Disks whose live snapshot was recorded but not yet switched when the daemon died
+/// (see `snapshot::create_on`): QEMU does not have the recorded top image open, but does
+/// have that image's backing file open. Returns the overlays to put on top.
+pub fn unswitched_overlays(pid: u32, spec: &corral_api::VmSpec) -> Vec<NewOverlay> {
+    let Some(open) = open_files(pid) else {
+        return Vec::new();
+    };
+    spec.disks
+        .iter()
+        .filter(|d| !d.read_only && d.volume.is_some())
+        .filter_map(|d| {
+            let top = PathBuf::from(&d.path);
+            if open.contains(&top) {
+                return None;
+            }
+            let backing = corral_storage::qemu_img::qcow2_backing(&top).ok()??;
+            open.contains(&backing).then(|| NewOverlay {
+                disk: d.id.clone(),
+                path: top,
+            })
+        })
+        .collect()
+}

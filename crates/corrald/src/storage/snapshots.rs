@@ -58,6 +58,10 @@ impl Manager {
         if let (true, true, Some(r)) = (req.memory, was_running, &running) {
             r.qmp.stop().await?;
         }
+        let journal = |tree: &SnapshotTree, disks: &[ChainDisk]| {
+            self.save_chains(record.clone(), tree, disks)
+                .map_err(|e| snapshot::SnapshotError::Record(Box::new(e)))
+        };
         let taken = snapshot::create_on(
             &mut tree,
             &mut disks,
@@ -65,6 +69,7 @@ impl Manager {
             req.description,
             now_secs(),
             live,
+            &journal,
         )
         .await
         .map_err(snapshot_error);
@@ -289,6 +294,34 @@ impl Manager {
         self.events
             .emit(Some(vm), "snapshot", format!("snapshot '{name}' deleted"));
         Ok(())
+    }
+
+    /// After a re-attach: finishes live snapshots that were recorded but not switched
+    /// when the daemon died, so the VM writes into the image its record names.
+    pub(crate) async fn finish_interrupted_switch(&self, vm: &str, running: &Running) {
+        let Ok(record) = self.record(vm) else {
+            return;
+        };
+        let pending = live_chain::unswitched_overlays(running.pid, &record.spec);
+        if pending.is_empty() {
+            return;
+        }
+        let disks: Vec<&str> = pending.iter().map(|o| o.disk.as_str()).collect();
+        let message = match corral_qemu::live::snapshot(&running.qmp, &pending).await {
+            Ok(()) => format!(
+                "a snapshot of disks {} was interrupted by a daemon restart and is now \
+                 complete; it holds the disks as of this moment",
+                disks.join(", ")
+            ),
+            Err(e) => format!(
+                "a snapshot of disks {} was interrupted by a daemon restart and could not be \
+                 completed ({}); the VM still writes below the recorded overlay, which reads \
+                 the same, until it is restarted",
+                disks.join(", "),
+                crate::error::chain(&e)
+            ),
+        };
+        self.events.emit(Some(vm), "snapshot", message);
     }
 
     /// Every image file of a VM's snapshots (for clean-up and orphan accounting).

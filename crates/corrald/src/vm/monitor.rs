@@ -211,7 +211,8 @@ impl Manager {
             console_busy: AtomicBool::new(false),
         });
         self.spawn_monitor(name, running.clone(), exited_tx);
-        self.set_running(name, Some(running));
+        self.set_running(name, Some(running.clone()));
+        self.finish_interrupted_switch(name, &running).await;
         let _ = self.set_status(
             name,
             VmStatus {
