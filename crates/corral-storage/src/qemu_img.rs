@@ -6,7 +6,7 @@ use corral_api::DiskFormat;
 use serde::Deserialize;
 use tokio::process::Command;
 
-use crate::StorageError;
+use crate::{child, StorageError};
 
 /// What `qemu-img info` says of an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,13 +29,11 @@ pub async fn create_qcow2(path: &Path, size: u64) -> Result<(), StorageError> {
     if path.exists() {
         return Err(StorageError::Exists(path.to_path_buf()));
     }
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on"])
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on"])
         .arg(path)
-        .arg(size.to_string())
-        .output()
-        .await
-        .map_err(StorageError::Spawn)?;
+        .arg(size.to_string());
+    let out = child::output(cmd).await.map_err(StorageError::Spawn)?;
     if !out.status.success() {
         let _ = std::fs::remove_file(path);
         return Err(StorageError::QemuImg {
@@ -54,7 +52,8 @@ pub async fn inspect(path: &Path, expected: Option<DiskFormat>) -> Result<ImageI
     if let Some(f) = expected {
         cmd.args(["-f", f.as_str()]);
     }
-    let out = cmd.arg(path).output().await.map_err(StorageError::Spawn)?;
+    cmd.arg(path);
+    let out = child::output(cmd).await.map_err(StorageError::Spawn)?;
     if !out.status.success() {
         return Err(StorageError::QemuImg {
             action: "info",
@@ -171,6 +170,49 @@ pub async fn rebase(path: &Path, backing: Option<(&Path, DiskFormat)>) -> Result
     .await
 }
 
+/// Points a qcow2 image at another backing file without looking at data (`rebase -u`):
+/// only for when both backings are known to read the same wherever the image has no
+/// data of its own.
+pub async fn repoint(path: &Path, backing: &Path, format: DiskFormat) -> Result<(), StorageError> {
+    run_qemu_img("rebase", path, |c| {
+        c.args([
+            "rebase",
+            "-q",
+            "-u",
+            "-f",
+            "qcow2",
+            "-F",
+            format.as_str(),
+            "-b",
+        ])
+        .arg(backing)
+        .arg(path);
+    })
+    .await
+}
+
+/// The size a guest sees of an image (whatever its backing chain).
+pub async fn virtual_size(path: &Path) -> Result<u64, StorageError> {
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["info", "--output=json", "-U"]).arg(path);
+    let out = child::output(cmd).await.map_err(StorageError::Spawn)?;
+    let fail = |message: String| StorageError::QemuImg {
+        action: "info",
+        path: path.to_path_buf(),
+        message,
+    };
+    if !out.status.success() {
+        return Err(fail(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    let info: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| fail(e.to_string()))?;
+    info["virtual-size"]
+        .as_u64()
+        .ok_or_else(|| fail("no virtual-size in its output".into()))
+}
+
 /// `qemu-img check`: consistency of a qcow2 image's metadata.
 pub async fn check(path: &Path) -> Result<(), StorageError> {
     run_qemu_img("check", path, |c| {
@@ -181,12 +223,9 @@ pub async fn check(path: &Path) -> Result<(), StorageError> {
 
 /// The backing file an image names and its format, if any.
 pub async fn backing_of(path: &Path) -> Result<Option<(PathBuf, DiskFormat)>, StorageError> {
-    let out = Command::new("qemu-img")
-        .args(["info", "--output=json", "-U"])
-        .arg(path)
-        .output()
-        .await
-        .map_err(StorageError::Spawn)?;
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["info", "--output=json", "-U"]).arg(path);
+    let out = child::output(cmd).await.map_err(StorageError::Spawn)?;
     let fail = |message: String| StorageError::QemuImg {
         action: "info",
         path: path.to_path_buf(),
@@ -220,7 +259,7 @@ async fn run_qemu_img(
 ) -> Result<(), StorageError> {
     let mut cmd = Command::new("qemu-img");
     build(&mut cmd);
-    let out = cmd.output().await.map_err(StorageError::Spawn)?;
+    let out = child::output(cmd).await.map_err(StorageError::Spawn)?;
     if !out.status.success() {
         return Err(StorageError::QemuImg {
             action,
