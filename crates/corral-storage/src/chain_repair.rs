@@ -3,16 +3,19 @@
 //! Deleting snapshot `s` rebases, one by one, every image that sits on `s`'s image onto
 //! the image below it, and the new tree is recorded only after the last one. A daemon
 //! killed in between leaves the old tree in the store while some of those images
-//! already name the image below `s` as their backing file. Each still reads exactly
-//! what it read (a safe rebase first copies in every cluster where the two backings
-//! differ), but the files no longer match the tree: a later delete of the node below
-//! `s`, which rebases only what the tree says sits on it, would then remove an image
-//! they still read through.
+//! already name the image below `s` as their backing file. Worse, `qemu-img rebase`
+//! rewrites the header before it flushes its cluster tables: killed in that instant, an
+//! image names the lower backing file but has lost the table entries of data it copied
+//! in, and reads zeros there. Left so, the files do not match the tree, and a later
+//! delete of the node below `s`, which rebases only what the tree says sits on it,
+//! would remove an image they still read through.
 //!
 //! [`repair`] points each such image back at the image the tree says it sits on. That
-//! rewrites only the image's header (`qemu-img rebase -u`) and no data: every cluster
-//! where the two backings differ was copied into the image by the safe rebase, so
-//! wherever it has no data of its own, both backings read the same.
+//! rewrites only the header (`qemu-img rebase -u`) and restores exactly what the image
+//! read before the delete began: every cluster it has of its own is either its own
+//! data from before, or a copy the safe rebase made of what `s`'s chain reads there;
+//! everything else reads through `s`'s chain again. It then reclaims the clusters a
+//! killed rebase leaked (`qemu-img check -r leaks`).
 
 use std::path::{Path, PathBuf};
 
@@ -35,17 +38,53 @@ pub struct Mismatch {
     pub repaired: bool,
 }
 
+/// What [`repair`] found and did.
+#[derive(Debug, Default)]
+pub struct Repair {
+    /// Images whose backing file did not match the tree.
+    pub mismatches: Vec<Mismatch>,
+    /// Images whose leaked clusters could not be reclaimed (they keep wasting space;
+    /// an error here may also mean `qemu-img check` found worse).
+    pub unreclaimed: Vec<(PathBuf, StorageError)>,
+}
+
 /// Checks every image that sits on a snapshot's image (its children's images, and the
-/// disk's active image when the VM is on that snapshot) and repoints those that an
-/// interrupted delete left one or more levels further down. The VM must be stopped.
-pub async fn repair(
-    tree: &SnapshotTree,
-    disks: &[ChainDisk],
-) -> Result<Vec<Mismatch>, StorageError> {
+/// disk's active image when the VM is on that snapshot), repoints those that an
+/// interrupted delete left one or more levels further down, then reclaims leaked
+/// clusters. The VM must be stopped.
+pub async fn repair(tree: &SnapshotTree, disks: &[ChainDisk]) -> Result<Repair, StorageError> {
+    let mut out = Repair::default();
+    let images = dependents(tree, disks);
+    for (image, expected, format) in &images {
+        let found = qemu_img::backing_of(image).await?.map(|(p, _)| p);
+        if found.as_deref().is_some_and(|f| same_file(f, expected)) {
+            continue;
+        }
+        let repaired = below(expected, found.as_deref()).await?;
+        if repaired {
+            when_unlocked(|| qemu_img::repoint(image, expected, *format)).await?;
+        }
+        out.mismatches.push(Mismatch {
+            image: image.clone(),
+            found,
+            expected: expected.clone(),
+            repaired,
+        });
+    }
+    for (image, _, _) in images {
+        if let Err(e) = when_unlocked(|| qemu_img::reclaim_leaks(&image)).await {
+            out.unreclaimed.push((image, e));
+        }
+    }
+    Ok(out)
+}
+
+/// Every image that sits directly on a snapshot's image, with that image and its
+/// format.
+fn dependents(tree: &SnapshotTree, disks: &[ChainDisk]) -> Vec<(PathBuf, PathBuf, DiskFormat)> {
     let mut out = Vec::new();
     for snap in &tree.snapshots {
         for frozen in &snap.disks {
-            let expected = PathBuf::from(&frozen.file);
             let children = tree
                 .snapshots
                 .iter()
@@ -57,26 +96,11 @@ pub async fn repair(
                 .filter(|d| d.id == frozen.disk && tree.current.as_deref() == Some(&snap.name))
                 .map(|d| d.active.clone());
             for image in children.chain(active) {
-                let found = qemu_img::backing_of(&image).await?.map(|(p, _)| p);
-                if found.as_deref().is_some_and(|f| same_file(f, &expected)) {
-                    continue;
-                }
-                let repaired = if below(&expected, found.as_deref()).await? {
-                    repoint_when_unlocked(&image, &expected, frozen.format).await?;
-                    true
-                } else {
-                    false
-                };
-                out.push(Mismatch {
-                    image,
-                    found,
-                    expected: expected.clone(),
-                    repaired,
-                });
+                out.push((image, PathBuf::from(&frozen.file), frozen.format));
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// Whether `candidate` (None: no backing at all) is somewhere in `top`'s backing chain
@@ -101,16 +125,16 @@ async fn below(top: &Path, candidate: Option<&Path>) -> Result<bool, StorageErro
     Ok(false)
 }
 
-/// Repoints `image`, waiting up to five seconds for its lock: the killed `qemu-img`
-/// that was rebasing it lets go of it only some time after it died.
-async fn repoint_when_unlocked(
-    image: &Path,
-    backing: &Path,
-    format: DiskFormat,
-) -> Result<(), StorageError> {
+/// Runs a write to an image, waiting up to five seconds for its lock: the killed
+/// `qemu-img` that was rebasing it lets go of it only some time after it died.
+async fn when_unlocked<F, Fut>(write: F) -> Result<(), StorageError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StorageError>>,
+{
     let mut tries = 0;
     loop {
-        match qemu_img::repoint(image, backing, format).await {
+        match write().await {
             Err(StorageError::QemuImg { message, .. })
                 if message.contains("Failed to get") && tries < 50 =>
             {

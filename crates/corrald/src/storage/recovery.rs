@@ -129,7 +129,11 @@ impl Manager {
         }
         let tree = self.store.snapshot_tree(vm)?;
         let disks = chain_disks(&record)?;
-        for m in chain_repair::repair(&tree, &disks).await? {
+        let repair = chain_repair::repair(&tree, &disks).await?;
+        for (image, e) in &repair.unreclaimed {
+            tracing::warn!(vm, error = %e, "cannot reclaim leaked clusters of {}", image.display());
+        }
+        for m in repair.mismatches {
             let found = m
                 .found
                 .map(|f| f.display().to_string())
