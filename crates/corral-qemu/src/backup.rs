@@ -47,12 +47,17 @@ pub struct BackupTarget {
     pub target: PathBuf,
 }
 
+/// Names of what a backup adds to QEMU: `<disk>-bk` target nodes (and the opaque tag of
+/// their fd sets), `backup-<disk>` jobs.
+const TARGET_SUFFIX: &str = "-bk";
+const JOB_PREFIX: &str = "backup-";
+
 fn target_node(node: &str) -> String {
-    format!("{node}-bk")
+    format!("{node}{TARGET_SUFFIX}")
 }
 
 fn job_id(node: &str) -> String {
-    format!("backup-{node}")
+    format!("{JOB_PREFIX}{node}")
 }
 
 /// Copies every `targets[i].node` into `targets[i].target`, as of one instant. Calls
@@ -91,6 +96,83 @@ pub async fn backup_full(
         let _ = qmp.remove_fd(fdset, None).await;
     }
     result
+}
+
+/// After a daemon restart: the backups a dead daemon had QEMU run are of no use (their
+/// targets were staging files, swept at start-up) and their names would collide with
+/// the next clone's. Cancels the jobs still running, deletes the target nodes and
+/// closes their fd sets. Returns how many jobs were cancelled.
+pub async fn clear_leftovers(qmp: &Qmp) -> Result<usize, BackupError> {
+    let leftovers: Vec<String> = backup_jobs(qmp).await?;
+    for job in &leftovers {
+        let _ = qmp
+            .execute_raw(
+                "block-job-cancel",
+                Some(json!({ "device": job, "force": true })),
+            )
+            .await;
+    }
+    // A cancelled job lets go of its target only once it is gone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline
+        && backup_jobs(qmp)
+            .await?
+            .iter()
+            .any(|j| leftovers.contains(j))
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let nodes = qmp
+        .execute_raw("query-named-block-nodes", Some(json!({ "flat": true })))
+        .await
+        .map_err(|source| BackupError::Qmp {
+            command: "query-named-block-nodes",
+            source,
+        })?;
+    for node in nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["node-name"].as_str())
+        .filter(|n| n.ends_with(TARGET_SUFFIX))
+    {
+        let _ = qmp
+            .execute_raw("blockdev-del", Some(json!({ "node-name": node })))
+            .await;
+    }
+    let fdsets = qmp
+        .query_fdsets()
+        .await
+        .map_err(|source| BackupError::Qmp {
+            command: "query-fdsets",
+            source,
+        })?;
+    for set in fdsets {
+        let opaque = |fd: &crate::qmp::FdsetFdInfo| fd.opaque.clone().unwrap_or_default();
+        if set.fds.iter().any(|fd| opaque(fd).ends_with(TARGET_SUFFIX)) {
+            let _ = qmp.remove_fd(set.fdset_id, None).await;
+        }
+    }
+    Ok(leftovers.len())
+}
+
+/// The ids of the backup jobs QEMU is running.
+async fn backup_jobs(qmp: &Qmp) -> Result<Vec<String>, BackupError> {
+    let jobs = qmp
+        .execute_raw("query-block-jobs", None)
+        .await
+        .map_err(|source| BackupError::Qmp {
+            command: "query-block-jobs",
+            source,
+        })?;
+    Ok(jobs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|j| j["device"].as_str())
+        .filter(|id| id.starts_with(JOB_PREFIX))
+        .map(str::to_string)
+        .collect())
 }
 
 async fn attach_target(qmp: &Qmp, t: &BackupTarget) -> Result<u32, BackupError> {

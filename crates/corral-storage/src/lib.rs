@@ -1,6 +1,8 @@
 //! Corral's storage: pool drivers behind one trait, picked by name from a registry, and
 //! images handled through `qemu-img`.
 
+pub mod chain_repair;
+pub mod child;
 mod dir;
 mod driver;
 pub mod import;

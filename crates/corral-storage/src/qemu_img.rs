@@ -6,7 +6,7 @@ use corral_api::DiskFormat;
 use serde::Deserialize;
 use tokio::process::Command;
 
-use crate::StorageError;
+use crate::{child, StorageError};
 
 /// What `qemu-img info` says of an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,13 +29,11 @@ pub async fn create_qcow2(path: &Path, size: u64) -> Result<(), StorageError> {
     if path.exists() {
         return Err(StorageError::Exists(path.to_path_buf()));
     }
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on"])
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on"])
         .arg(path)
-        .arg(size.to_string())
-        .output()
-        .await
-        .map_err(StorageError::Spawn)?;
+        .arg(size.to_string());
+    let out = child::output(cmd).await.map_err(StorageError::Spawn)?;
     if !out.status.success() {
         let _ = std::fs::remove_file(path);
         return Err(StorageError::QemuImg {
@@ -54,7 +52,8 @@ pub async fn inspect(path: &Path, expected: Option<DiskFormat>) -> Result<ImageI
     if let Some(f) = expected {
         cmd.args(["-f", f.as_str()]);
     }
-    let out = cmd.arg(path).output().await.map_err(StorageError::Spawn)?;
+    cmd.arg(path);
+    let out = child::output(cmd).await.map_err(StorageError::Spawn)?;
     if !out.status.success() {
         return Err(StorageError::QemuImg {
             action: "info",
@@ -211,6 +210,37 @@ pub async fn commit(path: &Path) -> Result<(), StorageError> {
     .await
 }
 
+/// Points a qcow2 image at another backing file without looking at data (`rebase -u`):
+/// only for when both backings are known to read the same wherever the image has no
+/// data of its own.
+pub async fn repoint(path: &Path, backing: &Path, format: DiskFormat) -> Result<(), StorageError> {
+    run_qemu_img("rebase", path, |c| {
+        c.args([
+            "rebase",
+            "-q",
+            "-u",
+            "-f",
+            "qcow2",
+            "-F",
+            format.as_str(),
+            "-b",
+        ])
+        .arg(backing)
+        .arg(path);
+    })
+    .await
+}
+
+/// `qemu-img check -r leaks`: gives back the clusters a writer killed mid-way left
+/// allocated but unused (they waste space, never data). Offline only.
+pub async fn reclaim_leaks(path: &Path) -> Result<(), StorageError> {
+    run_qemu_img("check", path, |c| {
+        c.args(["check", "-q", "-r", "leaks", "-f", "qcow2"])
+            .arg(path);
+    })
+    .await
+}
+
 /// `qemu-img check`: consistency of a qcow2 image's metadata.
 pub async fn check(path: &Path) -> Result<(), StorageError> {
     run_qemu_img("check", path, |c| {
@@ -226,7 +256,8 @@ async fn info_json(path: &Path, chain: bool) -> Result<serde_json::Value, Storag
     if chain {
         cmd.arg("--backing-chain");
     }
-    let out = cmd.arg(path).output().await.map_err(StorageError::Spawn)?;
+    cmd.arg(path);
+    let out = child::output(cmd).await.map_err(StorageError::Spawn)?;
     let fail = |message: String| StorageError::QemuImg {
         action: "info",
         path: path.to_path_buf(),
@@ -352,10 +383,7 @@ async fn run_qemu_img(
 ) -> Result<(), StorageError> {
     let mut cmd = Command::new("qemu-img");
     build(&mut cmd);
-    // A caller that gives up (a cancelled operation) stops qemu-img with it instead of
-    // leaving it working on unseen; the caller cleans up what it started.
-    cmd.kill_on_drop(true);
-    let out = cmd.output().await.map_err(StorageError::Spawn)?;
+    let out = child::output(cmd).await.map_err(StorageError::Spawn)?;
     if !out.status.success() {
         return Err(StorageError::QemuImg {
             action,

@@ -15,7 +15,6 @@
 //! `qemu-img` is an image the VM does not have open.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use corral_api::{DiskFormat, Snapshot, SnapshotDisk, SnapshotTree};
@@ -349,7 +348,9 @@ pub async fn delete_on(
                 continue;
             }
             let new_backing = below.as_ref().map(|(p, f)| (p.as_path(), *f));
-            until_cancelled(&step, qemu_img::rebase(&dep, new_backing)).await??;
+            // Not cut short: a rebase killed after it rewrote the header but before it
+            // flushed its tables loses what it copied. Cancelling stops between images.
+            qemu_img::rebase(&dep, new_backing).await?;
             if reads_directly(&dep, &file).await? {
                 return Err(SnapshotError::StillNeeded {
                     image: file,
@@ -481,22 +482,6 @@ impl Progress for Step<'_> {
     }
     fn cancelled(&self) -> bool {
         self.work.cancelled()
-    }
-}
-
-/// Runs `fut`, dropping it (which stops its `qemu-img`) once `work` is cancelled.
-async fn until_cancelled<T>(
-    work: &dyn Progress,
-    fut: impl std::future::Future<Output = T>,
-) -> Result<T, SnapshotError> {
-    let watch = async {
-        while !work.cancelled() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    tokio::select! {
-        out = fut => Ok(out),
-        () = watch => Err(SnapshotError::Cancelled),
     }
 }
 

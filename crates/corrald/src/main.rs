@@ -96,8 +96,8 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(accel = host.accel.accel.as_str(), reason = %host.accel.reason, "accelerator chosen");
     let mgr = vm::Manager::new(cfg.clone(), host, store);
     mgr.ensure_default_pool().await?;
-    mgr.ops.fail_orphans()?;
-    mgr.sweep_interrupted_work()?;
+    let interrupted = mgr.ops.fail_orphans()?;
+    mgr.recover_interrupted_work(&interrupted).await?;
     mgr.reattach_all().await?;
     tokio::spawn(console::rotate_logs_forever(mgr.clone()));
 

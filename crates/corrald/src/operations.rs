@@ -44,8 +44,10 @@ impl Operations {
     }
 
     /// Operations still marked running in the store belong to a previous daemon that
-    /// died; they can no longer finish.
-    pub fn fail_orphans(&self) -> ApiResult<()> {
+    /// died; they can no longer finish. Returns them, so their half-done work can be
+    /// recovered.
+    pub fn fail_orphans(&self) -> ApiResult<Vec<Operation>> {
+        let mut failed = Vec::new();
         for mut op in self.store.list_operations()? {
             if op.state == OperationState::Running {
                 op.state = OperationState::Failed;
@@ -58,9 +60,10 @@ impl Operations {
                     ),
                 });
                 self.store.put_operation(&op)?;
+                failed.push(op);
             }
         }
-        Ok(())
+        Ok(failed)
     }
 
     /// Registers a new running operation.

@@ -82,9 +82,10 @@ pub async fn convert(
         .arg(temp.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(ConvertError::Spawn)?;
+        .stderr(Stdio::piped());
+    let mut child = crate::child::spawn(cmd)
+        .await
+        .map_err(ConvertError::Spawn)?;
     let stderr = child.stderr.take().map(|mut e| {
         tokio::spawn(async move {
             let mut buf = Vec::new();
@@ -172,10 +173,10 @@ async fn virtual_size(path: &Path, format: DiskFormat) -> Result<u64, ImportErro
         path: path.to_path_buf(),
         message,
     };
-    let out = Command::new("qemu-img")
-        .args(["info", "--output=json", "-f", format.as_str()])
-        .arg(path)
-        .output()
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["info", "--output=json", "-f", format.as_str()])
+        .arg(path);
+    let out = crate::child::output(cmd)
         .await
         .map_err(ConvertError::Spawn)?;
     if !out.status.success() {

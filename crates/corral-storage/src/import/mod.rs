@@ -27,7 +27,7 @@ pub use manifest::ManifestError;
 pub use ova::{unpack_ova, unpack_ova_blocking, OvaContents, OvaDisk, OvaError};
 pub use ovf::{parse_ovf, OvfError};
 pub use probe::{probe, probe_format, ProbeError, SourceFormat, SourceInfo};
-pub use temp::TempFile;
+pub use temp::{rename_no_replace, staging_path, TempFile};
 
 use std::path::PathBuf;
 

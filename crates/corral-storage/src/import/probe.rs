@@ -133,12 +133,9 @@ pub async fn probe_format(path: &Path) -> Result<SourceFormat, ImportError> {
 /// refer to other files, and files that are no image at all.
 pub async fn probe(path: &Path) -> Result<SourceInfo, ImportError> {
     let abs = absolute(path)?;
-    let out = Command::new("qemu-img")
-        .args(["info", "--output=json", "-U"])
-        .arg(&abs)
-        .output()
-        .await
-        .map_err(ProbeError::Spawn)?;
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["info", "--output=json", "-U"]).arg(&abs);
+    let out = crate::child::output(cmd).await.map_err(ProbeError::Spawn)?;
     if !out.status.success() {
         return Err(ProbeError::Unreadable {
             path: path.to_path_buf(),
@@ -202,12 +199,9 @@ pub async fn probe(path: &Path) -> Result<SourceInfo, ImportError> {
 /// `qemu-img check` of a qcow2 source: corruption refuses it, leaked clusters (harmless
 /// wasted space, exit code 3) do not.
 async fn check_qcow2(path: &Path, abs: &Path) -> Result<(), ImportError> {
-    let out = Command::new("qemu-img")
-        .args(["check", "-U", "-f", "qcow2"])
-        .arg(abs)
-        .output()
-        .await
-        .map_err(ProbeError::Spawn)?;
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["check", "-U", "-f", "qcow2"]).arg(abs);
+    let out = crate::child::output(cmd).await.map_err(ProbeError::Spawn)?;
     if matches!(out.status.code(), Some(0 | 3)) {
         return Ok(());
     }

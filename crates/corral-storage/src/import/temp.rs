@@ -21,28 +21,8 @@ impl TempFile {
     /// Creates an empty file in `dir`; `label` is part of its name for whoever finds it
     /// after a crash.
     pub fn create_in(dir: &Path, label: &str) -> Result<(Self, std::fs::File), ImportError> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let label: String = label
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(40)
-            .collect();
         loop {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = dir.join(format!(
-                ".corral-import-{label}-{}-{nanos:x}-{n}.part",
-                std::process::id()
-            ));
+            let path = hidden_name(dir, label, "part");
             match std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -90,6 +70,46 @@ impl Drop for TempFile {
     }
 }
 
+/// A fresh hidden name next to `dest` under which work that needs several files to be
+/// complete before any is real (a clone's disks) stages each of them, for
+/// [`rename_no_replace`] once all are done. Like a [`TempFile`]'s, the name marks it as
+/// unfinished work that the daemon's start-up sweep removes.
+pub fn staging_path(dest: &Path) -> PathBuf {
+    let dir = dest.parent().unwrap_or(Path::new("/"));
+    let label = dest.file_name().and_then(|n| n.to_str()).unwrap_or("image");
+    let mut path = hidden_name(dir, label, "staged");
+    while path.exists() {
+        path = hidden_name(dir, label, "staged");
+    }
+    path
+}
+
+/// `.corral-import-<label>-<pid>-<nanos>-<n>.<ext>` in `dir`: unique within the process
+/// by the counter, across processes by the pid.
+fn hidden_name(dir: &Path, label: &str, ext: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let label: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(
+        ".corral-import-{label}-{}-{nanos:x}-{n}.{ext}",
+        std::process::id()
+    ))
+}
+
 fn sync_file(path: &Path) -> Result<(), ImportError> {
     std::fs::OpenOptions::new()
         .write(true)
@@ -100,7 +120,7 @@ fn sync_file(path: &Path) -> Result<(), ImportError> {
 
 /// Renames `from` to `to` unless `to` exists. `renameat2(RENAME_NOREPLACE)` makes the
 /// check and the rename one atomic step; file systems without it get check-then-rename.
-pub(crate) fn rename_no_replace(from: &Path, to: &Path) -> Result<(), ImportError> {
+pub fn rename_no_replace(from: &Path, to: &Path) -> Result<(), ImportError> {
     use nix::errno::Errno;
     use nix::fcntl::{renameat2, RenameFlags};
     match renameat2(None, from, None, to, RenameFlags::RENAME_NOREPLACE) {

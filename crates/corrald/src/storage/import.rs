@@ -85,11 +85,12 @@ impl Manager {
             .await
         } else {
             let step = Scaled::new(progress, base, 100.0 - base);
-            let v = self
-                .import_one(&req.name, req.format, pool, &local, &step)
+            let staged = self
+                .stage_one(&req.name, req.format, pool, &local, &step)
                 .await?;
+            let made = self.commit_staged(vec![staged], &req.source)?;
             Ok(ImportResult {
-                volumes: vec![v.name],
+                volumes: made.into_iter().map(|v| v.name).collect(),
                 ova: None,
             })
         };
@@ -111,7 +112,7 @@ impl Manager {
             .map_err(|e| ApiError::Internal(format!("{}: {e}", dir.display())))?;
         let contents =
             import::unpack_ova_blocking(ova, work.path(), &Scaled::new(progress, 0.0, 30.0))?;
-        let mut made: Vec<Volume> = Vec::new();
+        let mut staged: Vec<Staged> = Vec::new();
         let n = contents.disks.len().max(1) as f32;
         for (i, disk) in contents.disks.iter().enumerate() {
             let name = if i == 0 {
@@ -121,20 +122,20 @@ impl Manager {
             };
             let step = Scaled::new(progress, 30.0 + 70.0 * i as f32 / n, 70.0 / n);
             match self
-                .import_one(&name, req.format, pool, &disk.file, &step)
+                .stage_one(&name, req.format, pool, &disk.file, &step)
                 .await
             {
-                Ok(v) => made.push(v),
+                Ok(s) => staged.push(s),
                 Err(e) => {
-                    // All or nothing: the volumes of the earlier disks go too.
-                    for v in &made {
-                        let _ = self.store.delete_volume(&v.name);
-                        self.remove_volume_storage(v).await;
+                    // All or nothing: the earlier disks' copies go too.
+                    for s in &staged {
+                        let _ = std::fs::remove_file(&s.staging);
                     }
                     return Err(e);
                 }
             }
         }
+        let made = self.commit_staged(staged, &req.source)?;
         Ok(ImportResult {
             volumes: made.into_iter().map(|v| v.name).collect(),
             ova: Some(OvaSpec {
@@ -145,15 +146,16 @@ impl Manager {
         })
     }
 
-    /// Probes one image and converts it into a new volume.
-    async fn import_one(
+    /// Probes one image and converts it into a new volume's file, under a hidden
+    /// staging name until [`Manager::commit_staged`].
+    async fn stage_one(
         &self,
         name: &str,
         format: Option<DiskFormat>,
         pool: &str,
         source: &Path,
         progress: &dyn Progress,
-    ) -> ApiResult<Volume> {
+    ) -> ApiResult<Staged> {
         if self.store.get_volume(name)?.is_some() {
             return Err(ApiError::conflict(format!(
                 "volume '{name}' already exists"
@@ -164,7 +166,11 @@ impl Manager {
         let format = format.unwrap_or(DiskFormat::Qcow2);
         let info = import::probe(source).await?;
         let dest = driver.volume_path(&spec, name, format);
-        let size = import::convert(source, info.format, &dest, format, progress).await?;
+        if dest.exists() {
+            return Err(import::ImportError::Exists(dest).into());
+        }
+        let staging = import::staging_path(&dest);
+        let size = import::convert(source, info.format, &staging, format, progress).await?;
         let volume = Volume {
             name: name.to_string(),
             pool: pool.to_string(),
@@ -178,17 +184,56 @@ impl Manager {
             base_image: None,
             base_snapshot: None,
         };
-        if let Err(e) = self.store.insert_volume(&volume) {
-            let _ = std::fs::remove_file(&dest);
-            return Err(e.into());
-        }
-        self.events.emit(
-            None,
-            "volume",
-            format!("volume '{name}' imported from {}", source.display()),
-        );
-        Ok(volume)
+        Ok(Staged { volume, staging })
     }
+
+    /// Every staged file under its volume's name and recorded, all or none: until
+    /// here a crash leaves only hidden files, which the next start sweeps away.
+    fn commit_staged(&self, staged: Vec<Staged>, source: &str) -> ApiResult<Vec<Volume>> {
+        let mut done: Vec<Volume> = Vec::new();
+        let mut failure = None;
+        for s in &staged {
+            let placed = import::rename_no_replace(&s.staging, Path::new(&s.volume.path))
+                .map_err(ApiError::from);
+            let recorded = placed.and_then(|()| {
+                self.store.insert_volume(&s.volume).map_err(|e| {
+                    let _ = std::fs::remove_file(&s.volume.path);
+                    ApiError::from(e)
+                })
+            });
+            match recorded {
+                Ok(()) => done.push(s.volume.clone()),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            for v in &done {
+                let _ = self.store.delete_volume(&v.name);
+                let _ = std::fs::remove_file(&v.path);
+            }
+            for s in &staged {
+                let _ = std::fs::remove_file(&s.staging);
+            }
+            return Err(e);
+        }
+        for v in &done {
+            self.events.emit(
+                None,
+                "volume",
+                format!("volume '{}' imported from {source}", v.name),
+            );
+        }
+        Ok(done)
+    }
+}
+
+/// A converted image waiting, under a hidden name, to become volume `volume`.
+struct Staged {
+    volume: Volume,
+    staging: PathBuf,
 }
 
 /// Imports write new image files into the pool's directory: the pool must be one of

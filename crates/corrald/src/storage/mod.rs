@@ -4,6 +4,7 @@
 mod images;
 mod import;
 mod live_chain;
+mod recovery;
 mod snapshots;
 mod volumes;
 
@@ -34,44 +35,6 @@ impl Manager {
             ApiError::Internal(format!("{}: {e}", self.cfg.default_pool().display()))
         })?;
         self.store.insert_pool(&spec)?;
-        Ok(())
-    }
-
-    /// At start-up: work a previous daemon left half-done (downloads, conversions, OVA
-    /// unpacking) lives in hidden `.corral-*` files and dirs in the pools. Those
-    /// operations are marked failed, so their leftovers are removed, and said so.
-    pub fn sweep_interrupted_work(&self) -> ApiResult<()> {
-        for spec in self.store.list_pools()? {
-            let Some(dir) = spec.path.as_deref() else {
-                continue;
-            };
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !(name.starts_with(".corral-import-") || name.starts_with(".corral-ova-")) {
-                    continue;
-                }
-                let path = entry.path();
-                let removed = if path.is_dir() {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
-                match removed {
-                    Ok(()) => self.events.emit(
-                        None,
-                        "pool",
-                        format!(
-                            "removed {} left by an interrupted operation",
-                            path.display()
-                        ),
-                    ),
-                    Err(e) => tracing::warn!(error = %e, "cannot remove {}", path.display()),
-                }
-            }
-        }
         Ok(())
     }
 

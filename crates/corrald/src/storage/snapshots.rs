@@ -393,7 +393,7 @@ impl Manager {
 
 /// The VM's disks whose state snapshots capture: every writable volume. A writable file
 /// attached by path is the user's, and Corral will not put overlays over it.
-fn chain_disks(record: &VmRecord) -> ApiResult<Vec<ChainDisk>> {
+pub(crate) fn chain_disks(record: &VmRecord) -> ApiResult<Vec<ChainDisk>> {
     let mut out = Vec::new();
     for (i, d) in record.spec.disks.iter().enumerate() {
         if d.read_only {

@@ -5,7 +5,7 @@
 //! and is an operation with progress that can be cancelled; nothing of the clone exists
 //! until every disk is copied.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use corral_api::{Disk, DiskFormat, Operation, ValidationError, VmSpec, VmState, VmStatus, Volume};
@@ -78,7 +78,7 @@ impl Manager {
     async fn copy_vm(&self, source: VmRecord, target: &str, handle: &OpHandle) -> ApiResult<()> {
         let _reservation = self.reserve_name(target)?;
         let _lock = self.lock(&source.spec.name).await;
-        let mut made: Vec<Volume> = Vec::new();
+        let mut made: Vec<Staged> = Vec::new();
         // A running source is copied by QEMU itself, as of one instant; a stopped one
         // by qemu-img.
         let result = match self.running(&source.spec.name) {
@@ -91,12 +91,10 @@ impl Manager {
                     .await
             }
         };
-        let disks = match result {
+        let disks = match result.and_then(|disks| into_place(&mut made).map(|()| disks)) {
             Ok(disks) => disks,
             Err(e) => {
-                for v in &made {
-                    let _ = std::fs::remove_file(&v.path);
-                }
+                discard(&made);
                 return Err(e);
             }
         };
@@ -108,9 +106,7 @@ impl Manager {
             Some(n) => match self.new_nvram(target, uuid, Path::new(n), &mut revert) {
                 Ok(copy) => Some(copy),
                 Err(e) => {
-                    for v in &made {
-                        let _ = std::fs::remove_file(&v.path);
-                    }
+                    discard(&made);
                     return Err(e);
                 }
             },
@@ -127,7 +123,7 @@ impl Manager {
         };
         let mut inserted: Vec<&Volume> = Vec::new();
         let mut outcome = Ok(());
-        for v in &made {
+        for v in made.iter().map(|s| &s.volume) {
             match self.store.insert_volume(v) {
                 Ok(()) => inserted.push(v),
                 Err(e) => {
@@ -148,9 +144,7 @@ impl Manager {
             for v in inserted {
                 let _ = self.store.delete_volume(&v.name);
             }
-            for v in &made {
-                let _ = std::fs::remove_file(&v.path);
-            }
+            discard(&made);
             return Err(e);
         }
         revert.commit();
@@ -170,7 +164,7 @@ impl Manager {
         target: &str,
         running: &super::Running,
         handle: &OpHandle,
-        made: &mut Vec<Volume>,
+        made: &mut Vec<Staged>,
     ) -> ApiResult<Vec<Disk>> {
         let mut disks = Vec::new();
         let mut targets = Vec::new();
@@ -181,12 +175,13 @@ impl Manager {
             };
             let (volume, disk) =
                 self.clone_volume_for(d, source_volume, target, i, d.size_bytes)?;
-            corral_storage::create_qcow2(Path::new(&volume.path), d.size_bytes).await?;
+            let staging = import::staging_path(Path::new(&volume.path));
+            corral_storage::create_qcow2(&staging, d.size_bytes).await?;
             targets.push(corral_qemu::backup::BackupTarget {
                 node: d.id.clone(),
-                target: volume.path.clone().into(),
+                target: staging.clone(),
             });
-            made.push(volume);
+            made.push(Staged::new(volume, staging));
             disks.push(disk);
         }
         let progress = |p: f32| handle.progress(p);
@@ -269,7 +264,7 @@ impl Manager {
         spec: &VmSpec,
         target: &str,
         handle: &OpHandle,
-        made: &mut Vec<Volume>,
+        made: &mut Vec<Staged>,
     ) -> ApiResult<Vec<Disk>> {
         let n = spec.disks.len().max(1) as f32;
         let mut disks = Vec::new();
@@ -285,14 +280,60 @@ impl Manager {
                 DiskFormat::Raw => SourceFormat::Raw,
             };
             let step = Scaled::new(handle, 100.0 * i as f32 / n, 100.0 / n);
-            let dest = Path::new(&volume.path).to_path_buf();
-            let size = import::convert(Path::new(&d.path), format, &dest, DiskFormat::Qcow2, &step)
-                .await?;
+            let staging = import::staging_path(Path::new(&volume.path));
+            let size = import::convert(
+                Path::new(&d.path),
+                format,
+                &staging,
+                DiskFormat::Qcow2,
+                &step,
+            )
+            .await?;
             volume.size_bytes = size;
             disk.size_bytes = size;
             disks.push(disk);
-            made.push(volume);
+            made.push(Staged::new(volume, staging));
         }
         Ok(disks)
+    }
+}
+
+/// A clone's volume while it is being copied: the copy lives under a hidden staging
+/// name (which a restarted daemon sweeps away) until every disk is copied, so a crash
+/// leaves no file under a volume's name that no record accounts for.
+struct Staged {
+    volume: Volume,
+    staging: PathBuf,
+    /// Renamed to the volume's path by [`into_place`].
+    placed: bool,
+}
+
+impl Staged {
+    fn new(volume: Volume, staging: PathBuf) -> Self {
+        Staged {
+            volume,
+            staging,
+            placed: false,
+        }
+    }
+}
+
+/// Every copy under its volume's name, never over an existing file.
+fn into_place(made: &mut [Staged]) -> ApiResult<()> {
+    for s in made {
+        import::rename_no_replace(&s.staging, Path::new(&s.volume.path))?;
+        s.placed = true;
+    }
+    Ok(())
+}
+
+/// Removes what a failed clone made, staged or already in place.
+fn discard(made: &[Staged]) {
+    for s in made {
+        let _ = std::fs::remove_file(if s.placed {
+            Path::new(&s.volume.path)
+        } else {
+            &s.staging
+        });
     }
 }

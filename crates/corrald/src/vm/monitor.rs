@@ -190,6 +190,19 @@ impl Manager {
             format!("QEMU (pid {pid}) was alive but its monitor did not answer: {e}")
         })?;
         let status = qmp.query_status().await.map_err(|e| e.to_string())?;
+        match corral_qemu::backup::clear_leftovers(&qmp).await {
+            Ok(0) => {}
+            Ok(n) => self.events.emit(
+                Some(name),
+                "clone",
+                format!("cancelled {n} copy job(s) of a clone cut short by a daemon restart"),
+            ),
+            Err(e) => tracing::warn!(
+                vm = name,
+                "cannot clear an interrupted clone's copy jobs: {}",
+                crate::error::chain(&e)
+            ),
+        }
         let record = self.record(name).map_err(|e| e.to_string())?;
         let state = match (record.status.state, status.status.as_str()) {
             // A start cut short by the restart: its set-up never finished.
