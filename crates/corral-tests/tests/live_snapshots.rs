@@ -298,3 +298,73 @@ fn daemon_killed_during_live_snapshot_create() {
         d.start_and_wait("kill");
     }
 }
+
+/// The instant the write-ahead record leaves open: the store already names the new
+/// overlay as the disk, QEMU still writes the image below it (the daemon died before the
+/// switch). Made exactly here by writing the record with the store while the daemon is
+/// dead; the restarted daemon must finish the switch, so the guest's next writes land
+/// in the image the record names.
+#[test]
+fn reattach_finishes_a_recorded_but_unswitched_snapshot() {
+    use corral_store::Store;
+    let mut d = Daemon::start();
+    d.define(
+        "half",
+        &[
+            "--memory",
+            "256M",
+            "--disk",
+            "size=64M",
+            "--network",
+            "none",
+        ],
+    );
+    d.start_and_wait("half");
+    guest_writes(&d, "half", "old");
+    let below = active(&d, "half");
+    d.kill9();
+
+    let overlay = below.replace(".qcow2", "-0badc0de.qcow2");
+    let ok = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b"])
+        .args([&below, &overlay, "64M"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    {
+        let store = corral_store::SqliteStore::open(&d.state_dir().join("corral.db")).unwrap();
+        let mut record = store.get_vm("half").unwrap().unwrap();
+        record.spec.disks[0].path = overlay.clone();
+        let mut volume = store.get_volume("half-disk0").unwrap().unwrap();
+        volume.path = overlay.clone();
+        let tree = corral_api::SnapshotTree {
+            snapshots: vec![corral_api::Snapshot {
+                name: "s".into(),
+                parent: None,
+                created_at: 0,
+                description: None,
+                disks: vec![corral_api::SnapshotDisk {
+                    disk: "disk0".into(),
+                    file: below.clone(),
+                    format: corral_api::DiskFormat::Qcow2,
+                }],
+                nvram: None,
+                memory: None,
+            }],
+            current: Some("s".into()),
+        };
+        store
+            .save_vm_and_snapshots(&record.spec, &tree, &[volume])
+            .unwrap();
+    }
+    d.restart();
+    assert_eq!(d.state("half"), "running");
+    let events = d.ok(&["events", "--vm", "half"]);
+    assert!(events.contains("is now complete"), "{events}");
+    guest_writes(&d, "half", "new");
+    d.ok(&["stop", "half", "--force"]);
+    assert_eq!(image_head(&overlay, 3), "new");
+    assert_eq!(image_head(&below, 3), "old");
+    qemu_img_check(&overlay);
+    d.assert_pool_clean("default");
+}
