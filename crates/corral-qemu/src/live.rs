@@ -191,7 +191,15 @@ async fn add_overlay(qmp: &Qmp, node: &str, path: &Path) -> Result<u32, LiveErro
         "driver": "qcow2",
         "discard": "unmap",
         "backing": null,
-        "file": {"driver": "file", "filename": format!("/dev/fdset/{}", info.fdset_id)},
+        "read-only": false,
+        // Explicit, as on the command line: without it QEMU 7.2, once this overlay has
+        // been frozen (reopened read-only), fails the `cont` after a memory save with
+        // "Failed to get shared 'write' lock" (tests/live_snapshots.rs takes that path).
+        "file": {
+            "driver": "file",
+            "filename": format!("/dev/fdset/{}", info.fdset_id),
+            "read-only": false,
+        },
     });
     if let Err(e) = qmp.execute_raw("blockdev-add", Some(add)).await {
         let _ = qmp.remove_fd(info.fdset_id, None).await;

@@ -117,10 +117,14 @@ fn memory_snapshot_resumes_the_guest_where_it_was() {
     d.start_and_wait("mem");
     d.guest_run("mem", "echo before > /tmp/mark");
     guest_writes(&d, "mem", "one");
+    // Two live switches first: the overlay added at run time becomes a backing file
+    // (reopened read-only) before the memory is saved and the disks reactivated.
+    d.ok(&["snapshot", "create", "mem", "d1"]);
+    d.ok(&["snapshot", "create", "mem", "d2"]);
     d.ok(&["snapshot", "create", "mem", "m1", "--memory"]);
     assert_eq!(d.state("mem"), "running");
     let tree = d.json(&["snapshot", "list", "mem"]);
-    let saved = &tree["snapshots"][0]["memory"];
+    let saved = &tree["snapshots"][2]["memory"];
     assert!(saved["size_bytes"].as_u64().unwrap() > 1 << 20, "{tree}");
     assert_eq!(saved["paused"], false);
     let mem_file = saved["file"].as_str().unwrap().to_string();

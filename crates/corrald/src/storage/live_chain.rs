@@ -64,9 +64,10 @@ pub fn memory_file(state_dir: &Path, vm: &str, snapshot: &str) -> PathBuf {
         .join(format!("{vm}@{snapshot}.mem"))
 }
 
-/// Saves a paused VM's RAM and device state into a new file; returns its size. On
-/// failure the file is removed. QEMU is left in `postmigrate`: see [`reactivate`].
-pub async fn save_memory(qmp: &Qmp, file: &Path) -> ApiResult<u64> {
+/// Saves a paused VM's RAM and device state into a new file, lets the guest go on
+/// (see [`reactivate`]) and only then makes the file durable, so the guest is not kept
+/// paused through the fsync; returns the file's size. On failure the file is removed.
+pub async fn save_memory(qmp: &Qmp, file: &Path, was_running: bool) -> ApiResult<u64> {
     let io = |e: std::io::Error| ApiError::Internal(format!("{}: {e}", file.display()));
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
@@ -77,18 +78,20 @@ pub async fn save_memory(qmp: &Qmp, file: &Path) -> ApiResult<u64> {
         .mode(0o600)
         .open(file)
         .map_err(io)?;
-    let saved = async {
-        live::save_memory(qmp, &out)
-            .await
-            .map_err(|e| ApiError::Internal(crate::error::chain(&e)))?;
+    let saved = live::save_memory(qmp, &out)
+        .await
+        .map_err(|e| ApiError::Internal(crate::error::chain(&e)));
+    // Whether or not the save worked, the guest goes on as it was.
+    let resumed = reactivate(qmp, was_running).await;
+    let durable = saved.and_then(|()| {
         out.sync_all().map_err(io)?;
         out.metadata().map(|m| m.len()).map_err(io)
-    }
-    .await;
-    if saved.is_err() {
+    });
+    if durable.is_err() || resumed.is_err() {
         let _ = std::fs::remove_file(file);
     }
-    saved
+    resumed?;
+    durable
 }
 
 /// After a memory save QEMU's block layer is inactive until `cont`. A VM that was

@@ -112,8 +112,7 @@ impl Manager {
         was_running: bool,
     ) -> ApiResult<SnapshotMemory> {
         let file = live_chain::memory_file(&self.cfg.state_dir, vm, name);
-        let saved = live_chain::save_memory(&running.qmp, &file).await;
-        live_chain::reactivate(&running.qmp, was_running).await?;
+        let saved = live_chain::save_memory(&running.qmp, &file, was_running).await;
         Ok(SnapshotMemory {
             file: file.display().to_string(),
             size_bytes: saved?,
