@@ -9,7 +9,7 @@
 #   bash bench/run.sh --wait-quiet    # first wait (up to 10 min) for load average < 0.5
 #   bash bench/run.sh --quick         # 3 start rounds, 100 VMs: a smoke test of the bench
 #   bash bench/run.sh --only start|many|storage
-#                                     # storage: bench/storage.py alone (~3 minutes); a full
+#                                     # storage: bench/storage.py alone (~6 minutes); a full
 #                                     # run does it after the other sections
 #
 # Raw numbers go to bench/results/latest.json, the table to bench/results/latest.md
@@ -35,7 +35,8 @@ while (($#)); do
         --no-setup) setup=0 ;;
         --no-build) build=0 ;;
         --quick) extra+=(--n-start 3 --n-define 100 --n-list 3)
-                 storage_extra+=(--n-linked 3 --n-clone 1 --n-snap 3 --n-root 1 --n-live 1) ;;
+                 storage_extra+=(--n-linked 3 --n-clone 1 --n-snap 3 --n-root 1 --n-live 1
+                                --n-lclone 2) ;;
         --only) only=$2; shift ;;
         --rev) rev=$2; shift ;;
         --wait-quiet) wait_quiet=1 ;;

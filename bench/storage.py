@@ -12,8 +12,11 @@ Driven by bench/run.sh (`--only storage`, or after the other sections in a full 
    on the same file.
 3. Snapshots of a stopped 256 MiB VM with that disk: create, revert, delete, Corral
    (external overlays) against libvirt (internal qcow2 snapshots: libvirt 9.0 cannot
-   revert external ones, which the run checks and reports), API and CLI. Then what
-   each does with a running VM.
+   revert external ones, which the run checks and reports), API and CLI. Then the same
+   VM running (bench/storage_live.py): disk-only and memory snapshots against libvirt's
+   internal snapshots with memory and its external disk-only ones.
+4. Linked clones by `POST /api/v1/vms/SRC/clone` with `"linked": true`, of a VM with a
+   1 GiB disk and of one with a 50 GiB disk (bench/storage_live.py).
 
 As in bench.py, everything is timed here with time.perf_counter(), and the variants of
 each measurement run in rounds, in a freshly shuffled (seeded) order every round.
@@ -36,7 +39,7 @@ import libvirt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import (  # noqa: E402
-    LV_URI, log, machine_info, med, ms, paired, run_wall, stats, timed, wait_ready)
+    LV_URI, log, machine_info, med, ms, paired, run_wall, stats, timed)
 from unixhttp import Client, HttpError  # noqa: E402
 
 GIB = 1 << 30
@@ -46,6 +49,7 @@ CMDLINE = "console=ttyS0 quiet no_timer_check"
 IMG_1G = "cb-img-1g"
 IMG_50G = "cb-img-50g"
 SRC_VM = "cb-src"          # Corral's VM with the 1 GiB disk (clone source, snapshots)
+SRC_50G = "cb-src50"       # Corral's VM with the 50 GiB disk (`clone --linked` source)
 LV_SRC = "cb-lvsrc"        # libvirt domain on the very same file (virt-clone source)
 LV_SNAP = "cb-lvsnap"      # libvirt domain on its own copy of it (snapshots)
 # The 50 GiB image: 8 extents of 64 MiB, one every 6400 MiB, all written.
@@ -95,6 +99,7 @@ class Corral:
     def __init__(self, args):
         self.bin = args.corral
         self.sock = args.socket
+        self.state_dir = args.state_dir
         self.api = Client(args.socket)
         self.kernel = {"kernel": args.kernel, "initrd": args.initrd, "cmdline": CMDLINE}
 
@@ -124,6 +129,12 @@ class Corral:
     def vm(self, name: str) -> dict:
         return self.api.call("GET", f"/api/v1/vms/{name}")
 
+    def stop(self, name: str) -> None:
+        o = self.api.call("POST", f"/api/v1/vms/{name}/stop", {"force": True}, ok=(202,))
+        o = self.api.call("GET", f"/api/v1/operations/{o['id']}/wait?timeout_secs=30")
+        if o.get("state") != "succeeded":
+            raise RuntimeError(f"corral stop {name}: {o}")
+
     def image_from_extents(self, image: str, size: int, extents) -> dict:
         """A scratch volume of `size`, written over `extents`, copied into `image`, then
         removed: only the image stays."""
@@ -138,9 +149,15 @@ class Corral:
         return img
 
 
-def domain_xml(name: str, disk: str, lv_images: str) -> str:
+def domain_xml(name: str, disk: str, lv_images: str, console: str = "file") -> str:
     """bench.py's libvirt twin of a Corral VM (TCG, machine pc, same kernel/initrd,
-    256 MiB, 1 vCPU, no NIC, nothing libvirt would add), plus one virtio qcow2 disk."""
+    256 MiB, 1 vCPU, no NIC, nothing libvirt would add), plus one virtio qcow2 disk.
+    The serial port goes to a file, or with `console="pty"` to a pty that libvirt's
+    console API can type into, logged to the same file."""
+    log_file = f"{lv_images}/{name}.console.log"
+    serial = (f"<serial type='file'>\n      <source path='{log_file}' append='off'/>"
+              if console == "file" else
+              f"<serial type='pty'>\n      <log file='{log_file}' append='off'/>")
     return f"""<domain type='qemu'>
   <name>{name}</name>
   <memory unit='MiB'>{MEMORY_MIB}</memory>
@@ -162,8 +179,7 @@ def domain_xml(name: str, disk: str, lv_images: str) -> str:
     </disk>
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
-    <serial type='file'>
-      <source path='{lv_images}/{name}.console.log' append='off'/>
+    {serial}
       <target port='0'/>
     </serial>
   </devices>
@@ -188,8 +204,8 @@ class Lv:
         self.pools.append(pool)
         return pool
 
-    def define(self, name: str, disk: str):
-        return self.conn.defineXML(domain_xml(name, disk, self.images))
+    def define(self, name: str, disk: str, console: str = "file"):
+        return self.conn.defineXML(domain_xml(name, disk, self.images, console))
 
     def remove(self, name: str) -> None:
         try:
@@ -293,8 +309,7 @@ def phase_linked(args, corral: Corral, lv: Lv, res: dict) -> None:
     path = probe["spec"]["disks"][0]["path"]
     res["linked_overlay_bytes"] = {"file": os.path.getsize(path), "allocated": allocated(path)}
     corral.delete_vm("cb-lc-probe")
-    for img in (IMG_1G, IMG_50G):
-        corral.op("DELETE", f"/api/v1/images/{img}")
+    # The images stay for phase 4 (bench/storage_live.py), which deletes them.
 
 
 def phase_clone(args, corral: Corral, lv: Lv, res: dict) -> None:
@@ -481,43 +496,14 @@ def phase_snapshots(args, corral: Corral, lv: Lv, res: dict) -> None:
     out["libvirt_api"]["delete_root"] = root_deletes(
         lambda s: dom.snapshotCreateXML(f"<domainsnapshot><name>{s}</name></domainsnapshot>", 0),
         lambda s: dom.snapshotLookupByName(s, 0).delete(0))
-    phase_running(args, corral, lv, dom, out)
+    if args.n_live > 0:
+        from storage_live import phase_running
+        phase_running(args, corral, lv, disk, out)
     lv.remove(LV_SNAP)
     rm(disk)
     out["corral_api"]["delete_root"] = root_deletes(
         lambda s: corral.op("POST", f"/api/v1/vms/{SRC_VM}/snapshots", {"name": s}),
         lambda s: corral.op("DELETE", f"/api/v1/vms/{SRC_VM}/snapshots/{s}"))
-
-
-def phase_running(args, corral: Corral, lv: Lv, dom, out: dict) -> None:
-    """A running VM: what Corral answers today, and what libvirt's internal snapshot
-    with memory (QEMU's savevm/loadvm) costs, for the record."""
-    live = out.setdefault("running", {})
-    corral.api.call("POST", f"/api/v1/vms/{SRC_VM}/start")
-    status, body = corral.api.request("POST", f"/api/v1/vms/{SRC_VM}/snapshots", {"name": "live"})
-    live["corral_status"] = status
-    live["corral_answer"] = body
-    o = corral.api.call("POST", f"/api/v1/vms/{SRC_VM}/stop", {"force": True}, ok=(202,))
-    corral.api.call("GET", f"/api/v1/operations/{o['id']}/wait?timeout_secs=30")
-    if args.n_live <= 0:
-        return
-    log(f"libvirt: internal snapshots of the running domain (disk + memory), {args.n_live}×")
-    t0 = time.perf_counter()
-    dom.create()
-    live["libvirt_boot_s"] = wait_ready(os.path.join(lv.images, f"{LV_SNAP}.console.log"), 0, t0)
-    samples = {"create": [], "revert": [], "delete": []}
-    for i in range(args.n_live):
-        time.sleep(SETTLE_FAST_S)
-        t0 = time.perf_counter()
-        snap = dom.snapshotCreateXML(f"<domainsnapshot><name>live{i}</name></domainsnapshot>", 0)
-        samples["create"].append(time.perf_counter() - t0)
-        time.sleep(SETTLE_FAST_S)
-        samples["revert"].append(timed(lambda: dom.revertToSnapshot(snap, 0)))
-        time.sleep(SETTLE_FAST_S)
-        samples["delete"].append(timed(lambda: snap.delete(0)))
-    live["libvirt_state"] = "running" if dom.isActive() else "not running"
-    dom.destroy()
-    live["libvirt_s"] = {k: stats(v) for k, v in samples.items()}
 
 
 # ---------------------------------------------------------------------------- report
@@ -532,6 +518,7 @@ def verdict(ok: bool) -> str:
 
 
 def report(res: dict) -> str:
+    from storage_live import report_linked_clone, report_live_steps, report_running
     rows = []
 
     def row(what, corral, peer, ratio, target):
@@ -604,17 +591,8 @@ def report(res: dict) -> str:
             f"{med(ext['create_s'])}; revert: *{ext['revert']}*; delete (libvirt runs a "
             f"paused QEMU to commit the overlay): {med(ext['delete_s'])}",
             f"{ca['median'] / ext['create_s']['median']:.2f}×", "info")
-        live = sn.get("running", {})
-        if live:
-            ans = live.get("corral_answer")
-            msg = ans.get("error") if isinstance(ans, dict) else ans
-            corral_cell = f"not available: HTTP {live['corral_status']} ({msg})"
-            ls = live.get("libvirt_s")
-            peer = ("libvirt internal snapshot with memory (savevm/loadvm): "
-                    + (f"create {med(ls['create'])}, revert {med(ls['revert'])}, delete "
-                       f"{med(ls['delete'])}" if ls else "not run"))
-            row("3. Snapshot of a running VM (disk + memory)", corral_cell, peer, "—",
-                "— (not in Corral yet)")
+        report_running(sn, row)
+    report_linked_clone(res, row)
     m = res["machine"]
     la = res.get("loadavg_before", (0, 0, 0))
     intro = (f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Linux {m['kernel']}; "
@@ -625,7 +603,7 @@ def report(res: dict) -> str:
              f"{res.get('total_s', 0):.0f} s.\n\n")
     head = ("| Measurement | Corral | Baseline | Corral ÷ baseline | Target |\n"
             "|---|---|---|---|---|")
-    return intro + head + "\n" + "\n".join(rows) + "\n"
+    return intro + head + "\n" + "\n".join(rows) + "\n" + report_live_steps(res)
 
 
 def storage_machine(args) -> dict:
@@ -668,7 +646,8 @@ def main() -> int:
     ap.add_argument("--n-clone", type=int, default=5)
     ap.add_argument("--n-snap", type=int, default=15)
     ap.add_argument("--n-root", type=int, default=3)
-    ap.add_argument("--n-live", type=int, default=3)
+    ap.add_argument("--n-live", type=int, default=7)
+    ap.add_argument("--n-lclone", type=int, default=15)
     ap.add_argument("--corral-rev", default="", help="the commit the binaries were built from")
     ap.add_argument("--json", required=True)
     ap.add_argument("--md", required=True)
@@ -676,13 +655,13 @@ def main() -> int:
 
     free = shutil.disk_usage(args.work).free
     if free < 6 * GIB:
-        log(f"only {free / GIB:.1f} GiB free under {args.work}; the run needs ~3 GiB at most")
+        log(f"only {free / GIB:.1f} GiB free under {args.work}; the run needs ~4 GiB at most")
         return 1
     corral = Corral(args)
     lv = Lv(args)
     res = {"machine": storage_machine(args), "params": {
         "n_linked": args.n_linked, "n_clone": args.n_clone, "n_snap": args.n_snap,
-        "n_root": args.n_root, "n_live": args.n_live}}
+        "n_root": args.n_root, "n_live": args.n_live, "n_lclone": args.n_lclone}}
     # In a full run bench.py's scale test leaves its 1000 VMs in this run's corrald:
     # storage starts from an empty daemon either way.
     left = [v["spec"]["name"] for v in corral.api.call("GET", "/api/v1/vms")]
@@ -696,6 +675,12 @@ def main() -> int:
         phase_linked(args, corral, lv, res)
         phase_clone(args, corral, lv, res)
         phase_snapshots(args, corral, lv, res)
+        if args.n_lclone > 0:
+            from storage_live import phase_linked_clone
+            phase_linked_clone(args, corral, res)
+        else:
+            for img in (IMG_1G, IMG_50G):
+                corral.op("DELETE", f"/api/v1/images/{img}")
     finally:
         for d in (LV_SRC, LV_SNAP):
             try:
@@ -703,10 +688,11 @@ def main() -> int:
             except libvirt.libvirtError as e:
                 log(f"cleanup: {d}: {e}")
         lv.close()
-        try:
-            corral.delete_vm(SRC_VM)
-        except HttpError:
-            pass
+        for vm in (SRC_VM, SRC_50G):
+            try:
+                corral.delete_vm(vm)
+            except HttpError:
+                pass
     res["loadavg_after"] = os.getloadavg()
     res["total_s"] = time.perf_counter() - t_all
     md = report(res)
@@ -717,4 +703,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # bench/storage_live.py imports this file's helpers as the module `storage`: run
+    # main() from that module too, so there is one copy of every class and constant.
+    import storage
+    sys.exit(storage.main())
