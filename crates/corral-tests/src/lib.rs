@@ -263,6 +263,15 @@ impl Daemon {
         self.ok(&a);
     }
 
+    /// Defines a 256 MiB test-guest VM with one new disk of `disk_size`, no network.
+    pub fn define_with_disk(&self, name: &str, disk_size: &str) {
+        let disk = format!("size={disk_size}");
+        self.define(
+            name,
+            &["--memory", "256M", "--disk", &disk, "--network", "none"],
+        );
+    }
+
     /// Runs a shell command in a running test guest and waits until it has finished:
     /// the completion marker is computed by the guest, so the echo of the typed line
     /// cannot be mistaken for it.

@@ -101,17 +101,7 @@ fn full_clone_is_independent_with_new_identity() {
 #[test]
 fn running_vm_is_cloned_without_stopping() {
     let d = Daemon::start();
-    d.define(
-        "live",
-        &[
-            "--memory",
-            "256M",
-            "--disk",
-            "size=64M",
-            "--network",
-            "none",
-        ],
-    );
+    d.define_with_disk("live", "64M");
     d.start_and_wait("live");
     d.guest_run("live", "printf hot! > /dev/vda; sync");
     let pid = d.vm("live")["status"]["pid"].as_u64().unwrap();

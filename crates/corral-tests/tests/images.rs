@@ -10,17 +10,7 @@ use corral_tests::{image_head, Daemon};
 #[test]
 fn linked_clones_from_an_image() {
     let d = Daemon::start();
-    d.define(
-        "golden",
-        &[
-            "--memory",
-            "256M",
-            "--disk",
-            "size=64M",
-            "--network",
-            "none",
-        ],
-    );
+    d.define_with_disk("golden", "64M");
     d.start_and_wait("golden");
     d.guest_run("golden", "printf gold > /dev/vda; sync");
     // A running VM's volume cannot be copied consistently.

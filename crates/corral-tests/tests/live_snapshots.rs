@@ -31,17 +31,7 @@ fn guest_writes(d: &Daemon, vm: &str, text: &str) {
 #[test]
 fn running_vm_snapshots_and_merges_without_stopping() {
     let d = Daemon::start();
-    d.define(
-        "live",
-        &[
-            "--memory",
-            "256M",
-            "--disk",
-            "size=64M",
-            "--network",
-            "none",
-        ],
-    );
+    d.define_with_disk("live", "64M");
     d.start_and_wait("live");
     let pid = d.vm("live")["status"]["pid"].as_u64().unwrap();
     guest_writes(&d, "live", "one");
@@ -95,17 +85,7 @@ fn running_vm_snapshots_and_merges_without_stopping() {
 #[test]
 fn memory_snapshot_resumes_the_guest_where_it_was() {
     let d = Daemon::start();
-    d.define(
-        "mem",
-        &[
-            "--memory",
-            "256M",
-            "--disk",
-            "size=64M",
-            "--network",
-            "none",
-        ],
-    );
+    d.define_with_disk("mem", "64M");
     // No memory to save while stopped: a 400 naming the field.
     let err = d.fails(&["snapshot", "create", "mem", "m0", "--memory"]);
     assert!(err.contains("memory"), "{err}");
@@ -173,17 +153,7 @@ fn memory_snapshot_resumes_the_guest_where_it_was() {
 #[test]
 fn linked_clone_of_a_running_vm() {
     let d = Daemon::start();
-    d.define(
-        "src",
-        &[
-            "--memory",
-            "256M",
-            "--disk",
-            "size=64M",
-            "--network",
-            "none",
-        ],
-    );
+    d.define_with_disk("src", "64M");
     d.start_and_wait("src");
     guest_writes(&d, "src", "abc");
     // The source keeps running; the clone sits on snapshot linked-copy of it.
@@ -208,10 +178,7 @@ fn linked_clone_of_a_running_vm() {
 #[test]
 fn daemon_killed_mid_live_merge() {
     let mut d = Daemon::start();
-    d.define(
-        "merge",
-        &["--memory", "256M", "--disk", "size=1G", "--network", "none"],
-    );
+    d.define_with_disk("merge", "1G");
     let disk = active(&d, "merge");
     let ok = std::process::Command::new("qemu-io")
         .args(["-f", "qcow2", "-c", "write -P 7 1M 384M", &disk])
@@ -259,17 +226,7 @@ fn daemon_killed_mid_live_merge() {
 #[test]
 fn daemon_killed_during_live_snapshot_create() {
     let mut d = Daemon::start();
-    d.define(
-        "kill",
-        &[
-            "--memory",
-            "256M",
-            "--disk",
-            "size=64M",
-            "--network",
-            "none",
-        ],
-    );
+    d.define_with_disk("kill", "64M");
     d.start_and_wait("kill");
     for (round, delay_ms) in [2u64, 15, 40, 90].into_iter().enumerate() {
         let name = format!("k{round}");
@@ -312,17 +269,7 @@ fn daemon_killed_during_live_snapshot_create() {
 fn reattach_finishes_a_recorded_but_unswitched_snapshot() {
     use corral_store::Store;
     let mut d = Daemon::start();
-    d.define(
-        "half",
-        &[
-            "--memory",
-            "256M",
-            "--disk",
-            "size=64M",
-            "--network",
-            "none",
-        ],
-    );
+    d.define_with_disk("half", "64M");
     d.start_and_wait("half");
     guest_writes(&d, "half", "old");
     let below = active(&d, "half");

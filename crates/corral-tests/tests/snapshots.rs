@@ -23,17 +23,7 @@ fn active(d: &Daemon, vm: &str) -> String {
 #[test]
 fn snapshot_tree_revert_branch_delete() {
     let d = Daemon::start();
-    d.define(
-        "snap",
-        &[
-            "--memory",
-            "256M",
-            "--disk",
-            "size=64M",
-            "--network",
-            "none",
-        ],
-    );
+    d.define_with_disk("snap", "64M");
 
     guest_writes(&d, "snap", "one");
     d.ok(&["snapshot", "create", "snap", "s1", "--description", "first"]);
