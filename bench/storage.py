@@ -577,7 +577,7 @@ def report(res: dict) -> str:
         cr, lr = sn["corral_api"].get("delete_root"), sn["libvirt_api"].get("delete_root")
         if cr and lr:
             row("3. Snapshot delete of the VM's only (root) snapshot, API", med(cr),
-                f"libvirt, internal snapshot: {med(lr)}", f"{cr['median'] / lr['median']:.0f}×",
+                f"libvirt, internal snapshot: {med(lr)}", f"{cr['median'] / lr['median']:.2f}×",
                 "info")
         for op in ("create", "revert", "delete"):
             cc, vc = sn["corral_cli"][op], sn["virsh_cli"][op]

@@ -129,7 +129,7 @@ SAVE_STEPS = [("`stop` sent", "sent", '"execute":"stop","id"'),
                '"execute":"transaction"'),
               ("`migrate` sent", "sent", '"execute":"migrate","id"'),
               ("RAM saved (`query-migrate`: completed)", "recv", '"status": "completed"'),
-              ("`cont` sent (the state file fsync'd)", "sent", '"execute":"cont","id"'),
+              ("`cont` sent (before the state file's fsync)", "sent", '"execute":"cont","id"'),
               ("running again (`cont` answered)", "reply", "")]
 LOAD_STEPS = [("new QEMU's QMP greeting (old one killed, disks reverted)", "recv", '"QMP"'),
               ("`migrate-incoming` sent", "sent", '"execute":"migrate-incoming"'),
