@@ -27,6 +27,8 @@ have flock || need+=(util-linux)
 have ps || need+=(procps)
 have tar || need+=(tar)
 have gzip || need+=(gzip)
+# The guest agent's client is tested against the real qemu-ga, run on the host.
+{ have qemu-ga || [[ -x /usr/sbin/qemu-ga ]]; } || need+=(qemu-guest-agent)
 # lvm-thin pools (and their test) need the kernel's device-mapper; without it the LVM
 # tools are useless (nothing can be activated) and worse than useless: libdevmapper
 # leaves a dead /dev/mapper/control node behind. The kernel's misc-device list is the

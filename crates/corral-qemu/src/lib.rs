@@ -1,5 +1,6 @@
 //! The QEMU driver: everything Corral knows about running one QEMU process.
 //!
+//! - [`agent`]: a client for the guest agent (qemu-ga) inside a VM.
 //! - [`argv`]: the command line, a pure function of the spec (golden-tested).
 //! - [`backup`]: point-in-time copies of a running VM's disks.
 //! - [`launch`]: start QEMU detached and confined, and find it again after a restart.
@@ -8,6 +9,7 @@
 //! - [`probe`]: which accelerator really works on this host.
 //! - [`cgroup`]: one cgroup per VM.
 
+pub mod agent;
 pub mod argv;
 pub mod backup;
 pub mod cgroup;
