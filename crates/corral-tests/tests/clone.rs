@@ -8,19 +8,17 @@ use corral_tests::{image_head, Daemon};
 fn full_clone_is_independent_with_new_identity() {
     let d = Daemon::start();
     d.ok(&["volume", "create", "extra", "--size", "32M"]);
-    let g = corral_tests::guest_args();
-    let mut args = vec![
-        "create",
+    d.define(
         "src",
-        "--memory",
-        "256M",
-        "--disk",
-        "size=64M",
-        "--disk",
-        "vol=extra",
-    ];
-    args.extend(g.iter().map(String::as_str));
-    d.ok(&args);
+        &[
+            "--memory",
+            "256M",
+            "--disk",
+            "size=64M",
+            "--disk",
+            "vol=extra",
+        ],
+    );
     let src = d.vm("src");
     let d0 = src["spec"]["disks"][0]["path"]
         .as_str()
@@ -132,19 +130,10 @@ fn running_vm_is_cloned_without_stopping() {
 #[test]
 fn daemon_killed_mid_clone_leaves_it_finished_or_rolled_back() {
     let mut d = Daemon::start();
-    let g = corral_tests::guest_args();
-    let mut args = vec![
-        "create",
+    d.define(
         "big",
-        "--memory",
-        "128M",
-        "--disk",
-        "size=1G",
-        "--network",
-        "none",
-    ];
-    args.extend(g.iter().map(String::as_str));
-    d.ok(&args);
+        &["--memory", "128M", "--disk", "size=1G", "--network", "none"],
+    );
     let disk = d.vm("big")["spec"]["disks"][0]["path"]
         .as_str()
         .unwrap()

@@ -219,17 +219,10 @@ fn create_from_ova() {
         .unwrap();
     assert!(ok.success());
 
-    let g = corral_tests::guest_args();
-    let mut args = vec![
-        "create",
+    d.define(
         "app",
-        "--from-ova",
-        ova.to_str().unwrap(),
-        "--network",
-        "none",
-    ];
-    args.extend(g.iter().map(String::as_str));
-    d.ok(&args);
+        &["--from-ova", ova.to_str().unwrap(), "--network", "none"],
+    );
     let vm = d.vm("app");
     assert_eq!(vm["spec"]["vcpus"], 2);
     assert_eq!(vm["spec"]["memory_mib"], 192);
@@ -241,18 +234,17 @@ fn create_from_ova() {
         disk["path"].as_str().unwrap(),
     ]);
     // The command line wins over the descriptor.
-    let mut args = vec![
-        "create",
+    d.define(
         "app2",
-        "--from-ova",
-        ova.to_str().unwrap(),
-        "--vcpus",
-        "1",
-        "--memory",
-        "128M",
-    ];
-    args.extend(g.iter().map(String::as_str));
-    d.ok(&args);
+        &[
+            "--from-ova",
+            ova.to_str().unwrap(),
+            "--vcpus",
+            "1",
+            "--memory",
+            "128M",
+        ],
+    );
     assert_eq!(d.vm("app2")["spec"]["vcpus"], 1);
     assert_eq!(d.vm("app2")["spec"]["memory_mib"], 128);
     d.start_and_wait("app");

@@ -131,23 +131,21 @@ fn a_volume_with_snapshots_cannot_be_detached() {
 #[test]
 fn uefi_vm_nvram_is_part_of_every_snapshot() {
     let d = Daemon::start();
-    let g = corral_tests::guest_args();
-    let mut args = vec![
-        "create",
+    d.define(
         "efi",
-        "--memory",
-        "256M",
-        "--machine",
-        "q35",
-        "--firmware",
-        "uefi",
-        "--disk",
-        "size=32M",
-        "--network",
-        "none",
-    ];
-    args.extend(g.iter().map(String::as_str));
-    d.ok(&args);
+        &[
+            "--memory",
+            "256M",
+            "--machine",
+            "q35",
+            "--firmware",
+            "uefi",
+            "--disk",
+            "size=32M",
+            "--network",
+            "none",
+        ],
+    );
     let nvram = d.vm("efi")["spec"]["nvram"].as_str().unwrap().to_string();
     let original = std::fs::read(&nvram).unwrap();
     // OVMF boots the guest kernel.
