@@ -67,8 +67,8 @@ pub struct LaunchConfig<'a> {
     /// Start waiting for a saved memory/device state (`-incoming defer`): the daemon then
     /// passes the state file and runs `migrate-incoming` (reverting to a memory snapshot).
     pub incoming: bool,
-    /// Ids of the disks whose path is a block device (an LV, a partition), found by
-    /// [`block_device_disks`] at launch: QEMU opens those with `host_device`.
+    /// Ids of the disks whose image is a block device (an LV, a partition), found by
+    /// the launcher from the descriptors it opened: QEMU opens those with `host_device`.
     pub block_devices: &'a BTreeSet<String>,
 }
 
@@ -83,17 +83,6 @@ pub struct DiskFds {
     /// The read-write descriptor (none for a read-only disk).
     pub rw: Option<i32>,
     pub ro: i32,
-}
-
-/// The disks of `spec` whose path is a block device now. Not pure: it looks at the
-/// host, which is why it is asked once at launch and handed to [`build_argv`].
-pub fn block_device_disks(spec: &VmSpec) -> BTreeSet<String> {
-    use std::os::unix::fs::FileTypeExt;
-    spec.disks
-        .iter()
-        .filter(|d| std::fs::metadata(&d.path).is_ok_and(|m| m.file_type().is_block_device()))
-        .map(|d| d.id.clone())
-        .collect()
 }
 
 /// QEMU's protocol driver for an image: `file` refuses block devices ("'file' driver

@@ -114,7 +114,8 @@ pub async fn clear_leftovers(qmp: &Qmp) -> Result<usize, BackupError> {
     }
     // A cancelled job lets go of its target only once it is gone.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::time::Instant::now() < deadline
+    while !leftovers.is_empty()
+        && tokio::time::Instant::now() < deadline
         && backup_jobs(qmp)
             .await?
             .iter()

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use corral_api::{DiskFormat, SnapshotTree};
 
-use crate::snapshot::ChainDisk;
+use crate::snapshot::{self, ChainDisk};
 use crate::{qemu_img, StorageError};
 
 /// One image whose backing file did not match the tree.
@@ -56,11 +56,11 @@ pub async fn repair(tree: &SnapshotTree, disks: &[ChainDisk]) -> Result<Repair, 
     let mut out = Repair::default();
     let images = dependents(tree, disks);
     for (image, expected, format) in &images {
-        let found = qemu_img::backing_of(image).await?.map(|(p, _)| p);
+        let found = qemu_img::qcow2_backing(image)?;
         if found.as_deref().is_some_and(|f| same_file(f, expected)) {
             continue;
         }
-        let repaired = below(expected, found.as_deref()).await?;
+        let repaired = below(expected, found.as_deref());
         if repaired {
             when_unlocked(|| qemu_img::repoint(image, expected, *format)).await?;
         }
@@ -85,17 +85,16 @@ fn dependents(tree: &SnapshotTree, disks: &[ChainDisk]) -> Vec<(PathBuf, PathBuf
     let mut out = Vec::new();
     for snap in &tree.snapshots {
         for frozen in &snap.disks {
-            let children = tree
-                .snapshots
-                .iter()
-                .filter(|c| c.parent.as_deref() == Some(snap.name.as_str()))
-                .flat_map(|c| c.disks.iter().filter(|f| f.disk == frozen.disk))
-                .map(|f| PathBuf::from(&f.file));
-            let active = disks
-                .iter()
-                .filter(|d| d.id == frozen.disk && tree.current.as_deref() == Some(&snap.name))
-                .map(|d| d.active.clone());
-            for image in children.chain(active) {
+            let mut images = snapshot::children_images(tree, &snap.name, &frozen.disk);
+            if tree.current.as_deref() == Some(&snap.name) {
+                images.extend(
+                    disks
+                        .iter()
+                        .filter(|d| d.id == frozen.disk)
+                        .map(|d| d.active.clone()),
+                );
+            }
+            for image in images {
                 out.push((image, PathBuf::from(&frozen.file), frozen.format));
             }
         }
@@ -106,23 +105,13 @@ fn dependents(tree: &SnapshotTree, disks: &[ChainDisk]) -> Vec<(PathBuf, PathBuf
 /// Whether `candidate` (None: no backing at all) is somewhere in `top`'s backing chain
 /// below `top`, which is where a safe rebase that was about to remove `top` from the
 /// chain points an image.
-async fn below(top: &Path, candidate: Option<&Path>) -> Result<bool, StorageError> {
+fn below(top: &Path, candidate: Option<&Path>) -> bool {
     let Some(candidate) = candidate else {
-        return Ok(true);
+        return true;
     };
-    let mut seen = vec![top.to_path_buf()];
-    let mut next = qemu_img::backing_of(top).await?;
-    while let Some((file, _)) = next {
-        if same_file(&file, candidate) {
-            return Ok(true);
-        }
-        if seen.iter().any(|s| same_file(s, &file)) {
-            return Ok(false);
-        }
-        seen.push(file.clone());
-        next = qemu_img::backing_of(&file).await?;
-    }
-    Ok(false)
+    qemu_img::backing_chain(top)
+        .iter()
+        .any(|file| same_file(file, candidate))
 }
 
 /// Runs a write to an image, waiting up to five seconds for its lock: the killed

@@ -15,7 +15,7 @@
 use std::io;
 use std::process::{Output, Stdio};
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use tokio::process::{Child, Command};
 use tokio::runtime::Handle;
@@ -51,8 +51,6 @@ pub async fn spawn(mut cmd: Command) -> io::Result<Child> {
         reply,
     };
     spawner()?
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
         .send(request)
         .map_err(|_| io::Error::other("the process spawner thread has stopped"))?;
     answer
@@ -70,8 +68,8 @@ pub async fn output(mut cmd: Command) -> io::Result<Output> {
 }
 
 /// The one long-lived thread that forks children.
-fn spawner() -> io::Result<&'static Mutex<mpsc::Sender<Request>>> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+fn spawner() -> io::Result<&'static mpsc::Sender<Request>> {
+    static SPAWNER: OnceLock<mpsc::Sender<Request>> = OnceLock::new();
     if let Some(s) = SPAWNER.get() {
         return Ok(s);
     }
@@ -86,7 +84,7 @@ fn spawner() -> io::Result<&'static Mutex<mpsc::Sender<Request>>> {
             }
         })?;
     // Two first callers may race: the loser's thread ends when its sender is dropped.
-    Ok(SPAWNER.get_or_init(|| Mutex::new(tx)))
+    Ok(SPAWNER.get_or_init(|| tx))
 }
 
 #[cfg(test)]

@@ -341,9 +341,10 @@ pub fn qcow2_virtual_size(path: &Path) -> Result<u64, StorageError> {
     Ok(u64::from_be_bytes(size))
 }
 
-/// The backing file a qcow2 image's header names (relative names resolved against the
-/// image's directory), read directly: the snapshot engine asks this for every image it
-/// may rebase, and a `qemu-img` process per question is what made merges slow.
+/// The backing file an image names: a qcow2 header's (relative names resolved against
+/// the image's directory); `None` for an image that is not qcow2 (raw has no backing).
+/// Read directly: the snapshot engine and the orphan scan ask this for many images,
+/// and a `qemu-img` process per question is what made them slow.
 pub fn qcow2_backing(path: &Path) -> Result<Option<PathBuf>, StorageError> {
     use std::io::{Read, Seek, SeekFrom};
     let io = |source| StorageError::Io {
@@ -352,13 +353,14 @@ pub fn qcow2_backing(path: &Path) -> Result<Option<PathBuf>, StorageError> {
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
     let mut header = [0u8; 20];
-    file.read_exact(&mut header).map_err(io)?;
+    match file.read_exact(&mut header) {
+        Ok(()) => {}
+        // Shorter than a qcow2 header: not one.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(io(e)),
+    }
     if header[..4] != *b"QFI\xfb" {
-        return Err(StorageError::QemuImg {
-            action: "read header",
-            path: path.to_path_buf(),
-            message: "not a qcow2 image".into(),
-        });
+        return Ok(None);
     }
     // Big-endian: backing file name offset at 8 (u64), its length at 16 (u32).
     let offset = u64::from_be_bytes(header[8..16].try_into().unwrap_or_default());
@@ -374,6 +376,21 @@ pub fn qcow2_backing(path: &Path) -> Result<Option<PathBuf>, StorageError> {
         Some(dir) if name.is_relative() => dir.join(name),
         _ => name,
     }))
+}
+
+/// The files below `top` in its backing chain, nearest first, read from the headers.
+/// Stops at a file that is not qcow2, at one that cannot be read, and at a loop.
+pub fn backing_chain(top: &Path) -> Vec<PathBuf> {
+    let mut chain: Vec<PathBuf> = Vec::new();
+    let mut next = qcow2_backing(top).ok().flatten();
+    while let Some(file) = next {
+        if file == top || chain.contains(&file) {
+            break;
+        }
+        next = qcow2_backing(&file).ok().flatten();
+        chain.push(file);
+    }
+    chain
 }
 
 async fn run_qemu_img(

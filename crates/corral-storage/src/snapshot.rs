@@ -433,7 +433,7 @@ async fn commit_top_into(
 }
 
 /// The images of disk `disk` in the snapshots whose parent is `parent`.
-fn children_images(tree: &SnapshotTree, parent: &str, disk: &str) -> Vec<PathBuf> {
+pub(crate) fn children_images(tree: &SnapshotTree, parent: &str, disk: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for child in tree
         .snapshots

@@ -139,6 +139,30 @@ impl SqliteStore {
         })
     }
 
+    /// Deletes `name` (`delete_sql` takes it as `?1`) in one transaction with the check
+    /// `users`, which names what still uses it: then nothing is deleted (`InUse`).
+    fn delete_unused(
+        &self,
+        kind: &'static str,
+        name: &str,
+        delete_sql: &str,
+        users: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<Option<String>>,
+    ) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            if let Some(by) = users(&tx)? {
+                return Err(StoreError::InUse {
+                    kind,
+                    name: name.to_string(),
+                    by,
+                });
+            }
+            let n = tx.execute(delete_sql, [name])?;
+            tx.commit()?;
+            found(n, kind, name)
+        })
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
         // A poisoned lock only means another thread panicked mid-call; SQLite rolled its
         // transaction back, so the connection is still consistent.
@@ -153,13 +177,6 @@ fn decode_vm(spec: String, status: String, created_at: i64) -> Result<VmRecord> 
         status: serde_json::from_str(&status)?,
         created_at: created_at as u64,
     })
-}
-
-fn not_found(name: &str) -> StoreError {
-    StoreError::NotFound {
-        kind: "vm",
-        name: name.to_string(),
-    }
 }
 
 impl Store for SqliteStore {
@@ -211,26 +228,22 @@ impl Store for SqliteStore {
     fn update_vm_spec(&self, spec: &VmSpec) -> Result<()> {
         let body = serde_json::to_string(spec)?;
         self.with(|c| {
-            match c.execute(
+            let n = c.execute(
                 "UPDATE vms SET spec = ?2 WHERE name = ?1",
                 params![spec.name, body],
-            )? {
-                0 => Err(not_found(&spec.name)),
-                _ => Ok(()),
-            }
+            )?;
+            found(n, "vm", &spec.name)
         })
     }
 
     fn update_vm_status(&self, name: &str, status: &VmStatus) -> Result<()> {
         let body = serde_json::to_string(status)?;
         self.with(|c| {
-            match c.execute(
+            let n = c.execute(
                 "UPDATE vms SET status = ?2 WHERE name = ?1",
                 params![name, body],
-            )? {
-                0 => Err(not_found(name)),
-                _ => Ok(()),
-            }
+            )?;
+            found(n, "vm", name)
         })
     }
 
@@ -312,10 +325,7 @@ impl Store for SqliteStore {
             tx.execute("DELETE FROM events WHERE vm = ?1", [name])?;
             tx.execute("DELETE FROM snapshot_trees WHERE vm = ?1", [name])?;
             tx.commit()?;
-            match n {
-                0 => Err(not_found(name)),
-                _ => Ok(()),
-            }
+            found(n, "vm", name)
         })
     }
 
@@ -415,23 +425,13 @@ impl Store for SqliteStore {
     }
 
     fn delete_pool(&self, name: &str) -> Result<()> {
-        self.with(|c| {
-            let tx = c.transaction()?;
+        self.delete_unused("pool", name, "DELETE FROM pools WHERE name = ?1", |tx| {
             let volumes: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM volumes WHERE pool = ?1",
                 [name],
                 |r| r.get(0),
             )?;
-            if volumes > 0 {
-                return Err(StoreError::InUse {
-                    kind: "pool",
-                    name: name.to_string(),
-                    by: format!("{volumes} volume(s)"),
-                });
-            }
-            let n = tx.execute("DELETE FROM pools WHERE name = ?1", [name])?;
-            tx.commit()?;
-            found(n, "pool", name)
+            Ok((volumes > 0).then(|| format!("{volumes} volume(s)")))
         })
     }
 
@@ -493,19 +493,9 @@ impl Store for SqliteStore {
     }
 
     fn delete_image(&self, name: &str) -> Result<()> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            let users = column(&tx, VOLUMES_BASED_ON, name)?;
-            if !users.is_empty() {
-                return Err(StoreError::InUse {
-                    kind: "image",
-                    name: name.to_string(),
-                    by: users.join(", "),
-                });
-            }
-            let n = tx.execute("DELETE FROM images WHERE name = ?1", [name])?;
-            tx.commit()?;
-            found(n, "image", name)
+        self.delete_unused("image", name, "DELETE FROM images WHERE name = ?1", |tx| {
+            let users = column(tx, VOLUMES_BASED_ON, name)?;
+            Ok((!users.is_empty()).then(|| users.join(", ")))
         })
     }
 
@@ -514,21 +504,10 @@ impl Store for SqliteStore {
     }
 
     fn snapshot_tree(&self, vm: &str) -> Result<SnapshotTree> {
-        let body: Option<String> = self.with(|c| {
-            Ok(
-                c.query_row("SELECT body FROM snapshot_trees WHERE vm = ?1", [vm], |r| {
-                    r.get(0)
-                })
-                .optional()?,
-            )
-        })?;
-        Ok(match body {
-            Some(b) => serde_json::from_str(&b)?,
-            None => SnapshotTree {
-                snapshots: vec![],
-                current: None,
-            },
-        })
+        Ok(self.with(|c| tree_of(c, vm))?.unwrap_or(SnapshotTree {
+            snapshots: vec![],
+            current: None,
+        }))
     }
 
     fn save_vm_and_snapshots(

@@ -1,6 +1,6 @@
 //! Downloads over HTTP(S) into a temporary file next to where the image will live.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
@@ -131,10 +131,6 @@ impl TempDownload {
     /// Renames the download to `dest` (same file system), never overwriting.
     pub fn persist(self, dest: &Path) -> Result<(), ImportError> {
         self.file.persist(dest)
-    }
-    /// Hands the file to the caller, who then must remove it.
-    pub fn keep(self) -> PathBuf {
-        self.file.keep()
     }
 }
 

@@ -29,6 +29,12 @@ pub use ovf::{parse_ovf, OvfError};
 pub use probe::{probe, probe_format, ProbeError, SourceFormat, SourceInfo};
 pub use temp::{rename_no_replace, staging_path, TempFile};
 
+/// Names of the hidden files an import or copy writes in a pool until they are whole; a
+/// restart removes what a dead daemon left under them (and under [`OVA_WORK_PREFIX`]).
+pub const STAGING_PREFIX: &str = ".corral-import-";
+/// The directory an OVA is unpacked into, in the pool, while it is imported.
+pub const OVA_WORK_PREFIX: &str = ".corral-ova-";
+
 use std::path::PathBuf;
 
 /// Where a long import step tells how far it is, and learns whether to stop.

@@ -23,6 +23,16 @@ pub enum SourceFormat {
     Vdi,
 }
 
+impl From<corral_api::DiskFormat> for SourceFormat {
+    /// A volume's format, as the source of a copy.
+    fn from(format: corral_api::DiskFormat) -> Self {
+        match format {
+            corral_api::DiskFormat::Qcow2 => SourceFormat::Qcow2,
+            corral_api::DiskFormat::Raw => SourceFormat::Raw,
+        }
+    }
+}
+
 impl SourceFormat {
     /// The name qemu-img knows it by.
     pub fn as_str(self) -> &'static str {

@@ -105,7 +105,8 @@ fn hidden_name(dir: &Path, label: &str, ext: &str) -> PathBuf {
         .unwrap_or(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     dir.join(format!(
-        ".corral-import-{label}-{}-{nanos:x}-{n}.{ext}",
+        "{}{label}-{}-{nanos:x}-{n}.{ext}",
+        super::STAGING_PREFIX,
         std::process::id()
     ))
 }

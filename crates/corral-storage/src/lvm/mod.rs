@@ -280,9 +280,8 @@ impl PoolDriver for LvmThinDriver {
         let lvm = lvm()?;
         let t = target(spec)?;
         // Already gone is done: a delete that failed half-way can be repeated.
-        if corral_lv(&lvm, &t, path).await?.is_some() {
-            let name = lv_name(&t, path)?;
-            command::run(&lvm, &command::lvremove(t.vg, name)).await?;
+        if let Some(lv) = corral_lv(&lvm, &t, path).await? {
+            command::run(&lvm, &command::lvremove(t.vg, &lv.name)).await?;
         }
         Ok(())
     }

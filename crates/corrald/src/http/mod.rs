@@ -170,6 +170,12 @@ pub async fn cancel_operation(
     Ok(Json(mgr.ops.cancel(parse_id(&id)?)?))
 }
 
+/// Names in paths are checked like names in bodies, so `..` or `a/b` never reach a path.
+fn checked_name(name: &str) -> ApiResult<&str> {
+    corral_api::validate_name("name", name)?;
+    Ok(name)
+}
+
 fn parse_id(id: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(id).map_err(|_| {
         corral_api::ValidationError::new("id", format!("'{id}' is not an operation id"))

@@ -12,13 +12,8 @@ use corral_api::{
 use serde::Deserialize;
 
 use super::body::JsonBody;
-use super::AppState;
+use super::{checked_name, AppState};
 use crate::error::ApiResult;
-
-fn checked(name: &str) -> ApiResult<&str> {
-    validate_name("name", name)?;
-    Ok(name)
-}
 
 #[utoipa::path(get, path = "/api/v1/pools", responses((status = 200, body = [Pool])))]
 pub async fn list_pools(State(mgr): State<AppState>) -> ApiResult<Json<Vec<Pool>>> {
@@ -30,7 +25,7 @@ pub async fn show_pool(
     State(mgr): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Pool>> {
-    Ok(Json(mgr.pool(checked(&name)?).await?))
+    Ok(Json(mgr.pool(checked_name(&name)?).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/pools", request_body = PoolSpec,
@@ -47,7 +42,7 @@ pub async fn delete_pool(
     State(mgr): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    mgr.delete_pool(checked(&name)?).await?;
+    mgr.delete_pool(checked_name(&name)?).await?;
     Ok(Json(serde_json::json!({})))
 }
 
@@ -70,7 +65,7 @@ pub async fn show_volume(
     State(mgr): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Volume>> {
-    Ok(Json(mgr.volume(checked(&name)?).await?))
+    Ok(Json(mgr.volume(checked_name(&name)?).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/volumes", request_body = CreateVolumeRequest,
@@ -87,7 +82,7 @@ pub async fn delete_volume(
     State(mgr): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    mgr.delete_volume(checked(&name)?).await?;
+    mgr.delete_volume(checked_name(&name)?).await?;
     Ok(Json(serde_json::json!({})))
 }
 
@@ -98,7 +93,9 @@ pub async fn resize_volume(
     Path(name): Path<String>,
     JsonBody(req): JsonBody<ResizeVolumeRequest>,
 ) -> ApiResult<Response> {
-    let op = mgr.resize_volume(checked(&name)?, req.size_bytes).await?;
+    let op = mgr
+        .resize_volume(checked_name(&name)?, req.size_bytes)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(op)).into_response())
 }
 
@@ -110,7 +107,7 @@ pub async fn attach_volume(
     JsonBody(req): JsonBody<AttachVolumeRequest>,
 ) -> ApiResult<Json<Vm>> {
     validate_name("vm", &req.vm)?;
-    Ok(Json(mgr.attach_volume(checked(&name)?, req).await?))
+    Ok(Json(mgr.attach_volume(checked_name(&name)?, req).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/volumes/{name}/detach", request_body = DetachVolumeRequest,
@@ -121,7 +118,7 @@ pub async fn detach_volume(
     JsonBody(req): JsonBody<DetachVolumeRequest>,
 ) -> ApiResult<Json<Vm>> {
     validate_name("vm", &req.vm)?;
-    Ok(Json(mgr.detach_volume(checked(&name)?, req).await?))
+    Ok(Json(mgr.detach_volume(checked_name(&name)?, req).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/images", responses((status = 200, body = [Image])))]
@@ -134,7 +131,7 @@ pub async fn show_image(
     State(mgr): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Image>> {
-    Ok(Json(mgr.image(checked(&name)?)?))
+    Ok(Json(mgr.image(checked_name(&name)?)?))
 }
 
 #[utoipa::path(post, path = "/api/v1/images", request_body = CreateImageRequest,
@@ -152,7 +149,7 @@ pub async fn delete_image(
     State(mgr): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    mgr.delete_image(checked(&name)?).await?;
+    mgr.delete_image(checked_name(&name)?).await?;
     Ok(Json(serde_json::json!({})))
 }
 

@@ -14,17 +14,11 @@ use corral_api::{
 use serde::Deserialize;
 
 use super::body::{JsonBody, OptionalJsonBody};
-use super::AppState;
+use super::{checked_name, AppState};
 use crate::error::{ApiError, ApiResult};
 
 /// Most console output `console/log` returns.
 const CONSOLE_LOG_MAX: u64 = 4 << 20;
-
-/// Names in paths are checked like names in bodies, so `..` or `a/b` never reach a path.
-fn vm_name(name: &str) -> ApiResult<&str> {
-    validate_name("name", name)?;
-    Ok(name)
-}
 
 #[utoipa::path(get, path = "/api/v1/vms", responses((status = 200, body = [Vm])))]
 pub async fn list(State(mgr): State<AppState>) -> ApiResult<Json<Vec<Vm>>> {
@@ -44,7 +38,7 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/api/v1/vms/{name}", responses((status = 200, body = Vm), (status = 404, body = corral_api::ErrorBody)))]
 pub async fn show(State(mgr): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Vm>> {
-    Ok(Json(mgr.get(vm_name(&name)?)?))
+    Ok(Json(mgr.get(checked_name(&name)?)?))
 }
 
 #[utoipa::path(patch, path = "/api/v1/vms/{name}", request_body = UpdateVmRequest,
@@ -60,7 +54,7 @@ pub async fn update(
     if let Some(v) = req.vcpus {
         corral_api::validate_vcpus(v)?;
     }
-    Ok(Json(mgr.update(vm_name(&name)?, req).await?))
+    Ok(Json(mgr.update(checked_name(&name)?, req).await?))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -77,7 +71,7 @@ pub async fn delete(
     Path(name): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    mgr.delete(vm_name(&name)?, q.force).await?;
+    mgr.delete(checked_name(&name)?, q.force).await?;
     Ok(Json(serde_json::json!({})))
 }
 
@@ -88,7 +82,7 @@ pub async fn start(
     Path(name): Path<String>,
     OptionalJsonBody(req): OptionalJsonBody<StartRequest>,
 ) -> ApiResult<Json<Vm>> {
-    Ok(Json(mgr.start(vm_name(&name)?, req.paused).await?))
+    Ok(Json(mgr.start(checked_name(&name)?, req.paused).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/stop", request_body = StopRequest,
@@ -98,7 +92,7 @@ pub async fn stop(
     Path(name): Path<String>,
     OptionalJsonBody(req): OptionalJsonBody<StopRequest>,
 ) -> ApiResult<Response> {
-    let op = mgr.stop(vm_name(&name)?, req).await?;
+    let op = mgr.stop(checked_name(&name)?, req).await?;
     Ok((StatusCode::ACCEPTED, Json(op)).into_response())
 }
 
@@ -109,18 +103,18 @@ pub async fn restart(
     Path(name): Path<String>,
     OptionalJsonBody(req): OptionalJsonBody<StopRequest>,
 ) -> ApiResult<Response> {
-    let op = mgr.restart(vm_name(&name)?, req).await?;
+    let op = mgr.restart(checked_name(&name)?, req).await?;
     Ok((StatusCode::ACCEPTED, Json(op)).into_response())
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/pause", responses((status = 200, body = Vm), (status = 409, body = corral_api::ErrorBody)))]
 pub async fn pause(State(mgr): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Vm>> {
-    Ok(Json(mgr.pause(vm_name(&name)?).await?))
+    Ok(Json(mgr.pause(checked_name(&name)?).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/resume", responses((status = 200, body = Vm), (status = 409, body = corral_api::ErrorBody)))]
 pub async fn resume(State(mgr): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Vm>> {
-    Ok(Json(mgr.resume(vm_name(&name)?).await?))
+    Ok(Json(mgr.resume(checked_name(&name)?).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/vms/{name}/console/log",
@@ -129,7 +123,7 @@ pub async fn console_log(
     State(mgr): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    let (rotated, current) = mgr.console_log_files(vm_name(&name)?)?;
+    let (rotated, current) = mgr.console_log_files(checked_name(&name)?)?;
     let bytes = crate::console::read_log(&rotated, &current, CONSOLE_LOG_MAX);
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
 }
@@ -142,7 +136,7 @@ pub async fn console(
     Path(name): Path<String>,
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    let name = vm_name(&name)?;
+    let name = checked_name(&name)?;
     let record = mgr.record(name)?;
     crate::vm::check_allowed(&record, VmAction::Console)?;
     let running = mgr
@@ -163,7 +157,7 @@ pub async fn list_snapshots(
     State(mgr): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<SnapshotTree>> {
-    Ok(Json(mgr.snapshot_tree(vm_name(&name)?)?))
+    Ok(Json(mgr.snapshot_tree(checked_name(&name)?)?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/snapshots", request_body = CreateSnapshotRequest,
@@ -173,7 +167,7 @@ pub async fn create_snapshot(
     Path(name): Path<String>,
     JsonBody(req): JsonBody<CreateSnapshotRequest>,
 ) -> ApiResult<Response> {
-    let tree = mgr.create_snapshot(vm_name(&name)?, req).await?;
+    let tree = mgr.create_snapshot(checked_name(&name)?, req).await?;
     Ok((StatusCode::CREATED, Json(tree)).into_response())
 }
 
@@ -184,7 +178,9 @@ pub async fn revert_snapshot(
     Path((name, snapshot)): Path<(String, String)>,
 ) -> ApiResult<Json<SnapshotTree>> {
     validate_name("snapshot", &snapshot)?;
-    Ok(Json(mgr.revert_snapshot(vm_name(&name)?, &snapshot).await?))
+    Ok(Json(
+        mgr.revert_snapshot(checked_name(&name)?, &snapshot).await?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/api/v1/vms/{name}/snapshots/{snapshot}",
@@ -194,7 +190,7 @@ pub async fn delete_snapshot(
     Path((name, snapshot)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     validate_name("snapshot", &snapshot)?;
-    let op = mgr.delete_snapshot(vm_name(&name)?, &snapshot).await?;
+    let op = mgr.delete_snapshot(checked_name(&name)?, &snapshot).await?;
     Ok((StatusCode::ACCEPTED, Json(op)).into_response())
 }
 
@@ -210,7 +206,7 @@ pub async fn clone(
     Path(name): Path<String>,
     JsonBody(req): JsonBody<CloneRequest>,
 ) -> ApiResult<Response> {
-    let source = vm_name(&name)?;
+    let source = checked_name(&name)?;
     req.validate()?;
     if req.linked {
         let vm = mgr.linked_clone(source, &req).await?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use corral_api::{CreateImageRequest, DiskFormat, Image, Operation, ValidationError, Volume};
 use corral_storage::import::{self, SourceFormat};
 
-use super::volume_key;
+use super::{pool_driver, volume_key};
 use crate::clock::now_secs;
 use crate::error::{ApiError, ApiResult};
 use crate::operations::OpHandle;
@@ -103,10 +103,7 @@ impl Manager {
         handle: &OpHandle,
     ) -> ApiResult<()> {
         let _lock = self.lock(&volume_key(&volume.name)).await;
-        let source_format = match volume.format {
-            DiskFormat::Qcow2 => SourceFormat::Qcow2,
-            DiskFormat::Raw => SourceFormat::Raw,
-        };
+        let source_format = SourceFormat::from(volume.format);
         let size = import::convert(
             Path::new(&volume.path),
             source_format,
@@ -184,8 +181,7 @@ impl Manager {
             &format!("cannot make a linked clone of image '{}'", image.name),
         )?;
         let spec = self.pool_spec(&image.pool)?;
-        let path =
-            PathBuf::from(spec.path.as_deref().unwrap_or_default()).join(format!("{name}.qcow2"));
+        let path = pool_driver(&spec)?.volume_path(&spec, name, DiskFormat::Qcow2);
         corral_storage::qemu_img::create_overlay(&path, Path::new(&image.path), image.format)
             .await?;
         let volume = Volume {

@@ -107,11 +107,14 @@ impl Manager {
         progress: &dyn Progress,
     ) -> ApiResult<ImportResult> {
         let work = tempfile::Builder::new()
-            .prefix(".corral-ova-")
+            .prefix(import::OVA_WORK_PREFIX)
             .tempdir_in(dir)
             .map_err(|e| ApiError::Internal(format!("{}: {e}", dir.display())))?;
-        let contents =
-            import::unpack_ova_blocking(ova, work.path(), &Scaled::new(progress, 0.0, 30.0))?;
+        // Reading, hashing and syncing gigabytes: off the async workers' hands, or one
+        // import stalls the daemon's HTTP and QMP work on a two-core host.
+        let contents = tokio::task::block_in_place(|| {
+            import::unpack_ova_blocking(ova, work.path(), &Scaled::new(progress, 0.0, 30.0))
+        })?;
         let mut staged: Vec<Staged> = Vec::new();
         let n = contents.disks.len().max(1) as f32;
         for (i, disk) in contents.disks.iter().enumerate() {

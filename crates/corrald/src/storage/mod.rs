@@ -91,10 +91,11 @@ impl Manager {
     }
 
     pub async fn list_pools(&self) -> ApiResult<Vec<Pool>> {
+        let known = self.known_files()?;
         let mut out = Vec::new();
         for spec in self.store.list_pools()? {
             // One unreadable pool (an unmounted share) must not hide the others.
-            match self.pool(&spec.name).await {
+            match self.pool_report(spec.clone(), &known).await {
                 Ok(pool) => out.push(pool),
                 Err(e) => out.push(Pool {
                     capabilities: pool_driver(&spec).map(|d| d.capabilities(&spec)).unwrap_or(
@@ -125,10 +126,18 @@ impl Manager {
     /// accounts for (orphans) and volumes whose file is gone (missing).
     pub async fn pool(&self, name: &str) -> ApiResult<Pool> {
         let spec = self.pool_spec(name)?;
-        let driver = pool_driver(&spec)?;
-        let usage = driver.usage(&spec).await?;
-        let volumes = self.store.list_volumes(Some(name))?;
-        let mut known: HashSet<PathBuf> = volumes.iter().map(|v| PathBuf::from(&v.path)).collect();
+        self.pool_report(spec, &self.known_files()?).await
+    }
+
+    /// Every file a record accounts for, in any pool: volumes, VM disks, snapshot
+    /// images, images.
+    fn known_files(&self) -> ApiResult<HashSet<PathBuf>> {
+        let mut known: HashSet<PathBuf> = self
+            .store
+            .list_volumes(None)?
+            .into_iter()
+            .map(|v| PathBuf::from(v.path))
+            .collect();
         for vm in self.store.list_vms()? {
             known.extend(vm.spec.disks.iter().map(|d| PathBuf::from(&d.path)));
             known.extend(
@@ -143,6 +152,13 @@ impl Manager {
                 .into_iter()
                 .map(|i| PathBuf::from(i.path)),
         );
+        Ok(known)
+    }
+
+    async fn pool_report(&self, spec: PoolSpec, known: &HashSet<PathBuf>) -> ApiResult<Pool> {
+        let driver = pool_driver(&spec)?;
+        let usage = driver.usage(&spec).await?;
+        let volumes = self.store.list_volumes(Some(&spec.name))?;
         let mut orphans: Vec<PathBuf> = driver
             .entries(&spec)
             .await?
@@ -150,9 +166,9 @@ impl Manager {
             .filter(|p| !known.contains(p))
             .collect();
         if !orphans.is_empty() {
-            // Only then ask qemu-img: an unknown file may still be an image a volume reads
-            // through (e.g. kept after its VM and snapshots went).
-            let in_chains = backing_chains(known.iter().cloned().collect()).await;
+            // Only then read the images' headers: an unknown file may still be an image a
+            // volume reads through (e.g. kept after its VM and snapshots went).
+            let in_chains = backing_chains(known);
             orphans.retain(|p| !in_chains.contains(p));
         }
         let orphans = orphans
@@ -281,26 +297,10 @@ fn pool_create_error(e: corral_storage::StorageError) -> ApiError {
 }
 
 /// Every file below `tops` in their backing chains.
-async fn backing_chains(tops: Vec<PathBuf>) -> HashSet<PathBuf> {
-    let mut seen: HashSet<PathBuf> = tops.iter().cloned().collect();
-    let mut below = HashSet::new();
-    for top in tops {
-        let mut next = corral_storage::qemu_img::backing_of(&top)
-            .await
-            .ok()
-            .flatten();
-        while let Some((file, _)) = next {
-            below.insert(file.clone());
-            if !seen.insert(file.clone()) {
-                break;
-            }
-            next = corral_storage::qemu_img::backing_of(&file)
-                .await
-                .ok()
-                .flatten();
-        }
-    }
-    below
+fn backing_chains(tops: &HashSet<PathBuf>) -> HashSet<PathBuf> {
+    tops.iter()
+        .flat_map(|top| corral_storage::qemu_img::backing_chain(top))
+        .collect()
 }
 
 pub(crate) fn pool_driver(spec: &PoolSpec) -> ApiResult<&'static dyn PoolDriver> {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use corral_api::Operation;
-use corral_storage::chain_repair;
+use corral_storage::{chain_repair, import};
 
 use super::snapshots::chain_disks;
 use crate::error::ApiResult;
@@ -90,7 +90,8 @@ impl Manager {
             };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if !(name.starts_with(".corral-import-") || name.starts_with(".corral-ova-")) {
+                let hidden = [import::STAGING_PREFIX, import::OVA_WORK_PREFIX];
+                if !hidden.iter().any(|prefix| name.starts_with(prefix)) {
                     continue;
                 }
                 let path = entry.path();

@@ -55,7 +55,8 @@ impl Manager {
         let live = chain.as_ref().map(|c| c as &dyn LiveChain);
         // Disks and memory must be of one instant: the guest is paused across both.
         let was_running = record.status.state == VmState::Running;
-        if let (true, true, Some(r)) = (req.memory, was_running, &running) {
+        let paused_here = running.as_ref().filter(|_| req.memory && was_running);
+        if let Some(r) = paused_here {
             r.qmp.stop().await?;
         }
         let journal = |tree: &SnapshotTree, disks: &[ChainDisk]| {
@@ -80,7 +81,7 @@ impl Manager {
             ),
             _ => None,
         };
-        if let (Err(_), true, true, Some(r)) = (&taken, req.memory, was_running, &running) {
+        if let (Err(_), Some(r)) = (&taken, paused_here) {
             r.qmp.cont().await?;
         }
         taken?;

@@ -38,10 +38,7 @@ impl Manager {
             });
         }
         if self.store.get_vm(target)?.is_some() {
-            return Err(ApiError::Conflict {
-                message: format!("vm '{target}' already exists"),
-                hint: Some("choose another name".into()),
-            });
+            return Err(super::create::already_exists(target));
         }
         for (i, d) in record.spec.disks.iter().enumerate() {
             if d.volume.is_none() && !d.read_only {
@@ -98,55 +95,39 @@ impl Manager {
                 return Err(e);
             }
         };
+        // The copies have their real names now: any failure below removes them.
+        let mut revert = Reverter::new();
+        let placed: Vec<String> = made.iter().map(|s| s.volume.path.clone()).collect();
+        revert.add(move || {
+            for path in placed {
+                let _ = std::fs::remove_file(path);
+            }
+        });
         // UEFI: the clone gets its own copy of the variables (sharing the source's file
         // would let one VM's firmware write the other's, and deleting one remove it).
         let uuid = Uuid::new_v4();
-        let mut revert = Reverter::new();
-        let nvram = match &source.spec.nvram {
-            Some(n) => match self.new_nvram(target, uuid, Path::new(n), &mut revert) {
-                Ok(copy) => Some(copy),
-                Err(e) => {
-                    discard(&made);
-                    return Err(e);
-                }
-            },
-            None => None,
-        };
+        let nvram = source
+            .spec
+            .nvram
+            .as_ref()
+            .map(|n| self.new_nvram(target, uuid, Path::new(n), &mut revert))
+            .transpose()?;
         let kinds: Vec<_> = source.spec.nics.iter().map(|n| n.kind).collect();
-        let spec = VmSpec {
-            name: target.to_string(),
-            uuid,
-            nvram,
-            disks,
-            nics: self.new_nics(&kinds)?,
-            ..source.spec.clone()
+        let record = VmRecord {
+            spec: VmSpec {
+                name: target.to_string(),
+                uuid,
+                nvram,
+                disks,
+                nics: self.new_nics(&kinds)?,
+                ..source.spec.clone()
+            },
+            status: VmStatus::stopped(None),
+            created_at: now_secs(),
         };
-        let mut inserted: Vec<&Volume> = Vec::new();
-        let mut outcome = Ok(());
-        for v in made.iter().map(|s| &s.volume) {
-            match self.store.insert_volume(v) {
-                Ok(()) => inserted.push(v),
-                Err(e) => {
-                    outcome = Err(e.into());
-                    break;
-                }
-            }
-        }
-        if outcome.is_ok() {
-            let record = VmRecord {
-                spec,
-                status: VmStatus::stopped(None),
-                created_at: now_secs(),
-            };
-            outcome = self.store.insert_vm(&record).map_err(ApiError::from);
-        }
-        if let Err(e) = outcome {
-            for v in inserted {
-                let _ = self.store.delete_volume(&v.name);
-            }
-            discard(&made);
-            return Err(e);
-        }
+        let volumes: Vec<Volume> = made.iter().map(|s| s.volume.clone()).collect();
+        // The VM and its volumes in one transaction: all recorded, or none.
+        self.store.insert_vm_with_volumes(&record, &volumes)?;
         revert.commit();
         self.events.emit(
             Some(target),
@@ -275,10 +256,7 @@ impl Manager {
             };
             let (mut volume, mut disk) =
                 self.clone_volume_for(d, source_volume, target, i, d.size_bytes)?;
-            let format = match d.format {
-                DiskFormat::Qcow2 => SourceFormat::Qcow2,
-                DiskFormat::Raw => SourceFormat::Raw,
-            };
+            let format = SourceFormat::from(d.format);
             let step = Scaled::new(handle, 100.0 * i as f32 / n, 100.0 / n);
             let staging = import::staging_path(Path::new(&volume.path));
             let size = import::convert(

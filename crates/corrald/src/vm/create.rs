@@ -391,7 +391,7 @@ impl Manager {
     }
 }
 
-fn already_exists(name: &str) -> ApiError {
+pub(super) fn already_exists(name: &str) -> ApiError {
     ApiError::Conflict {
         message: format!("vm '{name}' already exists"),
         hint: Some("choose another name, or delete the existing VM first".into()),

@@ -2,6 +2,7 @@
 //! (DESIGN.md §6); a failed step kills it again. Stops wait for the monitor to record the
 //! exit, so a finished stop means the process is gone.
 
+use std::collections::BTreeSet;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::AtomicBool;
@@ -61,8 +62,7 @@ impl Manager {
             ));
         }
         let ovmf_code = ovmf.map(|(code, _)| code).unwrap_or_default();
-        let (opened, disk_fds) = open_disks(&spec)?;
-        let block_devices = corral_qemu::argv::block_device_disks(&spec);
+        let (opened, disk_fds, block_devices) = open_disks(&spec)?;
         let argv = build_argv(&LaunchConfig {
             spec: &spec,
             ovmf_code: &ovmf_code,
@@ -323,10 +323,13 @@ impl Manager {
 }
 
 /// Opens each disk's top image for QEMU to inherit: read-write and read-only (see
-/// [`DiskFds`]); fd set `i + 1` for disk `i`.
-fn open_disks(spec: &VmSpec) -> ApiResult<(Vec<std::fs::File>, Vec<DiskFds>)> {
+/// [`DiskFds`]); fd set `i + 1` for disk `i`. Also tells which of them are block devices
+/// (from the opened descriptors, so nothing is looked up twice).
+fn open_disks(spec: &VmSpec) -> ApiResult<OpenedDisks> {
+    use std::os::unix::fs::FileTypeExt;
     let mut files = Vec::new();
     let mut fds = Vec::new();
+    let mut block_devices = BTreeSet::new();
     for (i, disk) in spec.disks.iter().enumerate() {
         let open = |write: bool| {
             std::fs::OpenOptions::new()
@@ -344,6 +347,9 @@ fn open_disks(spec: &VmSpec) -> ApiResult<(Vec<std::fs::File>, Vec<DiskFds>)> {
             Some(open(true)?)
         };
         let ro = open(false)?;
+        if ro.metadata().is_ok_and(|m| m.file_type().is_block_device()) {
+            block_devices.insert(disk.id.clone());
+        }
         fds.push(DiskFds {
             disk: disk.id.clone(),
             set: i as u32 + 1,
@@ -353,8 +359,12 @@ fn open_disks(spec: &VmSpec) -> ApiResult<(Vec<std::fs::File>, Vec<DiskFds>)> {
         files.extend(rw);
         files.push(ro);
     }
-    Ok((files, fds))
+    Ok((files, fds, block_devices))
 }
+
+/// The open images (kept until QEMU has inherited them), their fd sets, and the ids of
+/// the disks that are block devices.
+type OpenedDisks = (Vec<std::fs::File>, Vec<DiskFds>, BTreeSet<String>);
 
 /// `quit` over QMP, and SIGKILL if the monitor cannot deliver it.
 async fn kill_qemu(running: &Running) {

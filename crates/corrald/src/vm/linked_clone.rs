@@ -34,10 +34,7 @@ impl Manager {
         let target = req.name.as_str();
         let _reservation = self.reserve_name(target)?;
         if self.store.get_vm(target)?.is_some() {
-            return Err(ApiError::Conflict {
-                message: format!("vm '{target}' already exists"),
-                hint: Some("choose another name".into()),
-            });
+            return Err(super::create::already_exists(target));
         }
         // Everything that can be checked is checked before a snapshot is taken.
         self.check_linkable(&self.record(source)?, target)?;
