@@ -7,6 +7,7 @@
 pub mod error;
 pub mod event;
 pub mod host;
+pub mod network;
 pub mod operation;
 pub mod size;
 pub mod storage;
