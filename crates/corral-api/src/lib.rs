@@ -16,6 +16,7 @@ pub mod vm;
 pub use error::{ErrorBody, ValidationError};
 pub use event::Event;
 pub use host::{Accel, AccelInfo, HostInfo, StorageDriverInfo};
+pub use network::*;
 pub use operation::{Operation, OperationState};
 pub use size::{format_size, parse_size};
 pub use storage::*;

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::error::ValidationError;
 use crate::event::Event;
+use crate::network::{FirewallRule, Nic, NicRequest};
 
 /// Most vCPUs a VM may ask for, whatever the host (QEMU's `pc` machine limit is 255).
 pub const MAX_VCPUS: u32 = 255;
@@ -35,9 +36,10 @@ pub struct CreateVmRequest {
     /// Boot a kernel directly instead of firmware.
     #[serde(default)]
     pub kernel: Option<KernelBoot>,
-    /// NICs in guest order. Empty means no network.
+    /// NICs in guest order. Absent: one NIC on the host's default network (the
+    /// `default` NAT network when it exists, else user-mode); empty: no network.
     #[serde(default)]
-    pub networks: Vec<NetworkKind>,
+    pub networks: Option<Vec<NicRequest>>,
     /// Start the VM once it is defined.
     #[serde(default)]
     pub start: bool,
@@ -126,14 +128,6 @@ pub struct KernelBoot {
     pub cmdline: Option<String>,
 }
 
-/// How a NIC reaches the outside.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum NetworkKind {
-    /// User-mode networking inside QEMU: outbound only, no root needed.
-    User,
-}
-
 /// The desired state of a VM: everything needed to start it, and nothing observed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -153,6 +147,9 @@ pub struct VmSpec {
     pub cdrom: Option<String>,
     pub kernel: Option<KernelBoot>,
     pub nics: Vec<Nic>,
+    /// Per-VM firewall rules, in order (see [`FirewallRule`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub firewall: Vec<FirewallRule>,
 }
 
 /// A disk as stored: where its data lives and who owns the file.
@@ -174,15 +171,6 @@ pub struct Disk {
     pub owned: bool,
     #[serde(default)]
     pub read_only: bool,
-}
-
-/// A NIC as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Nic {
-    pub kind: NetworkKind,
-    /// `52:54:00:xx:xx:xx`, unique, fixed at create.
-    pub mac: String,
 }
 
 /// `PATCH /api/v1/vms/{name}`: changes to a stopped VM. Absent fields stay as they are.
@@ -476,6 +464,9 @@ impl CreateVmRequest {
         if let Some(image) = &self.image {
             validate_name("image", image)?;
         }
+        for (i, nic) in self.networks.iter().flatten().enumerate() {
+            nic.validate(&format!("networks[{i}]"))?;
+        }
         if self.kernel.is_none()
             && self.cdrom.is_none()
             && self.disks.is_empty()
@@ -595,7 +586,7 @@ mod tests {
             }],
             cdrom: None,
             kernel: None,
-            networks: vec![],
+            networks: None,
             start: false,
             image: None,
         };

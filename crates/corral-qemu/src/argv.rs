@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use corral_api::{Accel, Disk, Firmware, Machine, NetworkKind, VmSpec};
+use corral_api::{Accel, Disk, Firmware, Machine, VmSpec};
 use serde_json::json;
 
 /// Where a VM's runtime files live. QEMU is chrooted into `dir`, so every path it must
@@ -70,6 +70,17 @@ pub struct LaunchConfig<'a> {
     /// Ids of the disks whose image is a block device (an LV, a partition), found by
     /// the launcher from the descriptors it opened: QEMU opens those with `host_device`.
     pub block_devices: &'a BTreeSet<String>,
+    /// Each NIC's host end, in the spec's order, made by the daemon before launch.
+    pub nics: &'a [NicBackend],
+}
+
+/// The host end of a NIC, made before QEMU starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NicBackend {
+    /// A tap on a bridge, opened by the daemon; QEMU inherits the descriptor.
+    Tap { fd: i32 },
+    /// A user-mode NIC: passt listening on this Unix socket (QEMU connects).
+    Stream { socket: std::path::PathBuf },
 }
 
 /// A disk's top image as descriptors QEMU inherits, gathered in fd set `set` (tagged
@@ -154,9 +165,16 @@ pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
             a.push2("-append", cmdline.clone());
         }
     }
-    for (i, nic) in spec.nics.iter().enumerate() {
-        match nic.kind {
-            NetworkKind::User => a.push2("-netdev", format!("user,id=net{i}")),
+    for (i, (nic, backend)) in spec.nics.iter().zip(cfg.nics).enumerate() {
+        match backend {
+            NicBackend::Tap { fd } => a.push2("-netdev", format!("tap,id=net{i},fd={fd}")),
+            NicBackend::Stream { socket } => a.push2(
+                "-netdev",
+                format!(
+                    "stream,id=net{i},server=off,addr.type=unix,addr.path={}",
+                    socket.display()
+                ),
+            ),
         }
         a.push2(
             "-device",

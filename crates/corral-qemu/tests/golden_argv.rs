@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use corral_api::{
     Accel, Disk, DiskFormat, Firmware, KernelBoot, Machine, NetworkKind, Nic, VmSpec,
 };
-use corral_qemu::argv::{build_argv, Confinement, DiskFds, LaunchConfig, VmPaths};
+use corral_qemu::argv::{build_argv, Confinement, DiskFds, LaunchConfig, NicBackend, VmPaths};
 use uuid::Uuid;
 
 fn base_spec() -> VmSpec {
@@ -26,6 +26,7 @@ fn base_spec() -> VmSpec {
         cdrom: None,
         kernel: None,
         nics: vec![],
+        firewall: vec![],
     }
 }
 
@@ -77,6 +78,15 @@ fn check_full(
         .collect();
     let paths = VmPaths::new("/var/lib/corral/run/6f1c2a3e-2d4b-4c1e-9a7f-0123456789ab");
     let block_devices: BTreeSet<String> = block_devices.iter().map(|s| s.to_string()).collect();
+    // Even NICs are taps (descriptors as a launch would pass), odd ones user NICs (passt).
+    let nics: Vec<NicBackend> = (0..spec.nics.len())
+        .map(|i| match i % 2 {
+            0 => NicBackend::Tap { fd: 40 + i as i32 },
+            _ => NicBackend::Stream {
+                socket: paths.dir.join(format!("passt-{i}.sock")),
+            },
+        })
+        .collect();
     let argv = build_argv(&LaunchConfig {
         spec,
         ovmf_code: std::path::Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd"),
@@ -86,6 +96,7 @@ fn check_full(
         incoming,
         disk_fds: &fds,
         block_devices: &block_devices,
+        nics: &nics,
     });
     let actual = argv.join("\n") + "\n";
     let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{case}.args"));
@@ -145,12 +156,18 @@ fn disks_cdrom_and_nics_on_q35() {
     spec.cdrom = Some("/srv/iso/debian-12.iso".into());
     spec.nics = vec![
         Nic {
-            kind: NetworkKind::User,
+            kind: NetworkKind::Network,
+            source: Some("default".into()),
             mac: "52:54:00:12:34:56".into(),
+            ip: Some("10.161.0.2".parse().unwrap()),
+            vlan: None,
         },
         Nic {
             kind: NetworkKind::User,
+            source: None,
             mac: "52:54:00:12:34:57".into(),
+            ip: None,
+            vlan: None,
         },
     ];
     check("q35_disks_cdrom_nics", &spec, Accel::Tcg, UNCONFINED);

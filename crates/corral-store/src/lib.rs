@@ -8,7 +8,9 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
-use corral_api::{Event, Image, Operation, PoolSpec, SnapshotTree, VmSpec, VmStatus, Volume};
+use corral_api::{
+    Event, Image, NetworkSpec, Operation, PoolSpec, SnapshotTree, VmSpec, VmStatus, Volume,
+};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +86,17 @@ pub trait Store: Send + Sync {
     fn put_operation(&self, op: &Operation) -> Result<()>;
     fn get_operation(&self, id: Uuid) -> Result<Option<Operation>>;
     fn list_operations(&self) -> Result<Vec<Operation>>;
+
+    /// Adds a network; fails with `AlreadyExists` if the name is taken.
+    fn insert_network(&self, spec: &NetworkSpec) -> Result<()>;
+    fn update_network(&self, spec: &NetworkSpec) -> Result<()>;
+    fn get_network(&self, name: &str) -> Result<Option<NetworkSpec>>;
+    fn list_networks(&self) -> Result<Vec<NetworkSpec>>;
+    /// Removes a network; fails with `InUse` while any VM has a NIC on it (checked in the
+    /// same transaction; inserting a VM checks its networks exist in its own).
+    fn delete_network(&self, name: &str) -> Result<()>;
+    /// Names of the VMs with a NIC on a network.
+    fn vms_on_network(&self, name: &str) -> Result<Vec<String>>;
 
     fn insert_pool(&self, spec: &PoolSpec) -> Result<()>;
     fn get_pool(&self, name: &str) -> Result<Option<PoolSpec>>;

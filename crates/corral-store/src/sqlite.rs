@@ -4,7 +4,10 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use corral_api::{Event, Image, Operation, PoolSpec, SnapshotTree, VmSpec, VmStatus, Volume};
+use corral_api::{
+    Event, Image, NetworkKind, NetworkSpec, Operation, PoolSpec, SnapshotTree, VmSpec, VmStatus,
+    Volume,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 use serde::de::DeserializeOwned;
@@ -59,6 +62,12 @@ fn migrations() -> Migrations<'static> {
                  name TEXT PRIMARY KEY,
                  pool TEXT NOT NULL REFERENCES pools (name),
                  body TEXT NOT NULL
+             );",
+        ),
+        M::up(
+            "CREATE TABLE networks (
+                 name TEXT PRIMARY KEY,
+                 spec TEXT NOT NULL
              );",
         ),
     ])
@@ -171,6 +180,40 @@ impl SqliteStore {
     }
 }
 
+fn vms_on_network(c: &Connection, name: &str) -> Result<Vec<String>> {
+    let mut stmt = c.prepare(
+        "SELECT DISTINCT vms.name FROM vms, json_each(vms.spec, '$.nics') AS nic
+         WHERE nic.value ->> 'kind' = 'network' AND nic.value ->> 'source' = ?1
+         ORDER BY vms.name",
+    )?;
+    let names = stmt
+        .query_map([name], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(names)
+}
+
+/// A VM may only be recorded with NICs on networks that exist, checked in the insert's
+/// transaction so a network deleted meanwhile cannot end up with a user.
+fn check_networks_exist(tx: &rusqlite::Transaction<'_>, spec: &VmSpec) -> Result<()> {
+    for nic in &spec.nics {
+        let (NetworkKind::Network, Some(net)) = (nic.kind, &nic.source) else {
+            continue;
+        };
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM networks WHERE name = ?1)",
+            [net],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Err(StoreError::NotFound {
+                kind: "network",
+                name: net.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn decode_vm(spec: String, status: String, created_at: i64) -> Result<VmRecord> {
     Ok(VmRecord {
         spec: serde_json::from_str(&spec)?,
@@ -184,7 +227,9 @@ impl Store for SqliteStore {
         let spec = serde_json::to_string(&record.spec)?;
         let status = serde_json::to_string(&record.status)?;
         self.with(|c| {
-            let inserted = c.execute(
+            let tx = c.transaction()?;
+            check_networks_exist(&tx, &record.spec)?;
+            let inserted = tx.execute(
                 "INSERT INTO vms (name, spec, status, created_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (name) DO NOTHING",
                 params![record.spec.name, spec, status, record.created_at as i64],
@@ -195,6 +240,7 @@ impl Store for SqliteStore {
                     name: record.spec.name.clone(),
                 });
             }
+            tx.commit()?;
             Ok(())
         })
     }
@@ -267,6 +313,7 @@ impl Store for SqliteStore {
             .collect::<std::result::Result<_, _>>()?;
         self.with(|c| {
             let tx = c.transaction()?;
+            check_networks_exist(&tx, &record.spec)?;
             let inserted = tx.execute(
                 "INSERT INTO vms (name, spec, status, created_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (name) DO NOTHING",
@@ -404,6 +451,51 @@ impl Store for SqliteStore {
 
     fn list_operations(&self) -> Result<Vec<Operation>> {
         self.bodies("SELECT body FROM operations ORDER BY created_ms", [])
+    }
+
+    fn insert_network(&self, spec: &NetworkSpec) -> Result<()> {
+        let body = serde_json::to_string(spec)?;
+        self.insert_new(
+            "INSERT INTO networks (name, spec) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+            params![spec.name, body],
+            "network",
+            &spec.name,
+        )
+    }
+
+    fn update_network(&self, spec: &NetworkSpec) -> Result<()> {
+        let body = serde_json::to_string(spec)?;
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE networks SET spec = ?2 WHERE name = ?1",
+                params![spec.name, body],
+            )?;
+            found(n, "network", &spec.name)
+        })
+    }
+
+    fn get_network(&self, name: &str) -> Result<Option<NetworkSpec>> {
+        self.body("SELECT spec FROM networks WHERE name = ?1", name)
+    }
+
+    fn list_networks(&self) -> Result<Vec<NetworkSpec>> {
+        self.bodies("SELECT spec FROM networks ORDER BY name", [])
+    }
+
+    fn delete_network(&self, name: &str) -> Result<()> {
+        self.delete_unused(
+            "network",
+            name,
+            "DELETE FROM networks WHERE name = ?1",
+            |tx| {
+                let users = vms_on_network(tx, name)?;
+                Ok((!users.is_empty()).then(|| format!("VM(s) {}", users.join(", "))))
+            },
+        )
+    }
+
+    fn vms_on_network(&self, name: &str) -> Result<Vec<String>> {
+        self.with(|c| vms_on_network(c, name))
     }
 
     fn insert_pool(&self, spec: &PoolSpec) -> Result<()> {

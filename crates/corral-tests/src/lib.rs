@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 pub use serde_json::Value;
 
 /// The workspace root.
+pub mod netns;
+pub use netns::NetNs;
+
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
@@ -75,6 +78,9 @@ pub struct Daemon {
     pub socket: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
+    /// The namespace the daemon (and so its networks) lives in; `None`: the host's,
+    /// where it must make no networks.
+    netns: Option<String>,
 }
 
 impl Daemon {
@@ -84,6 +90,16 @@ impl Daemon {
     }
 
     pub fn start_with(extra: &[&str]) -> Daemon {
+        Self::start_full(extra, None)
+    }
+
+    /// Starts a daemon inside a test's network namespace, free to make networks there
+    /// (including the `default` NAT network of a first start).
+    pub fn start_in(ns: &NetNs, extra: &[&str]) -> Daemon {
+        Self::start_full(extra, Some(ns.name.clone()))
+    }
+
+    fn start_full(extra: &[&str], netns: Option<String>) -> Daemon {
         // Short paths: QEMU's socket paths must fit in 108 bytes.
         let dir = tempfile::Builder::new()
             .prefix("corral-")
@@ -95,6 +111,7 @@ impl Daemon {
             socket,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            netns,
         };
         d.spawn();
         d
@@ -110,7 +127,19 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("corrald.log"))
             .unwrap();
-        let child = Command::new(bin("corrald"))
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("corrald"));
+                c
+            }
+            None => {
+                let mut c = Command::new(bin("corrald"));
+                c.arg("--no-default-network");
+                c
+            }
+        };
+        let child = command
             .arg("--state-dir")
             .arg(self.state_dir())
             .arg("--socket")

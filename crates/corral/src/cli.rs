@@ -6,6 +6,7 @@
 //! Pools and volumes have their own modules, [`pool`] and [`volume`].
 
 mod image;
+mod network;
 mod pool;
 mod snapshot;
 mod volume;
@@ -20,6 +21,7 @@ use crate::create::{parse_disk_spec, parse_memory_mib};
 use crate::output::OutputArgs;
 
 pub use image::*;
+pub use network::*;
 pub use pool::*;
 pub use snapshot::*;
 pub use volume::*;
@@ -93,6 +95,12 @@ pub enum Command {
     /// Snapshots of a VM's disks, as a tree you can revert to and branch from
     #[command(subcommand, visible_alias = "snap")]
     Snapshot(SnapshotCommand),
+    /// Networks: NAT, isolated and bridged, with port forwards
+    #[command(subcommand, visible_alias = "net")]
+    Network(NetworkCommand),
+    /// A VM's firewall rules (nftables on its bridged NICs)
+    #[command(subcommand, visible_alias = "fw")]
+    Firewall(FirewallCommand),
     /// This host: hardware, QEMU, accelerator
     #[command(subcommand)]
     Host(HostCommand),
@@ -173,9 +181,11 @@ pub struct CreateArgs {
     )]
     pub cmdline: Option<String>,
 
-    /// A NIC, in guest order; repeatable. Without it: one user NIC; `none` for no network.
-    #[arg(long = "network", value_enum, value_name = "KIND")]
-    pub networks: Vec<NetArg>,
+    /// A NIC, in guest order; repeatable: user, nat (the default NAT network),
+    /// network=NAME, bridge=BRIDGE, with ,mac=…,ip=…,vlan=…; `none` for no NIC.
+    /// Without it: the default network if there is one, else user-mode.
+    #[arg(long = "network", value_name = "SPEC", value_parser = crate::create::parse_nic_spec)]
+    pub networks: Vec<crate::create::NicSpec>,
 
     /// Start the VM once it is defined.
     #[arg(long)]
@@ -199,16 +209,6 @@ impl From<MachineArg> for Machine {
             MachineArg::Q35 => Machine::Q35,
         }
     }
-}
-
-/// `--network` values (variant docs stay `//` comments: clap would print them one per
-/// line, which makes `create --help` twice as long).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum NetArg {
-    // User-mode networking inside QEMU: outbound only.
-    User,
-    // No NIC at all.
-    None,
 }
 
 /// A command on one VM that prints it.

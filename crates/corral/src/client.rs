@@ -61,6 +61,11 @@ impl Client {
         decode(&body)
     }
 
+    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let body = self.send(Method::PUT, path, Some(json(body)?)).await?;
+        decode(&body)
+    }
+
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let body = self.send(Method::DELETE, path, None).await?;
         decode(&body)

@@ -5,16 +5,18 @@
 //! directory because the daemon runs elsewhere and resolves nothing relative.
 
 mod disk_spec;
+mod nic_spec;
 
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::Result;
 
-use corral_api::{parse_size, CreateVmRequest, DiskRequest, KernelBoot, NetworkKind};
+use corral_api::{parse_size, CreateVmRequest, DiskRequest, KernelBoot, NicRequest};
 
-use crate::cli::{CreateArgs, NetArg};
+use crate::cli::CreateArgs;
 
 pub use disk_spec::parse_disk_spec;
+pub use nic_spec::{parse_nic_spec, NicSpec};
 
 /// Guest memory when neither `--memory` nor an OVA says.
 pub const DEFAULT_MEMORY_MIB: u64 = 512;
@@ -49,18 +51,19 @@ fn absolute_string(cwd: &Path, path: &Path) -> String {
     absolute(cwd, path).to_string_lossy().into_owned()
 }
 
-/// `--network` flags to NICs: none given means one user-mode NIC; `none` means no NIC.
-fn networks(flags: &[NetArg]) -> Result<Vec<NetworkKind>, String> {
+/// `--network` flags to NICs: none given leaves the choice to the daemon (its default
+/// network, else user-mode); `none` means no NIC.
+fn networks(flags: &[NicSpec]) -> Result<Option<Vec<NicRequest>>, String> {
     if flags.is_empty() {
-        return Ok(vec![NetworkKind::User]);
+        return Ok(None);
     }
-    if flags.contains(&NetArg::None) {
+    if flags.iter().any(|f| f.0.is_none()) {
         if flags.len() > 1 {
             return Err("--network none cannot be combined with other --network flags".into());
         }
-        return Ok(Vec::new());
+        return Ok(Some(Vec::new()));
     }
-    Ok(flags.iter().map(|_| NetworkKind::User).collect())
+    Ok(Some(flags.iter().filter_map(|f| f.0.clone()).collect()))
 }
 
 /// Builds the request the daemon gets, with every file path absolute.
@@ -142,7 +145,7 @@ mod tests {
         assert_eq!(req.memory_mib, 512);
         assert_eq!(req.vcpus, 1);
         assert_eq!(req.machine, Machine::Pc);
-        assert_eq!(req.networks, vec![NetworkKind::User]);
+        assert_eq!(req.networks, None, "the daemon picks its default network");
         assert!(!req.start);
         assert!(req.kernel.is_none() && req.cdrom.is_none());
     }
@@ -196,7 +199,7 @@ mod tests {
         assert_eq!(kernel.kernel, "/home/me/vmlinuz");
         assert_eq!(kernel.initrd.as_deref(), Some("/boot/initrd.img"));
         assert_eq!(kernel.cmdline.as_deref(), Some("console=ttyS0 -- quiet"));
-        assert!(req.networks.is_empty());
+        assert_eq!(req.networks, Some(vec![]));
         assert!(req.start);
     }
 
@@ -204,8 +207,11 @@ mod tests {
     fn networks_repeat_and_none_excludes() {
         let args = create_args(&["a", "--network", "user", "--network", "user"]);
         assert_eq!(
-            build_request(&args, Path::new("/")).unwrap().networks.len(),
-            2
+            build_request(&args, Path::new("/"))
+                .unwrap()
+                .networks
+                .map(|n| n.len()),
+            Some(2)
         );
         let args = create_args(&["a", "--network", "none", "--network", "user"]);
         let err = build_request(&args, Path::new("/")).unwrap_err();

@@ -23,6 +23,8 @@ pub struct Config {
     pub cgroup_root: PathBuf,
     /// Bytes of serial console output kept per VM (twice this at most on disk).
     pub console_log_limit: u64,
+    /// Make the `default` NAT network on the first start as root (like libvirt's).
+    pub default_network: bool,
 }
 
 impl Config {

@@ -52,6 +52,9 @@ pub enum ApiError {
     Hotplug(#[from] corral_qemu::hotplug::HotplugError),
     #[error("state store")]
     Store(StoreError),
+    /// The host's network side refused or failed.
+    #[error("network")]
+    Net(#[source] corral_net::NetError),
     /// Anything else that should not happen.
     #[error("{0}")]
     Internal(String),
@@ -182,6 +185,21 @@ impl ApiError {
                     Some("Corral never overwrites a file; remove or rename it"),
                 ),
             ),
+            ApiError::Net(corral_net::NetError::Invalid {
+                field,
+                message,
+                hint,
+            }) => (
+                StatusCode::BAD_REQUEST,
+                ErrorBody {
+                    error: message.clone(),
+                    field: Some(field.to_string()),
+                    hint: Some(hint.clone()),
+                },
+            ),
+            ApiError::Net(corral_net::NetError::Unsupported { message, hint }) => {
+                (StatusCode::CONFLICT, body(message.clone(), Some(hint)))
+            }
             // A full file system under a pool: the host's state, not a bug, and the
             // step that hit it has removed what it wrote.
             other if chain(other).contains("No space left on device") => (

@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod host;
 mod http;
+mod network;
 mod operations;
 mod revert;
 mod storage;
@@ -53,6 +54,10 @@ struct Args {
     /// Serial console output kept per VM, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     console_log_limit: u64,
+    /// Do not make the `default` NAT network on the first start (tests, hosts whose
+    /// networks are all bridges).
+    #[arg(long)]
+    no_default_network: bool,
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     openapi: bool,
@@ -80,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         probe_kernel: args.probe_kernel,
         cgroup_root: PathBuf::from("/sys/fs/cgroup"),
         console_log_limit: args.console_log_limit,
+        default_network: !args.no_default_network,
     });
     cfg.check().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&cfg.state_dir)
@@ -99,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
     let interrupted = mgr.ops.fail_orphans()?;
     mgr.recover_interrupted_work(&interrupted).await?;
     mgr.reattach_all().await?;
+    mgr.restore_networks().await?;
     tokio::spawn(console::rotate_logs_forever(mgr.clone()));
 
     let listener = bind(&cfg.socket)?;

@@ -18,6 +18,7 @@ fn record(name: &str) -> VmRecord {
             cdrom: None,
             kernel: None,
             nics: vec![],
+            firewall: vec![],
         },
         status: VmStatus::stopped(None),
         created_at: 1,
@@ -142,11 +143,78 @@ fn mac_lookup() {
     let mut r = record("n");
     r.spec.nics.push(corral_api::Nic {
         kind: corral_api::NetworkKind::User,
+        source: None,
         mac: "52:54:00:aa:bb:cc".into(),
+        ip: None,
+        vlan: None,
     });
     s.insert_vm(&r).unwrap();
     assert!(s.mac_in_use("52:54:00:aa:bb:cc").unwrap());
     assert!(!s.mac_in_use("52:54:00:aa:bb:cd").unwrap());
+}
+
+fn network(name: &str) -> NetworkSpec {
+    NetworkSpec {
+        name: name.to_string(),
+        kind: corral_api::NetworkType::Nat,
+        bridge: format!("br-{name}"),
+        subnet: Some("10.0.9.1/24".into()),
+        dhcp: true,
+        forwards: vec![],
+    }
+}
+
+fn nic_on(net: &str, mac: &str) -> corral_api::Nic {
+    corral_api::Nic {
+        kind: corral_api::NetworkKind::Network,
+        source: Some(net.to_string()),
+        mac: mac.into(),
+        ip: Some("10.0.9.2".parse().unwrap()),
+        vlan: None,
+    }
+}
+
+#[test]
+fn networks_in_use_cannot_be_deleted() {
+    let s = SqliteStore::in_memory().unwrap();
+    s.insert_network(&network("lab")).unwrap();
+    assert!(matches!(
+        s.insert_network(&network("lab")),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    let mut r = record("web");
+    r.spec.nics.push(nic_on("lab", "52:54:00:00:00:01"));
+    s.insert_vm(&r).unwrap();
+    assert_eq!(s.vms_on_network("lab").unwrap(), vec!["web".to_string()]);
+    assert!(matches!(
+        s.delete_network("lab"),
+        Err(StoreError::InUse { .. })
+    ));
+    s.delete_vm("web").unwrap();
+    s.delete_network("lab").unwrap();
+    assert!(s.get_network("lab").unwrap().is_none());
+}
+
+#[test]
+fn a_vm_cannot_be_recorded_on_a_missing_network() {
+    let s = SqliteStore::in_memory().unwrap();
+    let mut r = record("web");
+    r.spec.nics.push(nic_on("gone", "52:54:00:00:00:02"));
+    assert!(matches!(
+        s.insert_vm(&r),
+        Err(StoreError::NotFound {
+            kind: "network",
+            ..
+        })
+    ));
+    assert!(s.get_vm("web").unwrap().is_none());
+    assert!(matches!(
+        s.insert_vm_with_volumes(&r, &[]),
+        Err(StoreError::NotFound {
+            kind: "network",
+            ..
+        })
+    ));
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod host;
 mod image;
+mod network;
 mod operation;
 mod pool;
 mod snapshot;
@@ -34,6 +35,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Console(args) if args.log => console::print_log(&client, &args.name).await,
         Command::Console(args) => console::attach(&client, &args.name).await,
         Command::Pool(command) => pool::run(&client, &command).await,
+        Command::Network(command) => network::run(&client, &command).await,
+        Command::Firewall(command) => network::firewall(&client, &command).await,
         Command::Volume(command) => volume::run(&client, &command).await,
         Command::Snapshot(command) => snapshot::run(&client, &command).await,
         Command::Image(command) => image::run(&client, &command).await,

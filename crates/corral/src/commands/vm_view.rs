@@ -109,13 +109,17 @@ fn disks_table(disks: &[Disk]) -> String {
 }
 
 fn nics_table(nics: &[Nic]) -> String {
-    let mut t = table(&["#", "KIND", "MAC"]);
+    let mut t = table(&["#", "KIND", "SOURCE", "MAC", "RESERVED IP", "VLAN"]);
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for (i, nic) in nics.iter().enumerate() {
-        let kind = serde_json::to_value(nic.kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_else(|| format!("{:?}", nic.kind));
-        t.add_row(vec![i.to_string(), kind, nic.mac.clone()]);
+        t.add_row(vec![
+            i.to_string(),
+            nic.kind.as_str().to_string(),
+            or_dash(nic.source.clone()),
+            nic.mac.clone(),
+            or_dash(nic.ip.map(|a| a.to_string())),
+            or_dash(nic.vlan.map(|v| v.to_string())),
+        ]);
     }
     render(t)
 }
@@ -179,9 +183,13 @@ mod tests {
                 cdrom: None,
                 kernel: None,
                 nics: vec![Nic {
-                    kind: NetworkKind::User,
+                    kind: NetworkKind::Network,
+                    source: Some("default".into()),
                     mac: "52:54:00:12:34:56".into(),
+                    ip: Some("10.161.0.2".parse().unwrap()),
+                    vlan: None,
                 }],
+                firewall: vec![],
             },
             status: VmStatus {
                 state: VmState::Running,

@@ -210,6 +210,7 @@ mod tests {
                 cdrom: None,
                 kernel: None,
                 nics: Vec::new(),
+                firewall: Vec::new(),
             },
             status: VmStatus {
                 state,

@@ -2,6 +2,7 @@
 //! (STYLE.md: no logic in handlers). Paths follow DESIGN.md's REST conventions.
 
 mod body;
+mod networks;
 pub mod openapi;
 mod storage;
 mod vms;
@@ -89,6 +90,26 @@ pub fn router(mgr: Arc<Manager>) -> Router {
         .route(
             "/api/v1/images/{name}",
             get(storage::show_image).delete(storage::delete_image),
+        )
+        .route(
+            "/api/v1/networks",
+            get(networks::list).post(networks::create),
+        )
+        .route(
+            "/api/v1/networks/{name}",
+            get(networks::show).delete(networks::delete),
+        )
+        .route(
+            "/api/v1/networks/{name}/forwards",
+            post(networks::add_forward),
+        )
+        .route(
+            "/api/v1/networks/{name}/forwards/{protocol}/{host_port}",
+            delete(networks::remove_forward),
+        )
+        .route(
+            "/api/v1/vms/{name}/firewall",
+            axum::routing::put(networks::set_firewall),
         )
         .route("/api/v1/operations", get(list_operations))
         .route(

@@ -6,7 +6,7 @@ use utoipa::OpenApi;
 
 use super::{
     __path_cancel_operation, __path_get_operation, __path_host_info, __path_list_events,
-    __path_list_operations, __path_stream_events, __path_wait_operation, storage, vms,
+    __path_list_operations, __path_stream_events, __path_wait_operation, networks, storage, vms,
 };
 
 #[derive(OpenApi)]
@@ -34,6 +34,13 @@ use super::{
         vms::revert_snapshot,
         vms::delete_snapshot,
         storage::list_pools,
+        networks::list,
+        networks::show,
+        networks::create,
+        networks::delete,
+        networks::add_forward,
+        networks::remove_forward,
+        networks::set_firewall,
         storage::import_volume,
         storage::list_images,
         storage::show_image,

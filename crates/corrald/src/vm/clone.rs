@@ -112,14 +112,16 @@ impl Manager {
             .as_ref()
             .map(|n| self.new_nvram(target, uuid, Path::new(n), &mut revert))
             .transpose()?;
-        let kinds: Vec<_> = source.spec.nics.iter().map(|n| n.kind).collect();
+        // Held until recorded, so the copy's reserved addresses stay its own.
+        let net_lock = self.lock(crate::network::NETWORKS_LOCK).await;
         let record = VmRecord {
             spec: VmSpec {
                 name: target.to_string(),
                 uuid,
                 nvram,
                 disks,
-                nics: self.new_nics(&kinds)?,
+                nics: self.copy_nics(&source.spec.nics)?,
+                firewall: source.spec.firewall.clone(),
                 ..source.spec.clone()
             },
             status: VmStatus::stopped(None),
@@ -128,6 +130,8 @@ impl Manager {
         let volumes: Vec<Volume> = made.iter().map(|s| s.volume.clone()).collect();
         // The VM and its volumes in one transaction: all recorded, or none.
         self.store.insert_vm_with_volumes(&record, &volumes)?;
+        drop(net_lock);
+        self.nics_changed(&record.spec.nics).await;
         revert.commit();
         self.events.emit(
             Some(target),

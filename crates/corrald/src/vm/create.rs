@@ -4,11 +4,10 @@
 use std::path::Path;
 
 use corral_api::{
-    CreateVmRequest, Disk, DiskFormat, DiskRequest, Firmware, KernelBoot, NetworkKind, Nic,
-    ValidationError, Vm, VmAction, VmSpec, VmStatus, DEFAULT_POOL,
+    CreateVmRequest, Disk, DiskFormat, DiskRequest, Firmware, KernelBoot, ValidationError, Vm,
+    VmAction, VmSpec, VmStatus, DEFAULT_POOL,
 };
 use corral_store::VmRecord;
-use rand::Rng;
 use uuid::Uuid;
 
 use super::{check_allowed, Manager};
@@ -39,6 +38,10 @@ impl Manager {
             })?),
             Firmware::Bios => None,
         };
+        // Held until the VM is recorded: addresses reserved for its NICs are picked from
+        // what the store holds, so no other create may pick the same ones meanwhile.
+        let net_lock = self.lock(crate::network::NETWORKS_LOCK).await;
+        let nics = self.resolve_nics(req.networks.as_deref())?;
         let mut revert = Reverter::new();
         let disks = self.prepare_disks(&req, &mut revert).await?;
         let uuid = Uuid::new_v4();
@@ -59,7 +62,8 @@ impl Manager {
             disks,
             cdrom,
             kernel,
-            nics: self.new_nics(&req.networks)?,
+            nics,
+            firewall: Vec::new(),
         };
         let record = VmRecord {
             spec,
@@ -67,6 +71,8 @@ impl Manager {
             created_at: now_secs(),
         };
         self.store.insert_vm(&record)?;
+        drop(net_lock);
+        self.nics_changed(&record.spec.nics).await;
         let store = self.store.clone();
         let name = req.name.clone();
         revert.add(move || {
@@ -115,6 +121,13 @@ impl Manager {
             }
         }
         let _ = std::fs::remove_dir_all(self.vm_paths(&record.spec).dir);
+        if let Err(e) = self.drop_forwards_to(name).await {
+            tracing::warn!(
+                "{name}: port forwards not removed: {}",
+                crate::error::chain(&e)
+            );
+        }
+        self.nics_changed(&record.spec.nics).await;
         for f in record.spec.nvram.iter().chain(snapshot_extras.iter()) {
             let _ = std::fs::remove_file(f);
         }
@@ -329,23 +342,6 @@ impl Manager {
             disks.push(disk);
         }
         Ok(disks)
-    }
-
-    /// Random locally administered MACs in QEMU's 52:54:00 prefix, unique on the host.
-    pub(crate) fn new_nics(&self, kinds: &[NetworkKind]) -> ApiResult<Vec<Nic>> {
-        let mut rng = rand::thread_rng();
-        let mut nics: Vec<Nic> = Vec::new();
-        for kind in kinds {
-            let mac = loop {
-                let b: [u8; 3] = rng.gen();
-                let mac = format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2]);
-                if !nics.iter().any(|n| n.mac == mac) && !self.store.mac_in_use(&mac)? {
-                    break mac;
-                }
-            };
-            nics.push(Nic { kind: *kind, mac });
-        }
-        Ok(nics)
     }
 }
 

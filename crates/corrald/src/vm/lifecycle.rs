@@ -63,6 +63,7 @@ impl Manager {
         }
         let ovmf_code = ovmf.map(|(code, _)| code).unwrap_or_default();
         let (opened, disk_fds, block_devices) = open_disks(&spec)?;
+        let nics = self.plug_nics(&spec, &paths).await?;
         let argv = build_argv(&LaunchConfig {
             spec: &spec,
             ovmf_code: &ovmf_code,
@@ -72,12 +73,17 @@ impl Manager {
             incoming: memory.is_some(),
             disk_fds: &disk_fds,
             block_devices: &block_devices,
+            nics: &nics.backends,
         });
         let opts = QmpOptions {
             log_path: Some(paths.qmp_log()),
             ..QmpOptions::default()
         };
-        let inherit: Vec<_> = opened.iter().map(|f| f.as_fd()).collect();
+        let inherit: Vec<_> = opened
+            .iter()
+            .map(|f| f.as_fd())
+            .chain(nics.taps.iter().map(|t| t.as_fd()))
+            .collect();
         let launched = launch::launch(
             &self.cfg.qemu_binary,
             &argv,
@@ -90,8 +96,12 @@ impl Manager {
         // QEMU has its own copies now.
         drop(opened);
         let launched = match launched {
-            Ok(l) => l,
+            Ok(l) => {
+                drop(nics);
+                l
+            }
             Err(e) => {
+                nics.abandon();
                 if let Some(c) = &cgroup {
                     let _ = c.remove();
                 }

@@ -132,20 +132,24 @@ impl Manager {
             }
             (None, _) => None,
         };
-        let kinds: Vec<_> = record.spec.nics.iter().map(|n| n.kind).collect();
+        // Held until recorded, so the copy's reserved addresses stay its own.
+        let net_lock = self.lock(crate::network::NETWORKS_LOCK).await;
         let clone = VmRecord {
             spec: VmSpec {
                 name: target.to_string(),
                 uuid,
                 nvram,
                 disks,
-                nics: self.new_nics(&kinds)?,
+                nics: self.copy_nics(&record.spec.nics)?,
+                firewall: record.spec.firewall.clone(),
                 ..record.spec.clone()
             },
             status: VmStatus::stopped(None),
             created_at: now_secs(),
         };
         self.store.insert_vm_with_volumes(&clone, &volumes)?;
+        drop(net_lock);
+        self.nics_changed(&clone.spec.nics).await;
         revert.commit();
         Ok(())
     }
