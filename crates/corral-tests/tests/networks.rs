@@ -1,0 +1,352 @@
+//! Networks end to end: a real corrald in a network namespace made by the test, real
+//! bridges, dnsmasq, nftables and passt, and test guests that get their addresses by
+//! DHCP. An "outside" namespace joined by a veth pair stands in for the world beyond
+//! the host's uplink; nothing leaves these namespaces.
+
+use std::time::{Duration, Instant};
+
+use corral_tests::{Daemon, NetNs};
+use serde_json::Value;
+
+/// The daemon's namespace ("the host") with an uplink to an "outside" namespace that
+/// serves HTTP on 198.51.100.2:8080 and logs who asked.
+struct World {
+    host: NetNs,
+    outside: NetNs,
+    server_log: std::path::PathBuf,
+    _server: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl World {
+    fn new(tag: &str) -> World {
+        let host = NetNs::new(tag);
+        let outside = NetNs::new(&format!("{tag}-out"));
+        let (up, peer) = (format!("up{}", std::process::id() % 100_000), "peer0");
+        host.exec_ok(&["ip", "link", "add", &up, "type", "veth", "peer", "name", peer]);
+        host.exec_ok(&["ip", "link", "set", peer, "netns", &outside.name]);
+        host.exec_ok(&["ip", "addr", "add", "198.51.100.1/24", "dev", &up]);
+        host.exec_ok(&["ip", "link", "set", &up, "up"]);
+        host.exec_ok(&["ip", "route", "add", "default", "via", "198.51.100.2"]);
+        outside.exec_ok(&["ip", "addr", "add", "198.51.100.2/24", "dev", peer]);
+        outside.exec_ok(&["ip", "link", "set", peer, "up"]);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        std::fs::write(dir.join("index.html"), "hello from outside\n").unwrap();
+        let server_log = dir.join("server.log");
+        let server = outside
+            .command("python3")
+            .args(["-m", "http.server", "--bind", "198.51.100.2", "8080", "--directory"])
+            .arg(&dir)
+            .stdout(std::fs::File::create(&server_log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&server_log).unwrap())
+            .spawn()
+            .unwrap();
+        let guard = ChildGuard(server);
+        wait_until(Duration::from_secs(10), "the outside HTTP server", || {
+            outside.exec(&["python3", "-c", PROBE_8080])
+        });
+        World {
+            host,
+            outside,
+            server_log,
+            _server: guard,
+            _dir: tmp,
+        }
+    }
+}
+
+const PROBE_8080: &str =
+    "import socket; socket.create_connection(('198.51.100.2', 8080), timeout=1).close()";
+
+fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `GET url` from inside `ns`: the body, or `None` if it failed.
+fn http_get(ns: &NetNs, url: &str) -> Option<String> {
+    let code = format!(
+        "import urllib.request; print(urllib.request.urlopen('{url}', timeout=5).read().decode(), end='')"
+    );
+    let out = ns.command("python3").args(["-c", &code]).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn nic(vm: &Value) -> &Value {
+    &vm["spec"]["nics"][0]
+}
+
+/// The VM's address on its first NIC once the network's DHCP server has leased it.
+fn wait_lease(d: &Daemon, network: &str, vm: &str) -> String {
+    let mac = nic(&d.json(&["show", vm, "-o", "json"]))["mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut address = String::new();
+    wait_until(Duration::from_secs(60), "a DHCP lease", || {
+        let net = d.json(&["network", "show", network, "-o", "json"]);
+        let found = net["leases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["mac"] == mac.as_str());
+        if let Some(l) = found {
+            address = l["address"].as_str().unwrap().to_string();
+        }
+        found.is_some()
+    });
+    address
+}
+
+#[test]
+fn nat_network_dhcp_masquerade_forwards_and_restarts() {
+    let w = World::new("nat");
+    let mut d = Daemon::start_in(&w.host, &["--accel", "tcg"]);
+
+    // The default network, made on the first start as root.
+    let nets = d.json(&["network", "list", "-o", "json"]);
+    let default = &nets.as_array().unwrap()[0];
+    assert_eq!(default["name"], "default");
+    assert_eq!(default["type"], "nat");
+    assert_eq!(default["status"]["bridge_up"], true, "{default}");
+    assert_eq!(default["status"]["dhcp_running"], true, "{default}");
+    let subnet = default["subnet"].as_str().unwrap().to_string();
+    let bridge = default["bridge"].as_str().unwrap().to_string();
+
+    // Without --network a VM joins the default network, with a reserved address.
+    d.boot("web", &[]);
+    let vm = d.json(&["show", "web", "-o", "json"]);
+    assert_eq!(nic(&vm)["kind"], "network");
+    assert_eq!(nic(&vm)["source"], "default");
+    let reserved = nic(&vm)["ip"].as_str().unwrap().to_string();
+    let leased = wait_lease(&d, "default", "web");
+    assert_eq!(leased, reserved, "dnsmasq honours the reservation");
+    assert!(w.host.exec(&["ping", "-c", "1", "-W", "3", &leased]));
+
+    // Out through the masquerade: the outside sees the host's uplink address.
+    d.guest_run("web", "wget -q -O /tmp/got http://198.51.100.2:8080/ && cat /tmp/got");
+    assert!(d.console_log("web").contains("hello from outside"));
+    let log = std::fs::read_to_string(&w.server_log).unwrap();
+    assert!(log.contains("198.51.100.1"), "masqueraded source: {log}");
+
+    // A port forward: the outside reaches the guest's web server on the host's port.
+    d.guest_run(
+        "web",
+        "mkdir -p /www && echo corral-forward-ok > /www/index.html && httpd -p 80 -h /www",
+    );
+    d.ok(&["network", "forward", "add", "default", "8080", "web:80"]);
+    let body = http_get(&w.outside, "http://198.51.100.1:8080/");
+    assert_eq!(body.as_deref(), Some("corral-forward-ok\n"));
+    // The host itself, on its own address, through the same forward.
+    assert_eq!(
+        http_get(&w.host, "http://198.51.100.1:8080/").as_deref(),
+        Some("corral-forward-ok\n")
+    );
+    let err = d.fails(&["network", "forward", "add", "default", "8080", "web:81"]);
+    assert!(err.contains("already forwarded to web:80"), "{err}");
+
+    // In use: refused, nothing changed.
+    let err = d.fails(&["network", "delete", "default"]);
+    assert!(err.contains("in use by VM(s) web"), "{err}");
+
+    // The daemon dies: the guest keeps its network.
+    d.kill9();
+    assert!(w.host.exec(&["ping", "-c", "1", "-W", "3", &leased]));
+    assert_eq!(
+        http_get(&w.outside, "http://198.51.100.1:8080/").as_deref(),
+        Some("corral-forward-ok\n")
+    );
+    d.restart();
+    assert_eq!(d.state("web"), "running");
+
+    // A host reboot leaves nothing: no bridge, no tables, no dnsmasq. The next start
+    // makes them all again, and the VM gets its address back.
+    d.ok(&["stop", "web", "--force"]);
+    d.kill9();
+    for pid in w.host.pids() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    w.host.exec_ok(&["ip", "link", "del", &bridge]);
+    w.host.exec_ok(&["nft", "delete", "table", "inet", "corral"]);
+    d.restart();
+    let net = d.json(&["network", "show", "default", "-o", "json"]);
+    assert_eq!(net["status"]["bridge_up"], true, "{net}");
+    assert_eq!(net["status"]["dhcp_running"], true, "{net}");
+    assert_eq!(net["subnet"], subnet.as_str());
+    assert!(w.host.exec_ok(&["nft", "list", "tables"]).contains("inet corral"));
+    d.ok(&["start", "web"]);
+    d.wait_console("web", "CORRAL-GUEST-READY", Duration::from_secs(60));
+    wait_until(Duration::from_secs(60), "ping after the restart", || {
+        w.host.exec(&["ping", "-c", "1", "-W", "2", &reserved])
+    });
+    d.ok(&["network", "forward", "remove", "default", "8080"]);
+    d.ok(&["delete", "web", "--force"]);
+    d.ok(&["network", "delete", "default"]);
+    assert!(!w.host.exec(&["ip", "link", "show", &bridge]), "bridge removed");
+}
+
+/// Links in a namespace, to check a refused request made none.
+fn links(ns: &NetNs) -> String {
+    ns.exec_ok(&["ip", "-br", "link"])
+}
+
+#[test]
+fn bad_network_requests_name_the_field_and_make_nothing() {
+    let w = World::new("bad");
+    let d = Daemon::start_in(&w.host, &["--accel", "tcg", "--no-default-network"]);
+    d.ok(&["network", "create", "lab", "--subnet", "10.0.7.1/24"]);
+    let before = (links(&w.host), d.json(&["network", "list", "-o", "json"]));
+    let cases: &[(&[&str], &str)] = &[
+        (&["network", "create", "x", "--subnet", "10.0.7.129/25"], "overlaps network 'lab'"),
+        (&["network", "create", "x", "--subnet", "198.51.100.9/24"], "which this host already has"),
+        (&["network", "create", "x", "--subnet", "10.0.8.0/24"], "network's own or broadcast"),
+        (&["network", "create", "x", "--subnet", "10.0.8/24"], "not an IPv4 address"),
+        (&["network", "create", "x", "--type", "bridge", "--bridge", "nosuchbr"], "nosuchbr"),
+        (&["network", "create", "x", "--type", "bridge"], "which host bridge"),
+        (&["network", "create", "x", "--bridge", "a-bridge-name-too-long"], "not a valid interface name"),
+        (&["network", "create", "x", "--type", "isolated", "--dhcp"], "DHCP needs a subnet"),
+        (&["network", "create", "lab", "--subnet", "10.0.9.1/24"], "already exists"),
+    ];
+    for (args, expected) in cases {
+        let err = d.fails(args);
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+    assert_eq!(before, (links(&w.host), d.json(&["network", "list", "-o", "json"])));
+
+    // VM NICs: each mistake names its field; no VM is left.
+    let nic_cases: &[(&str, &str)] = &[
+        ("nosuch", "network 'nosuch' not found"),
+        ("lab,ip=10.0.8.5", "not a free host address"),
+        ("lab,ip=10.0.7.1", "not a free host address"),
+        ("lab,vlan=10", "VLAN"),
+    ];
+    for (spec, expected) in nic_cases {
+        let out = d.corral(&["create", "v", "--memory", "64M", "--kernel", "/boot/none", "--network", spec]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expected), "{spec}: {err}");
+    }
+    assert!(d.json(&["list", "-o", "json"]).as_array().unwrap().is_empty());
+
+    // A reserved address cannot be taken twice; a forward needs a VM on the network.
+    d.define("a", &["--network", "lab,ip=10.0.7.50"]);
+    let out = d.corral(&["create", "b", "--network", "lab,ip=10.0.7.50", "--kernel", "/boot/none"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already reserved"));
+    d.define("u", &["--network", "user"]);
+    let err = d.fails(&["network", "forward", "add", "lab", "2222", "u:22"]);
+    assert!(err.contains("no NIC with an address on network 'lab'"), "{err}");
+    let err = d.fails(&["network", "forward", "add", "lab", "2222", "ghost:22"]);
+    assert!(err.contains("vm 'ghost' not found"), "{err}");
+    let err = d.fails(&["firewall", "add", "u", "deny", "--protocol", "tcp", "--port", "22"]);
+    assert!(err.contains("no bridged NIC"), "{err}");
+    let err = d.fails(&["firewall", "add", "a", "deny", "--port", "22"]);
+    assert!(err.contains("needs protocol tcp or udp"), "{err}");
+    let err = d.fails(&["network", "delete", "lab"]);
+    assert!(err.contains("in use by VM(s) a"), "{err}");
+}
+
+#[test]
+fn isolated_network_and_host_bridge() {
+    let w = World::new("iso");
+    let d = Daemon::start_in(&w.host, &["--accel", "tcg", "--no-default-network"]);
+    d.ok(&["network", "create", "back", "--type", "isolated", "--subnet", "10.0.9.1/24"]);
+    d.boot("a", &["--network", "back"]);
+    d.boot("b", &["--network", "back"]);
+    let ip_a = wait_lease(&d, "back", "a");
+    let ip_b = wait_lease(&d, "back", "b");
+    // VM to VM and host to VM work; nothing leaves for the outside.
+    d.guest_run("a", &format!("ping -c 1 -W 3 {ip_b} && echo PING-B-OK"));
+    assert!(d.console_log("a").contains("PING-B-OK"));
+    assert!(w.host.exec(&["ping", "-c", "1", "-W", "3", &ip_a]));
+    d.guest_run(
+        "a",
+        "ip route add default via 10.0.9.1; wget -q -T 3 -O - http://198.51.100.2:8080/ || echo NO-WAY-OUT",
+    );
+    assert!(d.console_log("a").contains("NO-WAY-OUT"));
+
+    // An existing host bridge: NICs join it, Corral never removes it.
+    w.host.exec_ok(&["ip", "link", "add", "hostbr0", "type", "bridge"]);
+    w.host.exec_ok(&["ip", "link", "set", "hostbr0", "up"]);
+    d.ok(&["network", "create", "lan", "--type", "bridge", "--bridge", "hostbr0"]);
+    d.boot("c", &["--network", "lan", "--network", "bridge=hostbr0"]);
+    let ports = w.host.exec_ok(&["ip", "-br", "link", "show", "master", "hostbr0"]);
+    assert_eq!(ports.lines().count(), 2, "both taps on the bridge: {ports}");
+    d.ok(&["delete", "c", "--force"]);
+    wait_until(Duration::from_secs(10), "taps gone with QEMU", || {
+        w.host.exec_ok(&["ip", "-br", "link", "show", "master", "hostbr0"]).trim().is_empty()
+    });
+    d.ok(&["network", "delete", "lan"]);
+    assert!(w.host.exec(&["ip", "link", "show", "hostbr0"]), "the host's bridge stays");
+}
+
+#[test]
+fn user_nics_get_an_address_from_passt() {
+    let w = World::new("user");
+    let d = Daemon::start_in(&w.host, &["--accel", "tcg", "--no-default-network"]);
+    // No managed network: the default NIC is user-mode.
+    d.boot("u", &[]);
+    assert_eq!(nic(&d.json(&["show", "u", "-o", "json"]))["kind"], "user");
+    // passt hands the guest the host's own address and route, and carries its traffic.
+    d.guest_run("u", "sleep 3; ip -4 addr show eth0; wget -q -O - http://198.51.100.2:8080/");
+    let console = d.console_log("u");
+    assert!(console.contains("inet 198.51.100.1/24"), "{console}");
+    assert!(console.contains("hello from outside"), "{console}");
+    d.ok(&["stop", "u", "--force"]);
+    // passt ends with its QEMU.
+    wait_until(Duration::from_secs(10), "passt to exit", || {
+        !w.host.exec(&["pgrep", "-x", "passt"])
+    });
+}
+
+#[test]
+fn firewall_rules_filter_a_vms_traffic() {
+    let w = World::new("fw");
+    let mut d = Daemon::start_in(&w.host, &["--accel", "tcg"]);
+    d.boot("web", &[]);
+    let ip = wait_lease(&d, "default", "web");
+    d.guest_run(
+        "web",
+        "mkdir -p /www && echo fw-ok > /www/index.html && httpd -p 80 -h /www && httpd -p 81 -h /www",
+    );
+    let url = |port: u16| format!("http://{ip}:{port}/");
+    assert_eq!(http_get(&w.host, &url(80)).as_deref(), Some("fw-ok\n"));
+    d.ok(&["firewall", "add", "web", "deny", "--protocol", "tcp", "--port", "80"]);
+    assert_eq!(http_get(&w.host, &url(80)), None, "port 80 denied");
+    assert_eq!(http_get(&w.host, &url(81)).as_deref(), Some("fw-ok\n"), "81 still open");
+    // Ordered, first match wins: an allow for the host's subnet before the deny.
+    d.ok(&["firewall", "clear", "web"]);
+    d.ok(&["firewall", "add", "web", "allow", "--protocol", "tcp", "--port", "80", "--cidr", "198.51.100.0/24"]);
+    d.ok(&["firewall", "add", "web", "deny", "--protocol", "tcp"]);
+    let rules = d.json(&["firewall", "list", "web", "-o", "json"]);
+    assert_eq!(rules.as_array().unwrap().len(), 2);
+    assert_eq!(http_get(&w.host, &url(81)), None, "all other tcp denied");
+    // The guest's own connections out still get their replies.
+    d.guest_run("web", "wget -q -O - http://198.51.100.2:8080/ && echo OUT-OK");
+    assert!(d.console_log("web").contains("OUT-OK"));
+    // Outbound rules: the guest may not reach the outside's port 8080.
+    d.ok(&["firewall", "add", "web", "deny", "--direction", "out", "--protocol", "tcp", "--port", "8080"]);
+    d.guest_run("web", "wget -q -T 3 -O - http://198.51.100.2:8080/ || echo OUT-DENIED");
+    assert!(d.console_log("web").contains("OUT-DENIED"));
+    // Rules survive a daemon restart (they live in the store and the kernel).
+    d.restart();
+    assert_eq!(http_get(&w.host, &url(81)), None, "still denied after a restart");
+    d.ok(&["firewall", "clear", "web"]);
+    assert_eq!(http_get(&w.host, &url(81)).as_deref(), Some("fw-ok\n"));
+}
