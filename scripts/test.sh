@@ -8,6 +8,10 @@ cd "$ROOT"
 export CORRAL_TEST_GUEST=${CORRAL_TEST_GUEST:-$ROOT/build/guest}
 
 bash scripts/setup.sh
+# The real guest OS of the end-to-end journey (crates/corral-tests/tests/debian_e2e.rs):
+# built from Debian's packages once, cached under build/images by its recipe.
+export CORRAL_DEBIAN_IMAGE=${CORRAL_DEBIAN_IMAGE:-$ROOT/build/debian-12.qcow2}
+bash scripts/build-debian-image.sh "$CORRAL_DEBIAN_IMAGE" >&2
 echo "test: cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "test: cargo clippy" >&2

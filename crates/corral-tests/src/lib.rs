@@ -13,7 +13,7 @@ pub use serde_json::Value;
 
 /// The workspace root.
 pub mod netns;
-pub use netns::NetNs;
+pub use netns::{NetNs, World};
 
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

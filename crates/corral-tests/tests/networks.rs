@@ -5,68 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use corral_tests::{Daemon, NetNs};
+use corral_tests::{Daemon, NetNs, World};
 use serde_json::Value;
-
-/// The daemon's namespace ("the host") with an uplink to an "outside" namespace that
-/// serves HTTP on 198.51.100.2:8080 and logs who asked.
-struct World {
-    host: NetNs,
-    outside: NetNs,
-    server_log: std::path::PathBuf,
-    _server: ChildGuard,
-    _dir: tempfile::TempDir,
-}
-
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl World {
-    fn new(tag: &str) -> World {
-        let host = NetNs::new(tag);
-        let outside = NetNs::new(&format!("{tag}-out"));
-        let (up, peer) = (format!("up{}", std::process::id() % 100_000), "peer0");
-        host.exec_ok(&["ip", "link", "add", &up, "type", "veth", "peer", "name", peer]);
-        host.exec_ok(&["ip", "link", "set", peer, "netns", &outside.name]);
-        host.exec_ok(&["ip", "addr", "add", "198.51.100.1/24", "dev", &up]);
-        host.exec_ok(&["ip", "link", "set", &up, "up"]);
-        host.exec_ok(&["ip", "route", "add", "default", "via", "198.51.100.2"]);
-        outside.exec_ok(&["ip", "addr", "add", "198.51.100.2/24", "dev", peer]);
-        outside.exec_ok(&["ip", "link", "set", peer, "up"]);
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        std::fs::write(dir.join("index.html"), "hello from outside\n").unwrap();
-        let server_log = dir.join("server.log");
-        let server = outside
-            .command("python3")
-            .args(["-m", "http.server", "--bind", "198.51.100.2", "8080", "--directory"])
-            .arg(&dir)
-            .stdout(std::fs::File::create(&server_log).unwrap())
-            .stderr(std::fs::File::options().append(true).open(&server_log).unwrap())
-            .spawn()
-            .unwrap();
-        let guard = ChildGuard(server);
-        wait_until(Duration::from_secs(10), "the outside HTTP server", || {
-            outside.exec(&["python3", "-c", PROBE_8080])
-        });
-        World {
-            host,
-            outside,
-            server_log,
-            _server: guard,
-            _dir: tmp,
-        }
-    }
-}
-
-const PROBE_8080: &str =
-    "import socket; socket.create_connection(('198.51.100.2', 8080), timeout=1).close()";
 
 fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
