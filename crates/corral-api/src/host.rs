@@ -60,6 +60,9 @@ pub struct HostInfo {
     /// Every pool driver this build has, and whether this host can use it.
     #[serde(default)]
     pub storage_drivers: Vec<StorageDriverInfo>,
+    /// Every network driver, what it can do, and whether this host can use it.
+    #[serde(default)]
+    pub network_drivers: Vec<crate::network::NetworkDriverInfo>,
 }
 
 /// A pool driver and whether it works on this host (checked when asked, not cached).

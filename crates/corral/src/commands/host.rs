@@ -27,6 +27,7 @@ fn host_details(host: &HostInfo) -> String {
         ("Accel chosen", accel_origin(host)),
         ("Confinement", host.confinement.clone()),
         ("Pool drivers", pool_drivers(host)),
+        ("Network drivers", network_drivers(host)),
         (
             "VMs",
             format!("{} total, {} running", host.vms_total, host.vms_running),
@@ -45,6 +46,36 @@ fn pool_drivers(host: &HostInfo) -> String {
             (_, true) => format!("{}: available", d.name),
             (Some(why), false) => format!("{}: unavailable ({why})", d.name),
             (None, false) => format!("{}: unavailable", d.name),
+        })
+        .collect();
+    if each.is_empty() {
+        "-".to_string()
+    } else {
+        each.join("; ")
+    }
+}
+
+/// `nat: available (dhcp, outbound, forwards, firewall); bridge: …`.
+fn network_drivers(host: &HostInfo) -> String {
+    let each: Vec<String> = host
+        .network_drivers
+        .iter()
+        .map(|d| {
+            let c = &d.capabilities;
+            let can: Vec<&str> = [
+                (c.dhcp, "dhcp"),
+                (c.outbound, "outbound"),
+                (c.port_forwards, "forwards"),
+                (c.firewall, "firewall"),
+                (c.vlan, "vlan"),
+            ]
+            .into_iter()
+            .filter_map(|(on, what)| on.then_some(what))
+            .collect();
+            match &d.reason {
+                None => format!("{}: available ({})", d.name, can.join(", ")),
+                Some(why) => format!("{}: unavailable ({why})", d.name),
+            }
         })
         .collect();
     if each.is_empty() {
@@ -101,6 +132,7 @@ mod tests {
                     reason: Some("no device-mapper".into()),
                 },
             ],
+            network_drivers: vec![],
         };
         let text = host_details(&host);
         assert!(text.contains("Memory:        24 GiB"), "{text}");

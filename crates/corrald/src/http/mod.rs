@@ -150,6 +150,7 @@ pub async fn host_info(State(mgr): State<AppState>) -> ApiResult<Json<HostInfo>>
             .filter(|v| v.status.state == VmState::Running)
             .count() as u32,
         storage_drivers: crate::storage::storage_drivers(),
+        network_drivers: crate::network::network_drivers(),
     }))
 }
 

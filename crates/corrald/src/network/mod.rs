@@ -343,6 +343,24 @@ fn write_marker(path: &std::path::Path) -> ApiResult<()> {
     std::fs::write(path, b"").map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))
 }
 
+/// Every network driver, its capabilities and whether this host can use it, for
+/// `corral host info`.
+pub fn network_drivers() -> Vec<corral_api::NetworkDriverInfo> {
+    corral_net::DRIVERS
+        .iter()
+        .filter_map(|name| corral_net::driver(name).map(|d| (name, d)))
+        .map(|(name, d)| {
+            let unavailable = d.availability().err();
+            corral_api::NetworkDriverInfo {
+                name: name.to_string(),
+                capabilities: d.capabilities(),
+                available: unavailable.is_none(),
+                reason: unavailable.map(|u| format!("{} ({})", u.reason, u.hint)),
+            }
+        })
+        .collect()
+}
+
 /// The registered driver for a network type.
 pub(crate) fn network_driver(kind: NetworkType) -> ApiResult<&'static dyn NetworkDriver> {
     corral_net::driver(kind.as_str())
