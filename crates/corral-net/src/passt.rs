@@ -112,10 +112,11 @@ pub async fn spawn(cfg: &PasstConfig) -> Result<u32, NetError> {
 }
 
 /// Whether a Unix socket bound at `path` listens in this network namespace
-/// (`/proc/net/unix`, flag `__SO_ACCEPTCON`).
+/// (`/proc/thread-self/net/unix`, flag `__SO_ACCEPTCON`: the calling thread's namespace,
+/// which `/proc/net`, the process's, need not be).
 fn listening(path: &Path) -> bool {
     const ACCEPTCON: u32 = 0x0001_0000;
-    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+    let Ok(table) = std::fs::read_to_string("/proc/thread-self/net/unix") else {
         return false;
     };
     let want = path.display().to_string();
