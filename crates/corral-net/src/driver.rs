@@ -13,6 +13,8 @@ use corral_api::network::{Lease, NetworkCapabilities, NetworkSpec, NetworkStatus
 
 use crate::NetError;
 
+mod managed;
+
 /// Where a network keeps its files: `<state>/networks/<name>/` (dnsmasq config,
 /// pidfile, leases, reservations).
 #[derive(Debug, Clone)]
@@ -74,5 +76,40 @@ pub const DRIVERS: [&str; 3] = ["nat", "isolated", "bridge"];
 
 /// The driver registered under `name` (a [`corral_api::NetworkType`]'s `as_str`).
 pub fn driver(name: &str) -> Option<&'static dyn NetworkDriver> {
-    todo!("net helper: {name}")
+    static NAT: managed::Managed = managed::Managed { outbound: true };
+    static ISOLATED: managed::Managed = managed::Managed { outbound: false };
+    static BRIDGE: managed::HostBridge = managed::HostBridge;
+    match name {
+        "nat" => Some(&NAT),
+        "isolated" => Some(&ISOLATED),
+        "bridge" => Some(&BRIDGE),
+        _ => None,
+    }
+}
+
+/// Root, or at least `CAP_NET_ADMIN`: every driver changes links.
+fn need_net_admin() -> Result<(), Unavailable> {
+    if crate::sys::has_net_admin() {
+        Ok(())
+    } else {
+        Err(Unavailable {
+            reason: "corrald lacks CAP_NET_ADMIN (it is not running as root)".into(),
+            hint: "run corrald as root; VMs can still use user-mode NICs (passt)".into(),
+        })
+    }
+}
+
+fn need_tool(name: &str, package: &str) -> Result<(), Unavailable> {
+    crate::sys::require_tool(name, package)
+        .map(|_| ())
+        .map_err(|e| match e {
+            NetError::Unsupported { message, hint } => Unavailable {
+                reason: message,
+                hint,
+            },
+            other => Unavailable {
+                reason: other.to_string(),
+                hint: String::new(),
+            },
+        })
 }

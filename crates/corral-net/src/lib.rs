@@ -1,7 +1,7 @@
 //! Corral's network drivers and the host-side pieces they are made of.
 //!
 //! - [`driver`]: the [`NetworkDriver`] trait, each driver's capabilities, the registry.
-//! - [`link`]: bridges, ports and addresses over rtnetlink-equivalent calls.
+//! - [`link`]: bridges, ports, VLANs, addresses and routes over rtnetlink.
 //! - [`tap`]: tap devices opened for QEMU (the daemon keeps nothing open: QEMU holds the
 //!   descriptor, so the tap disappears with the VM).
 //! - [`nft`]: Corral's own nftables tables, rendered from the desired state and replaced
@@ -15,6 +15,7 @@ mod error;
 pub mod link;
 pub mod nft;
 pub mod passt;
+mod sys;
 pub mod tap;
 
 pub use driver::{driver, NetContext, NetworkDriver, Unavailable, DRIVERS};

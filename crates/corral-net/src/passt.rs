@@ -1,7 +1,19 @@
 //! User-mode NICs with passt: one passt per NIC, started before QEMU, connected by a
-//! Unix stream socket (`-netdev stream`); it exits when QEMU closes the socket.
+//! Unix stream socket (`-netdev stream,id=netN,server=off,addr.type=unix,addr.path=SOCKET`
+//! on QEMU 7.2); it exits when QEMU closes the socket (`--one-off`).
+//!
+//! passt daemonizes itself (own session, reparented to init, so it outlives corrald
+//! with its VM): its first process exits after the socket listens and the pidfile is
+//! written, so a zero exit means "ready". It then sandboxes itself (new user, mount,
+//! IPC, UTS and PID namespaces, an empty root, no capabilities, seccomp).
+//!
+//! It runs as root inside that sandbox (`--runas 0`): Debian's passt
+//! 0.0~git20230309 drops to `nobody` *before* binding the socket and writing the
+//! pidfile, and both live in the VM's root-only runtime directory; that version even
+//! ignores the failed bind and waits on a socket that does not exist.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use corral_api::network::Protocol;
 
@@ -16,13 +28,107 @@ pub struct PasstConfig {
     pub forwards: Vec<(Protocol, u16, u16)>,
 }
 
+/// passt's argv after the program name (pure). Its log goes next to the pidfile
+/// (`<pidfile>.log`, e.g. `passt-0.pid.log`).
+pub fn args(cfg: &PasstConfig) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "--one-off".into(),
+        "--runas".into(),
+        "0".into(),
+        "--quiet".into(),
+        "--socket".into(),
+        cfg.socket.display().to_string(),
+        "--pid".into(),
+        cfg.pidfile.display().to_string(),
+        "--log-file".into(),
+        log_path(cfg).display().to_string(),
+    ];
+    for (proto, host, guest) in &cfg.forwards {
+        a.push(
+            match proto {
+                Protocol::Tcp => "--tcp-ports",
+                Protocol::Udp => "--udp-ports",
+            }
+            .into(),
+        );
+        a.push(format!("{host}:{guest}"));
+    }
+    a
+}
+
+/// Where passt logs (its warnings about the host's interfaces, errors).
+pub fn log_path(cfg: &PasstConfig) -> PathBuf {
+    let mut name = cfg.pidfile.clone().into_os_string();
+    name.push(".log");
+    PathBuf::from(name)
+}
+
 /// Starts passt detached (own session, dies with its QEMU) and waits until its socket
 /// accepts; returns its pid.
 pub async fn spawn(cfg: &PasstConfig) -> Result<u32, NetError> {
-    todo!("net helper: {cfg:?}")
+    let passt = crate::sys::require_tool("passt", "passt")?;
+    // A socket or pidfile left by a passt that ended with its VM.
+    for stale in [&cfg.socket, &cfg.pidfile] {
+        match std::fs::remove_file(stale) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(NetError::Io {
+                    what: format!("removing the old {}", stale.display()),
+                    source,
+                })
+            }
+        }
+    }
+    let argv = args(cfg);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    crate::sys::run(&passt, &argv, None).await?;
+    let command = || format!("{} {}", passt.display(), argv.join(" "));
+    let pid = crate::sys::read_pidfile(&cfg.pidfile).ok_or_else(|| NetError::Command {
+        command: command(),
+        stderr: format!("passt wrote no pid to {}", cfg.pidfile.display()),
+    })?;
+    // passt writes the pidfile after listen(2); still, confirm the socket listens
+    // without connecting to it: with --one-off, a probe connection would be its client.
+    for _ in 0..100 {
+        if listening(&cfg.socket) {
+            return Ok(pid);
+        }
+        if !crate::sys::alive(pid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let log = std::fs::read_to_string(log_path(cfg)).unwrap_or_default();
+    let _ = crate::sys::signal(pid, nix::sys::signal::Signal::SIGKILL);
+    Err(NetError::Command {
+        command: command(),
+        stderr: format!(
+            "its socket {} never listened; passt's log: {}",
+            cfg.socket.display(),
+            log.trim()
+        ),
+    })
+}
+
+/// Whether a Unix socket bound at `path` listens in this network namespace
+/// (`/proc/thread-self/net/unix`, flag `__SO_ACCEPTCON`: the calling thread's namespace,
+/// which `/proc/net`, the process's, need not be).
+fn listening(path: &Path) -> bool {
+    const ACCEPTCON: u32 = 0x0001_0000;
+    let Ok(table) = std::fs::read_to_string("/proc/thread-self/net/unix") else {
+        return false;
+    };
+    let want = path.display().to_string();
+    table.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() >= 8
+            && f[7] == want
+            && u32::from_str_radix(f[3], 16).is_ok_and(|flags| flags & ACCEPTCON != 0)
+    })
 }
 
 /// Whether passt is installed.
 pub fn available() -> bool {
-    todo!("net helper")
+    crate::sys::tool("passt").is_some()
 }
