@@ -29,6 +29,14 @@ have tar || need+=(tar)
 have gzip || need+=(gzip)
 # The guest agent's client is tested against the real qemu-ga, run on the host.
 { have qemu-ga || [[ -x /usr/sbin/qemu-ga ]]; } || need+=(qemu-guest-agent)
+# Networks: user NICs (passt), NAT/isolated networks (dnsmasq, nftables, iproute2);
+# the network tests ping, ssh and serve HTTP from namespaces.
+have passt || need+=(passt)
+{ have dnsmasq || [[ -x /usr/sbin/dnsmasq ]]; } || need+=(dnsmasq-base)
+{ have nft || [[ -x /usr/sbin/nft ]]; } || need+=(nftables)
+{ have ip || [[ -x /usr/sbin/ip ]]; } || need+=(iproute2)
+have ping || need+=(iputils-ping)
+{ have ssh && have ssh-keygen; } || need+=(openssh-client)
 # lvm-thin pools (and their test) need the kernel's device-mapper; without it the LVM
 # tools are useless (nothing can be activated) and worse than useless: libdevmapper
 # leaves a dead /dev/mapper/control node behind. The kernel's misc-device list is the

@@ -101,7 +101,11 @@ pub fn dhcp_range(subnet: Cidr) -> Option<(Ipv4Addr, Ipv4Addr)> {
     let below = (net + 1, host.saturating_sub(1));
     let above = (host + 1, bcast - 1);
     let len = |(a, b): (u32, u32)| if b >= a { b - a + 1 } else { 0 };
-    let best = if len(above) >= len(below) { above } else { below };
+    let best = if len(above) >= len(below) {
+        above
+    } else {
+        below
+    };
     (len(best) > 0).then(|| (Ipv4Addr::from(best.0), Ipv4Addr::from(best.1)))
 }
 
@@ -220,7 +224,9 @@ pub fn set_reservations(dir: &Path, hosts: &[Reservation]) -> Result<(), NetErro
         }
         let label = !h.name.is_empty()
             && h.name.len() <= 63
-            && h.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+            && h.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-');
         if !label {
             return Err(NetError::Invalid {
                 field: "name",
@@ -228,7 +234,12 @@ pub fn set_reservations(dir: &Path, hosts: &[Reservation]) -> Result<(), NetErro
                 hint: "letters, digits and '-', at most 63".into(),
             });
         }
-        text.push_str(&format!("{},{},{}\n", h.mac.to_ascii_lowercase(), h.ip, h.name));
+        text.push_str(&format!(
+            "{},{},{}\n",
+            h.mac.to_ascii_lowercase(),
+            h.ip,
+            h.name
+        ));
     }
     std::fs::create_dir_all(dir).map_err(|source| NetError::Io {
         what: format!("making {}", dir.display()),

@@ -12,8 +12,7 @@ use std::sync::OnceLock;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
-    BridgeVlanInfoFlags, InfoBridge, InfoData, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage,
+    BridgeVlanInfoFlags, InfoBridge, InfoData, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use rtnetlink::{Handle, LinkBridge, LinkBridgeVlan, LinkUnspec, RouteMessageBuilder};
@@ -64,11 +63,7 @@ pub async fn ensure_bridge(name: &str, address: Option<Cidr>) -> Result<(), NetE
     let link = match find(&h, name).await? {
         Some(l) => l,
         None => {
-            let made = h
-                .link()
-                .add(LinkBridge::new(name).build())
-                .execute()
-                .await;
+            let made = h.link().add(LinkBridge::new(name).build()).execute().await;
             match made {
                 Ok(()) => {}
                 // Made meanwhile by someone else: fine, checked below like any other.
@@ -278,11 +273,7 @@ fn probe_vlan_filtering() -> bool {
     rt.block_on(async {
         let Ok(h) = connect() else { return false };
         h.link()
-            .add(
-                LinkBridge::new("corral-probe")
-                    .vlan_filtering(true)
-                    .build(),
-            )
+            .add(LinkBridge::new("corral-probe").vlan_filtering(true).build())
             .execute()
             .await
             .is_ok()
@@ -480,4 +471,3 @@ fn nl(what: &str) -> impl Fn(rtnetlink::Error) -> NetError + '_ {
         },
     }
 }
-

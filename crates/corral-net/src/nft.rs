@@ -122,7 +122,10 @@ fn render_inet(out: &mut String, rs: &Ruleset) {
         match (n.outbound, n.subnet) {
             (true, Some(subnet)) => {
                 let s = cidr(subnet);
-                rule(out, &format!("oifname \"{br}\" ip daddr {s} ct state established,related accept"));
+                rule(
+                    out,
+                    &format!("oifname \"{br}\" ip daddr {s} ct state established,related accept"),
+                );
                 rule(out, &format!("oifname \"{br}\" ct status dnat accept"));
                 rule(out, &format!("oifname \"{br}\" iifname != \"{br}\" drop"));
             }
@@ -135,7 +138,10 @@ fn render_inet(out: &mut String, rs: &Ruleset) {
     for n in &nets {
         if let (true, Some(subnet)) = (n.outbound, n.subnet) {
             let br = &n.bridge;
-            rule(out, &format!("iifname \"{br}\" ip saddr {} accept", cidr(subnet)));
+            rule(
+                out,
+                &format!("iifname \"{br}\" ip saddr {} accept", cidr(subnet)),
+            );
             rule(out, &format!("iifname \"{br}\" oifname != \"{br}\" drop"));
         }
     }
@@ -149,7 +155,10 @@ fn render_inet(out: &mut String, rs: &Ruleset) {
     // `priority dstnat` is not accepted for the output hook: -100 is its value.
     chain(out, "output", "nat hook output priority -100");
     for f in &rs.forwards {
-        rule(out, &format!("ip daddr != 127.0.0.0/8 fib daddr type local {}", dnat(f)));
+        rule(
+            out,
+            &format!("ip daddr != 127.0.0.0/8 fib daddr type local {}", dnat(f)),
+        );
     }
     out.push_str("\t}\n\n");
 
@@ -158,7 +167,10 @@ fn render_inet(out: &mut String, rs: &Ruleset) {
         if let (true, Some(subnet)) = (n.outbound, n.subnet) {
             let (br, s) = (&n.bridge, cidr(subnet));
             rule(out, &format!("ip saddr {s} ip daddr != {s} masquerade"));
-            rule(out, &format!("oifname \"{br}\" ip saddr {s} ip daddr {s} ct status dnat masquerade"));
+            rule(
+                out,
+                &format!("oifname \"{br}\" ip saddr {s} ip daddr {s} ct status dnat masquerade"),
+            );
         }
     }
     out.push_str("\t}\n}\n");
@@ -178,7 +190,11 @@ fn render_bridge(out: &mut String, rs: &Ruleset, caps: NftCaps) {
         }
     }
     out.push_str("\t}\n\n");
-    chain(out, "postrouting", "filter hook postrouting priority filter");
+    chain(
+        out,
+        "postrouting",
+        "filter hook postrouting priority filter",
+    );
     for v in &vms {
         for tap in v.taps.iter().filter(|t| safe(t)) {
             rule(out, &format!("oifname \"{tap}\" jump vm-{}-in", v.vm));
@@ -205,7 +221,10 @@ fn vm_chain(out: &mut String, v: &VmRules, dir: Direction, caps: NftCaps) {
         rule(out, "ct state established,related accept");
     } else {
         rule(out, "tcp flags & (syn | ack) != syn accept");
-        rule(out, "icmp type { echo-reply, destination-unreachable, time-exceeded } accept");
+        rule(
+            out,
+            "icmp type { echo-reply, destination-unreachable, time-exceeded } accept",
+        );
     }
     for r in v.rules.iter().filter(|r| r.direction == dir) {
         if let Some(line) = firewall_rule(r) {

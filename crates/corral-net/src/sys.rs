@@ -184,7 +184,6 @@ pub fn write_atomic(path: &Path, text: &str, mode: u32) -> Result<(), NetError> 
     f.write_all(text.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)?;
     // The mode given to open() is filtered by the umask; readers need exactly `mode`.
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-        .map_err(io)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }

@@ -31,7 +31,10 @@ impl Drop for Stop<'_> {
 /// daemonized, so its parent is whichever process adopts orphans here).
 fn gone(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
 
@@ -44,8 +47,11 @@ fn dhcp_client(dir: &Path, port: &str, mac: &str, hostname: &str) -> (Peer, Stri
     peer.run(&format!("ip link set eth0 address {mac}"));
     let script = dir.join("udhcpc.sh");
     if !script.exists() {
-        std::fs::write(&script, "#!/bin/sh\n[ \"$1\" = bound ] && echo \"lease=$ip\"\nexit 0\n")
-            .unwrap();
+        std::fs::write(
+            &script,
+            "#!/bin/sh\n[ \"$1\" = bound ] && echo \"lease=$ip\"\nexit 0\n",
+        )
+        .unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let out = peer.run(&format!(
@@ -79,12 +85,21 @@ async fn dnsmasq_serves_leases_and_reservations_and_survives_restarts() {
     };
     let pid = dnsmasq::ensure_running(&cfg, &dir).await.unwrap();
     assert_eq!(dnsmasq::running(&dir), Some(pid));
-    assert_eq!(dnsmasq::ensure_running(&cfg, &dir).await.unwrap(), pid, "idempotent");
+    assert_eq!(
+        dnsmasq::ensure_running(&cfg, &dir).await.unwrap(),
+        pid,
+        "idempotent"
+    );
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let uid = nix::unistd::User::from_name("dnsmasq").unwrap().map(|u| u.uid.as_raw());
+    let uid = nix::unistd::User::from_name("dnsmasq")
+        .unwrap()
+        .map(|u| u.uid.as_raw());
     if let Some(uid) = uid {
         let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-        assert!(line.contains(&format!("\t{uid}\t")), "dnsmasq keeps root: {line}");
+        assert!(
+            line.contains(&format!("\t{uid}\t")),
+            "dnsmasq keeps root: {line}"
+        );
     }
 
     // A reservation made after the start: dnsmasq re-reads it on SIGHUP.
@@ -107,7 +122,10 @@ async fn dnsmasq_serves_leases_and_reservations_and_survives_restarts() {
     assert_eq!((l.address, l.hostname.as_deref()), (web.ip, Some("web")));
     assert!(l.expires > 0);
     let l = find("52:54:00:aa:bb:02").unwrap_or_else(|| panic!("{leases:?}"));
-    assert_eq!((l.address, l.hostname.as_deref()), (other_ip, Some("other")));
+    assert_eq!(
+        (l.address, l.hostname.as_deref()),
+        (other_ip, Some("other"))
+    );
 
     // VM names resolve in the network's domain.
     web_ns.run("ip addr add 10.60.0.50/24 dev eth0");
@@ -148,7 +166,10 @@ async fn dnsmasq_keeps_root_where_its_user_cannot_reach_the_directory() {
     };
     let pid = dnsmasq::ensure_running(&cfg, &dir).await.unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    assert!(status.lines().any(|l| l.starts_with("Uid:\t0\t")), "{status}");
+    assert!(
+        status.lines().any(|l| l.starts_with("Uid:\t0\t")),
+        "{status}"
+    );
     // SIGHUP still re-reads the reservations (as root).
     let r = Reservation {
         mac: "52:54:00:aa:bb:03".into(),
@@ -179,6 +200,9 @@ async fn a_failing_start_says_why() {
     };
     let err = dnsmasq::ensure_running(&cfg, &dir).await.unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("dnsmasq") && text.contains("in use"), "{text}");
+    assert!(
+        text.contains("dnsmasq") && text.contains("in use"),
+        "{text}"
+    );
     assert_eq!(dnsmasq::running(&dir), None);
 }

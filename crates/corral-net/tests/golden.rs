@@ -7,22 +7,28 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use corral_api::network::{
-    Direction, FirewallAction, FirewallProtocol, FirewallRule, Protocol,
-};
+use corral_api::network::{Direction, FirewallAction, FirewallProtocol, FirewallRule, Protocol};
 use corral_net::dnsmasq::{self, DnsmasqConfig};
 use corral_net::nft::{self, Dnat, NetRules, NftCaps, Ruleset, VmRules};
 
 fn check(case: &str, actual: &str) {
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(case);
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(case);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&file, actual).unwrap();
         return;
     }
     let expected = std::fs::read_to_string(&file).unwrap_or_else(|e| {
-        panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", file.display())
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            file.display()
+        )
     });
-    assert_eq!(actual, expected, "{case} changed (UPDATE_GOLDEN=1 to accept)");
+    assert_eq!(
+        actual, expected,
+        "{case} changed (UPDATE_GOLDEN=1 to accept)"
+    );
 }
 
 fn rule(
@@ -88,7 +94,10 @@ pub fn sample() -> Ruleset {
             VmRules {
                 vm: "db".into(),
                 taps: vec!["ct0a1b2c3d-0".into()],
-                rules: vec![rule(Allow, In, Some(Tcp), Some(5432), None), rule(Deny, In, None, None, None)],
+                rules: vec![
+                    rule(Allow, In, Some(Tcp), Some(5432), None),
+                    rule(Deny, In, None, None, None),
+                ],
             },
             // No rules: no chains.
             VmRules {
@@ -102,13 +111,17 @@ pub fn sample() -> Ruleset {
 
 #[test]
 fn nft_full_ruleset_stateless() {
-    let caps = NftCaps { bridge_conntrack: false };
+    let caps = NftCaps {
+        bridge_conntrack: false,
+    };
     check("full_stateless.nft", &nft::render(&sample(), caps));
 }
 
 #[test]
 fn nft_full_ruleset_with_bridge_conntrack() {
-    let caps = NftCaps { bridge_conntrack: true };
+    let caps = NftCaps {
+        bridge_conntrack: true,
+    };
     check("full_conntrack.nft", &nft::render(&sample(), caps));
 }
 
@@ -118,12 +131,28 @@ fn nft_one_nat_network_without_vms() {
         networks: vec![sample().networks.remove(0)],
         ..Ruleset::default()
     };
-    check("nat_only.nft", &nft::render(&rs, NftCaps { bridge_conntrack: false }));
+    check(
+        "nat_only.nft",
+        &nft::render(
+            &rs,
+            NftCaps {
+                bridge_conntrack: false,
+            },
+        ),
+    );
 }
 
 #[test]
 fn nft_empty_ruleset_only_deletes() {
-    check("empty.nft", &nft::render(&Ruleset::default(), NftCaps { bridge_conntrack: false }));
+    check(
+        "empty.nft",
+        &nft::render(
+            &Ruleset::default(),
+            NftCaps {
+                bridge_conntrack: false,
+            },
+        ),
+    );
 }
 
 #[test]
@@ -131,7 +160,13 @@ fn nft_refuses_names_that_would_need_quoting() {
     let mut rs = sample();
     rs.vms[0].taps.push("bad\"; flush ruleset".into());
     assert!(nft::validate(&rs).is_err());
-    assert!(!nft::render(&rs, NftCaps { bridge_conntrack: false }).contains("flush"));
+    assert!(!nft::render(
+        &rs,
+        NftCaps {
+            bridge_conntrack: false
+        }
+    )
+    .contains("flush"));
     assert!(nft::validate(&sample()).is_ok());
 }
 
@@ -147,11 +182,17 @@ fn dnsmasq_cfg(router: bool) -> DnsmasqConfig {
 #[test]
 fn dnsmasq_nat() {
     let dir = Path::new("/var/lib/corral/networks/default");
-    check("dnsmasq_nat.conf", &dnsmasq::render(&dnsmasq_cfg(true), dir));
+    check(
+        "dnsmasq_nat.conf",
+        &dnsmasq::render(&dnsmasq_cfg(true), dir),
+    );
 }
 
 #[test]
 fn dnsmasq_isolated_has_no_router() {
     let dir = Path::new("/var/lib/corral/networks/default");
-    check("dnsmasq_isolated.conf", &dnsmasq::render(&dnsmasq_cfg(false), dir));
+    check(
+        "dnsmasq_isolated.conf",
+        &dnsmasq::render(&dnsmasq_cfg(false), dir),
+    );
 }

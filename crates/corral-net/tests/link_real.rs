@@ -34,7 +34,13 @@ async fn ensure_bridge_is_idempotent_and_refuses_other_kinds() {
     sh("ip link add notabridge type veth peer name notabridge-p");
     let err = link::ensure_bridge("notabridge", None).await.unwrap_err();
     assert!(
-        matches!(&err, NetError::Invalid { field: "bridge", .. }),
+        matches!(
+            &err,
+            NetError::Invalid {
+                field: "bridge",
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(err.to_string().contains("veth"), "{err}");
@@ -53,12 +59,21 @@ async fn a_tap_opens_attaches_and_vanishes_with_its_descriptor() {
     // Close-on-exec: the QEMU launcher picks what QEMU inherits.
     let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
     assert_ne!(flags & libc::FD_CLOEXEC, 0);
-    assert_eq!(link::link_kind(&name).await.unwrap().as_deref(), Some("tun"));
+    assert_eq!(
+        link::link_kind(&name).await.unwrap().as_deref(),
+        Some("tun")
+    );
     let details = sh(&format!("ip -d link show {name}"));
-    assert!(details.contains("tap") && details.contains("vnet_hdr"), "{details}");
+    assert!(
+        details.contains("tap") && details.contains("vnet_hdr"),
+        "{details}"
+    );
 
     link::attach(&name, "corraltest1", None).await.unwrap();
-    assert_eq!(link::bridge_ports("corraltest1").await.unwrap(), vec![name.clone()]);
+    assert_eq!(
+        link::bridge_ports("corraltest1").await.unwrap(),
+        vec![name.clone()]
+    );
     assert!(link::link_up(&name).await.unwrap());
     // Again (a daemon restart re-plugging): no harm.
     link::attach(&name, "corraltest1", None).await.unwrap();
@@ -77,7 +92,9 @@ async fn vlan_attach_without_vlan_filtering_is_unsupported() {
     private_netns();
     link::ensure_bridge("corraltest2", None).await.unwrap();
     sh("ip link add vport type veth peer name vport-p");
-    let err = link::attach("vport", "corraltest2", Some(10)).await.unwrap_err();
+    let err = link::attach("vport", "corraltest2", Some(10))
+        .await
+        .unwrap_err();
     let NetError::Unsupported { message, hint } = &err else {
         panic!("{err:?}");
     };
@@ -86,8 +103,19 @@ async fn vlan_attach_without_vlan_filtering_is_unsupported() {
     // Nothing was changed: the port is not on the bridge.
     assert!(link::bridge_ports("corraltest2").await.unwrap().is_empty());
 
-    let err = link::attach("vport", "nosuchbridge", None).await.unwrap_err();
-    assert!(matches!(err, NetError::Invalid { field: "bridge", .. }), "{err:?}");
+    let err = link::attach("vport", "nosuchbridge", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NetError::Invalid {
+                field: "bridge",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 /// On a kernel with VLAN filtering, the port becomes an untagged member of its VLAN only.
@@ -100,7 +128,9 @@ async fn vlan_attach_on_a_filtering_bridge() {
     }
     sh("ip link add corraltest3 type bridge vlan_filtering 1 && ip link set corraltest3 up");
     sh("ip link add vport type veth peer name vport-p");
-    link::attach("vport", "corraltest3", Some(10)).await.unwrap();
+    link::attach("vport", "corraltest3", Some(10))
+        .await
+        .unwrap();
     let vlans = sh("bridge -j vlan show dev vport");
     assert!(vlans.contains("\"vlan\":10"), "{vlans}");
     assert!(!vlans.contains("\"vlan\":1,"), "{vlans}");
@@ -112,13 +142,31 @@ async fn host_subnets_include_loopback_and_routes() {
     sh("ip link add up0 type veth peer name up0-p && ip addr add 10.77.1.2/16 dev up0 && ip link set up0 up && ip link set up0-p up");
     sh("ip route add 172.30.0.0/20 via 10.77.0.1 && ip route add default via 10.77.0.1");
     let subnets = link::host_subnets().await.unwrap();
-    assert!(subnets.contains(&(Ipv4Addr::new(127, 0, 0, 1), 8)), "{subnets:?}");
-    assert!(subnets.contains(&(Ipv4Addr::new(10, 77, 1, 2), 16)), "{subnets:?}");
-    assert!(subnets.contains(&(Ipv4Addr::new(172, 30, 0, 0), 20)), "{subnets:?}");
-    assert!(subnets.iter().all(|s| s.1 > 0), "default routes are left out");
+    assert!(
+        subnets.contains(&(Ipv4Addr::new(127, 0, 0, 1), 8)),
+        "{subnets:?}"
+    );
+    assert!(
+        subnets.contains(&(Ipv4Addr::new(10, 77, 1, 2), 16)),
+        "{subnets:?}"
+    );
+    assert!(
+        subnets.contains(&(Ipv4Addr::new(172, 30, 0, 0), 20)),
+        "{subnets:?}"
+    );
+    assert!(
+        subnets.iter().all(|s| s.1 > 0),
+        "default routes are left out"
+    );
 }
 
-fn spec(name: &str, kind: NetworkType, bridge: &str, subnet: Option<&str>, dhcp: bool) -> NetworkSpec {
+fn spec(
+    name: &str,
+    kind: NetworkType,
+    bridge: &str,
+    subnet: Option<&str>,
+    dhcp: bool,
+) -> NetworkSpec {
     NetworkSpec {
         name: name.into(),
         kind,
@@ -135,36 +183,102 @@ async fn drivers_refuse_overlapping_subnets_and_taken_names() {
     sh("ip link add up0 type veth peer name up0-p && ip addr add 10.77.1.2/16 dev up0 && ip link set up0 up");
     let nat = driver("nat").unwrap();
     let err = nat
-        .check(&spec("n", NetworkType::Nat, "corral9", Some("10.77.5.1/24"), true))
+        .check(&spec(
+            "n",
+            NetworkType::Nat,
+            "corral9",
+            Some("10.77.5.1/24"),
+            true,
+        ))
         .await
         .unwrap_err();
-    assert!(matches!(&err, NetError::Invalid { field: "subnet", .. }), "{err:?}");
+    assert!(
+        matches!(
+            &err,
+            NetError::Invalid {
+                field: "subnet",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("10.77.0.0/16"), "{err}");
     let err = nat
-        .check(&spec("n", NetworkType::Nat, "corral9", Some("127.1.0.1/24"), true))
+        .check(&spec(
+            "n",
+            NetworkType::Nat,
+            "corral9",
+            Some("127.1.0.1/24"),
+            true,
+        ))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("127.0.0.0/8"), "{err}");
     let err = nat
-        .check(&spec("n", NetworkType::Nat, "up0", Some("10.88.0.1/24"), true))
+        .check(&spec(
+            "n",
+            NetworkType::Nat,
+            "up0",
+            Some("10.88.0.1/24"),
+            true,
+        ))
         .await
         .unwrap_err();
-    assert!(matches!(err, NetError::Invalid { field: "bridge", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            NetError::Invalid {
+                field: "bridge",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let err = nat
-        .check(&spec("n", NetworkType::Nat, "corral9", Some("10.88.0.0/24"), true))
+        .check(&spec(
+            "n",
+            NetworkType::Nat,
+            "corral9",
+            Some("10.88.0.0/24"),
+            true,
+        ))
         .await
         .unwrap_err();
-    assert!(matches!(err, NetError::Invalid { field: "subnet", .. }), "{err:?}");
-    nat.check(&spec("n", NetworkType::Nat, "corral9", Some("10.88.0.1/24"), true))
-        .await
-        .unwrap();
+    assert!(
+        matches!(
+            err,
+            NetError::Invalid {
+                field: "subnet",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    nat.check(&spec(
+        "n",
+        NetworkType::Nat,
+        "corral9",
+        Some("10.88.0.1/24"),
+        true,
+    ))
+    .await
+    .unwrap();
 
     let host = driver("bridge").unwrap();
     let err = host
         .check(&spec("h", NetworkType::Bridge, "nosuchbr", None, false))
         .await
         .unwrap_err();
-    assert!(matches!(err, NetError::Invalid { field: "bridge", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            NetError::Invalid {
+                field: "bridge",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let err = host
         .check(&spec("h", NetworkType::Bridge, "up0", None, false))
         .await

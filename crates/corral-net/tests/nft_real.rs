@@ -81,22 +81,36 @@ async fn apply_replaces_only_corrals_tables_and_reports_a_dropping_forward_chain
     smaller.forwards.clear();
     nft::apply(&smaller, caps).await.unwrap();
     let ours = sh("nft list table inet corral");
-    assert!(ours.contains("masquerade") && !ours.contains("dnat ip to"), "{ours}");
+    assert!(
+        ours.contains("masquerade") && !ours.contains("dnat ip to"),
+        "{ours}"
+    );
     assert!(sh("nft list table bridge corral").contains("jump vm-web-in"));
     assert!(tables().contains(&("inet".into(), "corral".into())));
     assert_eq!(sh("nft list table ip filter"), docker_before);
 
     let found = nft::forward_conflicts(&["corral0".into()]).await.unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
-    assert!(found[0].contains("table ip filter chain FORWARD"), "{}", found[0]);
+    assert!(
+        found[0].contains("table ip filter chain FORWARD"),
+        "{}",
+        found[0]
+    );
     // Following the hint silences it (the accepts may sit in a jumped-to chain).
     sh("nft insert rule ip filter DOCKER-USER iifname corral0 accept");
     sh("nft insert rule ip filter DOCKER-USER oifname corral0 accept");
-    assert!(nft::forward_conflicts(&["corral0".into()]).await.unwrap().is_empty());
+    assert!(nft::forward_conflicts(&["corral0".into()])
+        .await
+        .unwrap()
+        .is_empty());
 
     nft::apply(&Ruleset::default(), caps).await.unwrap();
     let left = tables();
-    assert_eq!(left, vec![("ip".to_string(), "filter".to_string())], "{left:?}");
+    assert_eq!(
+        left,
+        vec![("ip".to_string(), "filter".to_string())],
+        "{left:?}"
+    );
     // Deleting what is not there is fine too.
     nft::apply(&Ruleset::default(), caps).await.unwrap();
 }
@@ -106,7 +120,9 @@ async fn a_bad_name_is_refused_before_nft_runs() {
     private_netns();
     let mut rs = ruleset();
     rs.networks[0].bridge = "br\"0".into();
-    let caps = nft::NftCaps { bridge_conntrack: false };
+    let caps = nft::NftCaps {
+        bridge_conntrack: false,
+    };
     assert!(matches!(
         nft::apply(&rs, caps).await,
         Err(corral_net::NetError::Invalid { .. })
@@ -149,7 +165,11 @@ async fn nat_port_forward_and_firewall_carry_real_traffic() {
 
     serve(&vm, 80, "from-vm");
     let reply = sh("busybox nc -w 3 192.0.2.1 8080 </dev/null");
-    assert_eq!(reply.trim(), "from-vm", "the host's own use of a port forward");
+    assert_eq!(
+        reply.trim(),
+        "from-vm",
+        "the host's own use of a port forward"
+    );
 
     serve(&vm, 22, "ssh");
     let out = std::process::Command::new("busybox")
@@ -161,7 +181,10 @@ async fn nat_port_forward_and_firewall_carry_real_traffic() {
     assert!(!got.contains("ssh"), "port 22 passed the firewall: {got}");
     // The firewall's SYN-only matching keeps other ports and replies working.
     serve(&vm, 23, "telnet");
-    assert_eq!(sh("busybox nc -w 3 10.0.5.10 23 </dev/null").trim(), "telnet");
+    assert_eq!(
+        sh("busybox nc -w 3 10.0.5.10 23 </dev/null").trim(),
+        "telnet"
+    );
 }
 
 /// A one-connection TCP server in `peer` answering `text`.

@@ -21,16 +21,20 @@ fn config(dir: &std::path::Path) -> PasstConfig {
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+    })
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn passt_listens_forwards_and_leaves_with_its_client() {
     private_netns();
     assert!(passt::available());
-    sh("ip link add up0 type veth peer name up0-p && ip addr add 10.98.0.2/24 dev up0 \
-        && ip link set up0 up && ip link set up0-p up && ip route add default via 10.98.0.1");
+    sh(
+        "ip link add up0 type veth peer name up0-p && ip addr add 10.98.0.2/24 dev up0 \
+        && ip link set up0 up && ip link set up0-p up && ip route add default via 10.98.0.1",
+    );
     let tmp = tempfile::tempdir().unwrap();
     // Like the VM's runtime directory: root's only.
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -40,7 +44,10 @@ async fn passt_listens_forwards_and_leaves_with_its_client() {
     let sid = nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid as i32))).unwrap();
     assert_eq!(sid.as_raw() as u32, pid, "passt leads its own session");
     let listening = sh("ss -Hltun");
-    assert!(listening.contains(":8080 ") && listening.contains(":5353 "), "{listening}");
+    assert!(
+        listening.contains(":8080 ") && listening.contains(":5353 "),
+        "{listening}"
+    );
 
     // QEMU's side: one connection; when it closes, passt leaves (--one-off).
     let client = std::os::unix::net::UnixStream::connect(&cfg.socket).unwrap();

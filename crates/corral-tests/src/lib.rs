@@ -309,8 +309,26 @@ impl Daemon {
         let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tag = format!("{:x}-{run}", std::process::id());
         let line = format!("{command}; echo DONE-{tag}-$((6*7))\n");
+        self.wait_for_shell(name);
         self.console_session(name, line.as_bytes(), Duration::from_secs(1));
         self.wait_console(name, &format!("DONE-{tag}-42"), Duration::from_secs(30));
+    }
+
+    /// Waits until the guest's shell reads lines: right after boot, ash may still be
+    /// setting up its line editor (which drops what was typed before), so an empty line
+    /// is sent until a new prompt answers it.
+    fn wait_for_shell(&self, name: &str) {
+        const PROMPT: &str = "corral-guest# ";
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let before = self.console_log(name).matches(PROMPT).count();
+        while self.console_log(name).matches(PROMPT).count() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "{name}'s shell does not answer:\n{}",
+                self.console_log(name)
+            );
+            self.console_session(name, b"\n", Duration::from_millis(500));
+        }
     }
 
     /// Creates and starts a test-guest VM.

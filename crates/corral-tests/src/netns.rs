@@ -92,7 +92,7 @@ impl Drop for NetNs {
 }
 
 /// The daemon's namespace ("the host") with an uplink to an "outside" namespace that
-/// serves HTTP on 198.51.100.2:8080 and logs who asked.
+/// serves HTTP on port 8080 of 198.51.100.2 and .3 and logs who asked.
 pub struct World {
     pub host: NetNs,
     pub outside: NetNs,
@@ -116,12 +116,15 @@ impl World {
         let host = NetNs::new(tag);
         let outside = NetNs::new(&format!("{tag}-out"));
         let (up, peer) = (format!("up{}", std::process::id() % 100_000), "peer0");
-        host.exec_ok(&["ip", "link", "add", &up, "type", "veth", "peer", "name", peer]);
+        host.exec_ok(&[
+            "ip", "link", "add", &up, "type", "veth", "peer", "name", peer,
+        ]);
         host.exec_ok(&["ip", "link", "set", peer, "netns", &outside.name]);
         host.exec_ok(&["ip", "addr", "add", "198.51.100.1/24", "dev", &up]);
         host.exec_ok(&["ip", "link", "set", &up, "up"]);
         host.exec_ok(&["ip", "route", "add", "default", "via", "198.51.100.2"]);
         outside.exec_ok(&["ip", "addr", "add", "198.51.100.2/24", "dev", peer]);
+        outside.exec_ok(&["ip", "addr", "add", "198.51.100.3/24", "dev", peer]);
         outside.exec_ok(&["ip", "link", "set", peer, "up"]);
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
@@ -129,16 +132,31 @@ impl World {
         let server_log = dir.join("server.log");
         let server = outside
             .command("python3")
-            .args(["-m", "http.server", "--bind", "198.51.100.2", "8080", "--directory"])
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "0.0.0.0",
+                "8080",
+                "--directory",
+            ])
             .arg(&dir)
             .stdout(std::fs::File::create(&server_log).unwrap())
-            .stderr(std::fs::File::options().append(true).open(&server_log).unwrap())
+            .stderr(
+                std::fs::File::options()
+                    .append(true)
+                    .open(&server_log)
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         let guard = ChildGuard(server);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !outside.exec(&["python3", "-c", PROBE_8080]) {
-            assert!(std::time::Instant::now() < deadline, "the outside HTTP server did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the outside HTTP server did not start"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         World {
@@ -153,4 +171,3 @@ impl World {
 
 const PROBE_8080: &str =
     "import socket; socket.create_connection(('198.51.100.2', 8080), timeout=1).close()";
-

@@ -82,7 +82,7 @@ fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) 
 
 /// The VM's entry in `corral list -o json`.
 fn listed(d: &Daemon, name: &str) -> Value {
-    d.json(&["list", "-o", "json"])
+    d.json(&["list"])
         .as_array()
         .unwrap()
         .iter()
@@ -110,14 +110,27 @@ fn debian_guest_over_nat_with_ssh_port_forward_and_agent() {
 
     let pubkey = format!("{}.pub", key.display());
     d.ok(&[
-        "create", "web", "--image", image.to_str().unwrap(), "--memory", "1G", "--vcpus", "2",
-        "--network", "nat", "--ssh-key", &pubkey, "--start",
+        "create",
+        "web",
+        "--image",
+        image.to_str().unwrap(),
+        "--memory",
+        "1G",
+        "--vcpus",
+        "2",
+        "--network",
+        "nat",
+        "--ssh-key",
+        &pubkey,
+        "--start",
     ]);
 
     // Its address shows in `corral list` (from the DHCP lease).
-    let ip = wait_for(Duration::from_secs(600), "an address in corral list", || {
-        address_from(&listed(&d, "web"), "dhcp")
-    });
+    let ip = wait_for(
+        Duration::from_secs(600),
+        "an address in corral list",
+        || address_from(&listed(&d, "web"), "dhcp"),
+    );
 
     // SSH in with the injected key: cloud-init put it into the default user.
     let out = wait_for(Duration::from_secs(600), "sshd with the key", || {
@@ -132,16 +145,18 @@ fn debian_guest_over_nat_with_ssh_port_forward_and_agent() {
     assert!(out.contains("via-forward"), "{out}");
 
     // The guest agent reports the same address.
-    let agent_ip = wait_for(Duration::from_secs(300), "the guest agent's addresses", || {
-        address_from(&listed(&d, "web"), "agent")
-    });
+    let agent_ip = wait_for(
+        Duration::from_secs(300),
+        "the guest agent's addresses",
+        || address_from(&listed(&d, "web"), "agent"),
+    );
     assert_eq!(agent_ip, ip);
     assert_eq!(listed(&d, "web")["guest_agent"], true);
 
     // A graceful stop goes through the agent.
     d.ok(&["stop", "web", "--timeout", "300"]);
     assert_eq!(d.state("web"), "stopped");
-    let events = d.json(&["show", "web", "-o", "json"])["events"].to_string();
+    let events = d.json(&["show", "web"])["events"].to_string();
     assert!(events.contains("guest agent"), "{events}");
     d.ok(&["delete", "web"]);
 }

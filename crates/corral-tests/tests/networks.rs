@@ -33,13 +33,13 @@ fn nic(vm: &Value) -> &Value {
 
 /// The VM's address on its first NIC once the network's DHCP server has leased it.
 fn wait_lease(d: &Daemon, network: &str, vm: &str) -> String {
-    let mac = nic(&d.json(&["show", vm, "-o", "json"]))["mac"]
+    let mac = nic(&d.json(&["show", vm]))["mac"]
         .as_str()
         .unwrap()
         .to_string();
     let mut address = String::new();
     wait_until(Duration::from_secs(60), "a DHCP lease", || {
-        let net = d.json(&["network", "show", network, "-o", "json"]);
+        let net = d.json(&["network", "show", network]);
         let found = net["leases"]
             .as_array()
             .into_iter()
@@ -59,7 +59,7 @@ fn nat_network_dhcp_masquerade_forwards_and_restarts() {
     let mut d = Daemon::start_in(&w.host, &["--accel", "tcg"]);
 
     // The default network, made on the first start as root.
-    let nets = d.json(&["network", "list", "-o", "json"]);
+    let nets = d.json(&["network", "list"]);
     let default = &nets.as_array().unwrap()[0];
     assert_eq!(default["name"], "default");
     assert_eq!(default["type"], "nat");
@@ -70,7 +70,7 @@ fn nat_network_dhcp_masquerade_forwards_and_restarts() {
 
     // Without --network a VM joins the default network, with a reserved address.
     d.boot("web", &[]);
-    let vm = d.json(&["show", "web", "-o", "json"]);
+    let vm = d.json(&["show", "web"]);
     assert_eq!(nic(&vm)["kind"], "network");
     assert_eq!(nic(&vm)["source"], "default");
     let reserved = nic(&vm)["ip"].as_str().unwrap().to_string();
@@ -79,7 +79,10 @@ fn nat_network_dhcp_masquerade_forwards_and_restarts() {
     assert!(w.host.exec(&["ping", "-c", "1", "-W", "3", &leased]));
 
     // Out through the masquerade: the outside sees the host's uplink address.
-    d.guest_run("web", "wget -q -O /tmp/got http://198.51.100.2:8080/ && cat /tmp/got");
+    d.guest_run(
+        "web",
+        "wget -q -O /tmp/got http://198.51.100.2:8080/ && cat /tmp/got",
+    );
     assert!(d.console_log("web").contains("hello from outside"));
     let log = std::fs::read_to_string(&w.server_log).unwrap();
     assert!(log.contains("198.51.100.1"), "masqueraded source: {log}");
@@ -125,13 +128,17 @@ fn nat_network_dhcp_masquerade_forwards_and_restarts() {
         );
     }
     w.host.exec_ok(&["ip", "link", "del", &bridge]);
-    w.host.exec_ok(&["nft", "delete", "table", "inet", "corral"]);
+    w.host
+        .exec_ok(&["nft", "delete", "table", "inet", "corral"]);
     d.restart();
-    let net = d.json(&["network", "show", "default", "-o", "json"]);
+    let net = d.json(&["network", "show", "default"]);
     assert_eq!(net["status"]["bridge_up"], true, "{net}");
     assert_eq!(net["status"]["dhcp_running"], true, "{net}");
     assert_eq!(net["subnet"], subnet.as_str());
-    assert!(w.host.exec_ok(&["nft", "list", "tables"]).contains("inet corral"));
+    assert!(w
+        .host
+        .exec_ok(&["nft", "list", "tables"])
+        .contains("inet corral"));
     d.ok(&["start", "web"]);
     d.wait_console("web", "CORRAL-GUEST-READY", Duration::from_secs(60));
     wait_until(Duration::from_secs(60), "ping after the restart", || {
@@ -140,7 +147,22 @@ fn nat_network_dhcp_masquerade_forwards_and_restarts() {
     d.ok(&["network", "forward", "remove", "default", "8080"]);
     d.ok(&["delete", "web", "--force"]);
     d.ok(&["network", "delete", "default"]);
-    assert!(!w.host.exec(&["ip", "link", "show", &bridge]), "bridge removed");
+    assert!(
+        !w.host.exec(&["ip", "link", "show", &bridge]),
+        "bridge removed"
+    );
+}
+
+/// `corral create NAME --network SPEC` of a test guest, whatever its outcome.
+fn create(d: &Daemon, name: &str, network: &str) -> std::process::Output {
+    let mut args = vec![
+        "create".to_string(),
+        name.into(),
+        "--network".into(),
+        network.into(),
+    ];
+    args.extend(corral_tests::guest_args());
+    d.corral(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// Links in a namespace, to check a refused request made none.
@@ -153,23 +175,58 @@ fn bad_network_requests_name_the_field_and_make_nothing() {
     let w = World::new("bad");
     let d = Daemon::start_in(&w.host, &["--accel", "tcg", "--no-default-network"]);
     d.ok(&["network", "create", "lab", "--subnet", "10.0.7.1/24"]);
-    let before = (links(&w.host), d.json(&["network", "list", "-o", "json"]));
+    let before = (links(&w.host), d.json(&["network", "list"]));
     let cases: &[(&[&str], &str)] = &[
-        (&["network", "create", "x", "--subnet", "10.0.7.129/25"], "overlaps network 'lab'"),
-        (&["network", "create", "x", "--subnet", "198.51.100.9/24"], "which this host already has"),
-        (&["network", "create", "x", "--subnet", "10.0.8.0/24"], "network's own or broadcast"),
-        (&["network", "create", "x", "--subnet", "10.0.8/24"], "not an IPv4 address"),
-        (&["network", "create", "x", "--type", "bridge", "--bridge", "nosuchbr"], "nosuchbr"),
-        (&["network", "create", "x", "--type", "bridge"], "which host bridge"),
-        (&["network", "create", "x", "--bridge", "a-bridge-name-too-long"], "not a valid interface name"),
-        (&["network", "create", "x", "--type", "isolated", "--dhcp"], "DHCP needs a subnet"),
-        (&["network", "create", "lab", "--subnet", "10.0.9.1/24"], "already exists"),
+        (
+            &["network", "create", "x", "--subnet", "10.0.7.129/25"],
+            "overlaps network 'lab'",
+        ),
+        (
+            &["network", "create", "x", "--subnet", "198.51.100.9/24"],
+            "which this host already has",
+        ),
+        (
+            &["network", "create", "x", "--subnet", "10.0.8.0/24"],
+            "network's own or broadcast",
+        ),
+        (
+            &["network", "create", "x", "--subnet", "10.0.8/24"],
+            "not an IPv4 address",
+        ),
+        (
+            &[
+                "network", "create", "x", "--type", "bridge", "--bridge", "nosuchbr",
+            ],
+            "nosuchbr",
+        ),
+        (
+            &["network", "create", "x", "--type", "bridge"],
+            "which host bridge",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "x",
+                "--bridge",
+                "a-bridge-name-too-long",
+            ],
+            "not a valid interface name",
+        ),
+        (
+            &["network", "create", "x", "--type", "isolated", "--dhcp"],
+            "DHCP needs a subnet",
+        ),
+        (
+            &["network", "create", "lab", "--subnet", "10.0.9.1/24"],
+            "already exists",
+        ),
     ];
     for (args, expected) in cases {
         let err = d.fails(args);
         assert!(err.contains(expected), "{args:?}: {err}");
     }
-    assert_eq!(before, (links(&w.host), d.json(&["network", "list", "-o", "json"])));
+    assert_eq!(before, (links(&w.host), d.json(&["network", "list"])));
 
     // VM NICs: each mistake names its field; no VM is left.
     let nic_cases: &[(&str, &str)] = &[
@@ -179,22 +236,37 @@ fn bad_network_requests_name_the_field_and_make_nothing() {
         ("lab,vlan=10", "VLAN"),
     ];
     for (spec, expected) in nic_cases {
-        let out = d.corral(&["create", "v", "--memory", "64M", "--kernel", "/boot/none", "--network", spec]);
+        let out = create(&d, "v", spec);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(expected), "{spec}: {err}");
+        assert!(
+            !out.status.success() && err.contains(expected),
+            "{spec}: {err}"
+        );
     }
-    assert!(d.json(&["list", "-o", "json"]).as_array().unwrap().is_empty());
+    assert!(d.json(&["list"]).as_array().unwrap().is_empty());
 
     // A reserved address cannot be taken twice; a forward needs a VM on the network.
     d.define("a", &["--network", "lab,ip=10.0.7.50"]);
-    let out = d.corral(&["create", "b", "--network", "lab,ip=10.0.7.50", "--kernel", "/boot/none"]);
+    let out = create(&d, "b", "lab,ip=10.0.7.50");
     assert!(String::from_utf8_lossy(&out.stderr).contains("already reserved"));
     d.define("u", &["--network", "user"]);
     let err = d.fails(&["network", "forward", "add", "lab", "2222", "u:22"]);
-    assert!(err.contains("no NIC with an address on network 'lab'"), "{err}");
+    assert!(
+        err.contains("no NIC with an address on network 'lab'"),
+        "{err}"
+    );
     let err = d.fails(&["network", "forward", "add", "lab", "2222", "ghost:22"]);
     assert!(err.contains("vm 'ghost' not found"), "{err}");
-    let err = d.fails(&["firewall", "add", "u", "deny", "--protocol", "tcp", "--port", "22"]);
+    let err = d.fails(&[
+        "firewall",
+        "add",
+        "u",
+        "deny",
+        "--protocol",
+        "tcp",
+        "--port",
+        "22",
+    ]);
     assert!(err.contains("no bridged NIC"), "{err}");
     let err = d.fails(&["firewall", "add", "a", "deny", "--port", "22"]);
     assert!(err.contains("needs protocol tcp or udp"), "{err}");
@@ -206,7 +278,15 @@ fn bad_network_requests_name_the_field_and_make_nothing() {
 fn isolated_network_and_host_bridge() {
     let w = World::new("iso");
     let d = Daemon::start_in(&w.host, &["--accel", "tcg", "--no-default-network"]);
-    d.ok(&["network", "create", "back", "--type", "isolated", "--subnet", "10.0.9.1/24"]);
+    d.ok(&[
+        "network",
+        "create",
+        "back",
+        "--type",
+        "isolated",
+        "--subnet",
+        "10.0.9.1/24",
+    ]);
     d.boot("a", &["--network", "back"]);
     d.boot("b", &["--network", "back"]);
     let ip_a = wait_lease(&d, "back", "a");
@@ -222,18 +302,29 @@ fn isolated_network_and_host_bridge() {
     assert!(d.console_log("a").contains("NO-WAY-OUT"));
 
     // An existing host bridge: NICs join it, Corral never removes it.
-    w.host.exec_ok(&["ip", "link", "add", "hostbr0", "type", "bridge"]);
+    w.host
+        .exec_ok(&["ip", "link", "add", "hostbr0", "type", "bridge"]);
     w.host.exec_ok(&["ip", "link", "set", "hostbr0", "up"]);
-    d.ok(&["network", "create", "lan", "--type", "bridge", "--bridge", "hostbr0"]);
+    d.ok(&[
+        "network", "create", "lan", "--type", "bridge", "--bridge", "hostbr0",
+    ]);
     d.boot("c", &["--network", "lan", "--network", "bridge=hostbr0"]);
-    let ports = w.host.exec_ok(&["ip", "-br", "link", "show", "master", "hostbr0"]);
+    let ports = w
+        .host
+        .exec_ok(&["ip", "-br", "link", "show", "master", "hostbr0"]);
     assert_eq!(ports.lines().count(), 2, "both taps on the bridge: {ports}");
     d.ok(&["delete", "c", "--force"]);
     wait_until(Duration::from_secs(10), "taps gone with QEMU", || {
-        w.host.exec_ok(&["ip", "-br", "link", "show", "master", "hostbr0"]).trim().is_empty()
+        w.host
+            .exec_ok(&["ip", "-br", "link", "show", "master", "hostbr0"])
+            .trim()
+            .is_empty()
     });
     d.ok(&["network", "delete", "lan"]);
-    assert!(w.host.exec(&["ip", "link", "show", "hostbr0"]), "the host's bridge stays");
+    assert!(
+        w.host.exec(&["ip", "link", "show", "hostbr0"]),
+        "the host's bridge stays"
+    );
 }
 
 #[test]
@@ -242,9 +333,13 @@ fn user_nics_get_an_address_from_passt() {
     let d = Daemon::start_in(&w.host, &["--accel", "tcg", "--no-default-network"]);
     // No managed network: the default NIC is user-mode.
     d.boot("u", &[]);
-    assert_eq!(nic(&d.json(&["show", "u", "-o", "json"]))["kind"], "user");
-    // passt hands the guest the host's own address and route, and carries its traffic.
-    d.guest_run("u", "sleep 3; ip -4 addr show eth0; wget -q -O - http://198.51.100.2:8080/");
+    assert_eq!(nic(&d.json(&["show", "u"]))["kind"], "user");
+    // passt hands the guest the host's own address and route, and carries its traffic
+    // (to .3: passt maps the gateway's own address, .2, to the host itself).
+    d.guest_run(
+        "u",
+        "sleep 3; ip -4 addr show eth0; wget -q -O - http://198.51.100.3:8080/",
+    );
     let console = d.console_log("u");
     assert!(console.contains("inet 198.51.100.1/24"), "{console}");
     assert!(console.contains("hello from outside"), "{console}");
@@ -267,26 +362,71 @@ fn firewall_rules_filter_a_vms_traffic() {
     );
     let url = |port: u16| format!("http://{ip}:{port}/");
     assert_eq!(http_get(&w.host, &url(80)).as_deref(), Some("fw-ok\n"));
-    d.ok(&["firewall", "add", "web", "deny", "--protocol", "tcp", "--port", "80"]);
+    d.ok(&[
+        "firewall",
+        "add",
+        "web",
+        "deny",
+        "--protocol",
+        "tcp",
+        "--port",
+        "80",
+    ]);
     assert_eq!(http_get(&w.host, &url(80)), None, "port 80 denied");
-    assert_eq!(http_get(&w.host, &url(81)).as_deref(), Some("fw-ok\n"), "81 still open");
+    assert_eq!(
+        http_get(&w.host, &url(81)).as_deref(),
+        Some("fw-ok\n"),
+        "81 still open"
+    );
     // Ordered, first match wins: an allow for the host's subnet before the deny.
     d.ok(&["firewall", "clear", "web"]);
-    d.ok(&["firewall", "add", "web", "allow", "--protocol", "tcp", "--port", "80", "--cidr", "198.51.100.0/24"]);
+    d.ok(&[
+        "firewall",
+        "add",
+        "web",
+        "allow",
+        "--protocol",
+        "tcp",
+        "--port",
+        "80",
+        "--cidr",
+        "198.51.100.0/24",
+    ]);
     d.ok(&["firewall", "add", "web", "deny", "--protocol", "tcp"]);
-    let rules = d.json(&["firewall", "list", "web", "-o", "json"]);
+    let rules = d.json(&["firewall", "list", "web"]);
     assert_eq!(rules.as_array().unwrap().len(), 2);
     assert_eq!(http_get(&w.host, &url(81)), None, "all other tcp denied");
     // The guest's own connections out still get their replies.
-    d.guest_run("web", "wget -q -O - http://198.51.100.2:8080/ && echo OUT-OK");
+    d.guest_run(
+        "web",
+        "wget -q -O - http://198.51.100.2:8080/ && echo OUT-OK",
+    );
     assert!(d.console_log("web").contains("OUT-OK"));
     // Outbound rules: the guest may not reach the outside's port 8080.
-    d.ok(&["firewall", "add", "web", "deny", "--direction", "out", "--protocol", "tcp", "--port", "8080"]);
-    d.guest_run("web", "wget -q -T 3 -O - http://198.51.100.2:8080/ || echo OUT-DENIED");
+    d.ok(&[
+        "firewall",
+        "add",
+        "web",
+        "deny",
+        "--direction",
+        "out",
+        "--protocol",
+        "tcp",
+        "--port",
+        "8080",
+    ]);
+    d.guest_run(
+        "web",
+        "wget -q -T 3 -O - http://198.51.100.2:8080/ || echo OUT-DENIED",
+    );
     assert!(d.console_log("web").contains("OUT-DENIED"));
     // Rules survive a daemon restart (they live in the store and the kernel).
     d.restart();
-    assert_eq!(http_get(&w.host, &url(81)), None, "still denied after a restart");
+    assert_eq!(
+        http_get(&w.host, &url(81)),
+        None,
+        "still denied after a restart"
+    );
     d.ok(&["firewall", "clear", "web"]);
     assert_eq!(http_get(&w.host, &url(81)).as_deref(), Some("fw-ok\n"));
 }

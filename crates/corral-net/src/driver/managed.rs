@@ -4,9 +4,7 @@
 use std::path::Path;
 
 use async_trait::async_trait;
-use corral_api::network::{
-    parse_cidr, Lease, NetworkCapabilities, NetworkSpec, NetworkStatus,
-};
+use corral_api::network::{parse_cidr, Lease, NetworkCapabilities, NetworkSpec, NetworkStatus};
 
 use super::{need_net_admin, need_tool, NetContext, NetworkDriver, Reservation, Unavailable};
 use crate::dnsmasq::{self, DnsmasqConfig};
@@ -48,7 +46,10 @@ fn subnet_of(spec: &NetworkSpec) -> Result<Option<Cidr>, NetError> {
     if u32::from(c.0) == net || u32::from(c.0) == bcast {
         return Err(invalid(
             "subnet",
-            format!("{text}: {} is the subnet's network or broadcast address", c.0),
+            format!(
+                "{text}: {} is the subnet's network or broadcast address",
+                c.0
+            ),
             hint,
         ));
     }
@@ -91,7 +92,10 @@ fn no_dhcp(spec: &NetworkSpec, hosts: &[Reservation]) -> Result<(), NetError> {
     }
     Err(invalid(
         "ip",
-        format!("network {} has no DHCP, so addresses cannot be reserved", spec.name),
+        format!(
+            "network {} has no DHCP, so addresses cannot be reserved",
+            spec.name
+        ),
         "drop the NIC's ip, or use a network with DHCP",
     ))
 }

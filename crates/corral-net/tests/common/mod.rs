@@ -62,7 +62,10 @@ impl Peer {
 
     /// Runs a shell command inside the peer's namespace.
     pub fn run(&self, cmd: &str) -> String {
-        sh(&format!("nsenter --net=/proc/{}/ns/net sh -c '{cmd}'", self.pid()))
+        sh(&format!(
+            "nsenter --net=/proc/{}/ns/net sh -c '{cmd}'",
+            self.pid()
+        ))
     }
 
     /// A veth pair `here`/`there` with `there` moved into the peer and up.
