@@ -132,18 +132,37 @@ mod tests {
                     reason: Some("no device-mapper".into()),
                 },
             ],
-            network_drivers: vec![],
+            network_drivers: vec![corral_api::NetworkDriverInfo {
+                name: "nat".into(),
+                capabilities: corral_api::NetworkCapabilities {
+                    managed_bridge: true,
+                    dhcp: true,
+                    outbound: true,
+                    port_forwards: true,
+                    firewall: true,
+                    vlan: false,
+                },
+                available: true,
+                reason: None,
+            }],
         };
-        let text = host_details(&host);
-        assert!(text.contains("Memory:        24 GiB"), "{text}");
-        assert!(text.contains("Accelerator:   tcg"), "{text}");
+        // Column widths follow the longest key; compare with single spaces.
+        let text = host_details(&host)
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(text.contains("Memory: 24 GiB"), "{text}");
+        assert!(text.contains("Accelerator: tcg"), "{text}");
         assert!(text.contains("KVM guest hung"), "{text}");
         assert!(text.contains("probed at 1970-01-01 00:00:00"), "{text}");
         assert!(text.contains("3 total, 1 running"), "{text}");
         assert!(
-            text.contains(
-                "Pool drivers:  dir: available; lvm-thin: unavailable (no device-mapper)"
-            ),
+            text.contains("Network drivers: nat: available (dhcp, outbound, forwards, firewall)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Pool drivers: dir: available; lvm-thin: unavailable (no device-mapper)"),
             "{text}"
         );
     }
