@@ -194,6 +194,7 @@ fn tree(names: &[&str]) -> SnapshotTree {
                 disks: vec![],
                 nvram: None,
                 memory: None,
+                quiesced: false,
             })
             .collect(),
         current: None,
