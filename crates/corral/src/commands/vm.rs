@@ -241,3 +241,43 @@ fn changes(request: &UpdateVmRequest, vm: &Vm) -> String {
     }
     parts.join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op_with(result: Option<serde_json::Value>) -> Operation {
+        Operation {
+            id: Default::default(),
+            kind: "vm.stop".into(),
+            target: "web".into(),
+            state: corral_api::OperationState::Succeeded,
+            progress: 100.0,
+            created_ms: 0,
+            updated_ms: 0,
+            cancellable: true,
+            error: None,
+            result,
+        }
+    }
+
+    #[test]
+    fn stop_says_how_the_guest_was_stopped() {
+        let how = |v: serde_json::Value| stopped_how(&op_with(Some(v)));
+        assert_eq!(
+            how(serde_json::json!({"method": "agent"})),
+            " (guest agent)"
+        );
+        assert_eq!(
+            how(serde_json::json!({"method": "acpi"})),
+            " (ACPI power button)"
+        );
+        assert_eq!(
+            how(serde_json::json!({"method": "acpi", "agent_error": "no answer"})),
+            " (ACPI power button; the guest agent failed: no answer)"
+        );
+        assert_eq!(how(serde_json::json!({"method": "force"})), "");
+        // An older daemon's stop has no result.
+        assert_eq!(stopped_how(&op_with(None)), "");
+    }
+}
