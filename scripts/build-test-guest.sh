@@ -7,10 +7,14 @@
 # The guest boots with `console=ttyS0 quiet`, loads the virtio drivers,
 # brings up every NIC, lists its virtio disks, prints CORRAL-GUEST-READY on
 # the serial console, powers off on the ACPI power button (QMP
-# system_powerdown) and then serves a shell on the serial console.
+# system_powerdown) and then serves a shell on the serial console. When QEMU
+# offers the guest agent's channel (virtio port org.qemu.guest_agent.0) it
+# runs the host's qemu-ga (Debian's qemu-guest-agent, copied in with the
+# shared libraries it links) on it, in the background.
 #
 # Rebuilding is skipped when OUTDIR/.guest-stamp matches the hash of this
-# script and the resolved package versions, so callers may run it every time.
+# script, the resolved package versions and the copied qemu-ga files, so
+# callers may run it every time.
 set -euo pipefail
 
 OUT=${1:?usage: $0 OUTDIR}
@@ -37,7 +41,8 @@ flock 9
 
 # Host tools; install only what's missing (needs root, like apt-get update).
 missing=()
-for t in cpio:cpio depmod:kmod modprobe:kmod gzip:gzip dpkg-deb:dpkg; do
+for t in cpio:cpio depmod:kmod modprobe:kmod gzip:gzip dpkg-deb:dpkg \
+    qemu-ga:qemu-guest-agent ldd:libc-bin; do
     command -v "${t%%:*}" >/dev/null || missing+=("${t#*:}")
 done
 if ((${#missing[@]})); then
@@ -65,8 +70,16 @@ resolve() {
 resolve || { apt-get update -qq >&2 && resolve; } ||
     die "cannot resolve linux-image-cloud-amd64 / busybox-static with apt-cache"
 
-stamp=$( { sha256sum <"$SELF"; echo "$kpkg $kver busybox-static $bbver"; } |
-    sha256sum | cut -d' ' -f1)
+# The guest agent is the host's own binary (scripts/setup.sh installs Debian's
+# qemu-guest-agent) with the libraries ldd resolves for it: the same Debian
+# userland, so no second download and no version skew.
+QGA=$(command -v qemu-ga)
+mapfile -t QGA_LIBS < <(ldd "$QGA" |
+    awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
+((${#QGA_LIBS[@]})) || die "ldd found no libraries for $QGA"
+
+stamp=$( { sha256sum <"$SELF"; echo "$kpkg $kver busybox-static $bbver"
+    sha256sum "$QGA" "${QGA_LIBS[@]}"; } | sha256sum | cut -d' ' -f1)
 if [[ -f $OUT/vmlinuz && -f $OUT/initrd.img && -f $OUT/.guest-stamp &&
       $(cat "$OUT/.guest-stamp") == "$stamp" ]]; then
     echo "test guest up to date: $OUT/vmlinuz $OUT/initrd.img ($kpkg $kver)"
@@ -104,7 +117,14 @@ depmod -b "$kbase" "$kabi"
 # --- initramfs tree ---------------------------------------------------------
 root="$work/root"
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,run,tmp,var/log,etc/acpi/PWRF}
+ln -s ../run "$root/var/run"
 cp "$work/busybox/bin/busybox" "$root/bin/busybox"
+# The guest agent and its libraries, at the paths the dynamic loader expects.
+cp -L "$QGA" "$root/usr/sbin/qemu-ga"
+for lib in "${QGA_LIBS[@]}"; do
+    mkdir -p "$root/$(dirname "$lib")"
+    cp -L "$lib" "$root/$lib"
+done
 for applet in $("$root/bin/busybox" --list-full); do
     [[ -e $root/$applet ]] || ln -s /bin/busybox "$root/$applet"
 done
@@ -148,6 +168,47 @@ esac
 exit 0
 EOF
 
+# qemu-ga's guest-shutdown runs `/sbin/shutdown -h -P +0 "hypervisor initiated
+# shutdown"` (-H halt, -r reboot) and waits for it; busybox has no shutdown.
+cat >"$root/sbin/shutdown" <<'EOF'
+#!/bin/sh
+case " $(cat /proc/cmdline) " in
+*" corral.noacpi "*)
+    echo "corral-guest: ignoring the shutdown request ($*)" >/dev/console
+    exit 0 ;;
+esac
+case " $* " in
+*" -r "*) what=rebooting act=reboot ;;
+*) what="powering off" act=poweroff ;;
+esac
+echo "corral-guest: shutdown requested ($*), $what" >/dev/console
+sync
+$act -f
+EOF
+
+# Starts qemu-ga on the agent's port when QEMU offers one. The host announces
+# ports only after virtio_console has loaded, so wait a little for them, but
+# only when there is a virtio-serial device at all (virtio device id 3).
+cat >"$root/sbin/start-guest-agent" <<'EOF'
+#!/bin/sh
+grep -qx 0x0003 /sys/bus/virtio/devices/*/device 2>/dev/null || exit 0
+i=0
+while [ $i -lt 200 ]; do
+    for p in /sys/class/virtio-ports/*; do
+        [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] || continue
+        dev=/dev/${p##*/}
+        # devtmpfs makes the node; without it, make it from the port's numbers.
+        [ -c "$dev" ] || mknod "$dev" c $(tr : ' ' <"$p/dev")
+        # -d: a daemon (pidfile, state dir and log where this guest keeps them).
+        exec qemu-ga -m virtio-serial -p "$dev" -d -f /run/qemu-ga.pid -t /run \
+            -l /var/log/qemu-ga.log
+    done
+    i=$((i + 1))
+    sleep 0.05
+done
+echo "corral-guest: no guest agent port appeared" >/dev/console
+EOF
+
 cat >"$root/init" <<EOF
 #!/bin/sh
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin HOME=/ PS1='corral-guest# '
@@ -161,7 +222,7 @@ mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 modprobe -qa ${MODULES[*]}
 # Must start after button+evdev: acpid only opens the event devices present now.
 # corral.noacpi on the kernel command line makes a guest that ignores the power
-# button, for testing graceful-stop timeouts.
+# button (and the guest agent's shutdown), for testing graceful-stop timeouts.
 case " \$(cat /proc/cmdline) " in
 *" corral.noacpi "*) echo "corral-guest: ignoring the power button" ;;
 *) acpid -c /etc/acpi -l /var/log/acpid.log ;;
@@ -178,11 +239,19 @@ for d in /dev/vd*; do
     [ -b "\$d" ] && echo "corral-guest: disk \$d \$(cat /sys/class/block/\${d#/dev/}/size) sectors"
 done
 echo CORRAL-GUEST-READY
+# The guest agent starts once the guest is ready, in the background, so that it
+# costs the boot nothing. corral.noagent on the kernel command line makes a
+# guest without one, for tests.
+case " \$(cat /proc/cmdline) " in
+*" corral.noagent "*) echo "corral-guest: not starting the guest agent" ;;
+*) start-guest-agent & ;;
+esac
 # cttyhack gives the shell the real tty (ttyS0) so job control and ^C work;
 # respawn so that 'exit' doesn't panic the kernel by killing PID 1.
 while :; do setsid cttyhack sh; sleep 1; done
 EOF
-chmod 755 "$root/init" "$root/etc/udhcpc.script" "$root/etc/acpi/PWRF/00000080"
+chmod 755 "$root/init" "$root/etc/udhcpc.script" "$root/etc/acpi/PWRF/00000080" \
+    "$root/sbin/shutdown" "$root/sbin/start-guest-agent"
 
 (cd "$root" && find . -mindepth 1 | sort | cpio -o -H newc -R 0:0 --quiet) |
     gzip -9 >"$work/initrd.img"

@@ -311,6 +311,10 @@ pub struct Snapshot {
     /// Taken with `--memory`: the guest's RAM and device state too; reverting resumes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<SnapshotMemory>,
+    /// The guest's file systems were frozen through its agent while the disks switched,
+    /// so they are consistent on disk (not only crash-consistent).
+    #[serde(default)]
+    pub quiesced: bool,
 }
 
 /// The saved RAM and device state of a memory snapshot.
@@ -348,6 +352,11 @@ pub struct CreateSnapshotRequest {
     /// written), so that reverting resumes it exactly where it was.
     #[serde(default)]
     pub memory: bool,
+    /// Freeze the guest's file systems through its guest agent while the disks switch.
+    /// Absent: when a guest agent is connected to the running VM, else not; `true`: a
+    /// freeze that cannot be done is an error (nothing is made); `false`: never.
+    #[serde(default)]
+    pub quiesce: Option<bool>,
 }
 
 /// `GET /api/v1/vms/{name}/snapshots`: the tree, and where the VM is in it.

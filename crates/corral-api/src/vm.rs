@@ -331,6 +331,45 @@ pub struct Vm {
     /// The most recent events of this VM, newest last (only in `GET /vms/{name}`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<Event>,
+    /// A guest agent (qemu-guest-agent) is connected in the running guest now.
+    #[serde(default)]
+    pub guest_agent: bool,
+    /// The guest's IP addresses as far as the host knows them (loopback and link-local
+    /// left out), while it runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<VmAddress>,
+}
+
+/// One IP address of a running guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VmAddress {
+    /// The IP address (v4 or v6), without prefix.
+    pub address: String,
+    /// Prefix length.
+    pub prefix: u8,
+    /// The MAC of the guest NIC that has it, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    pub source: AddressSource,
+}
+
+/// Where the host learnt an address from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressSource {
+    /// Reported by the guest agent from inside the guest.
+    Agent,
+    /// A lease the host's DHCP server handed out.
+    Dhcp,
+}
+
+impl AddressSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressSource::Agent => "agent",
+            AddressSource::Dhcp => "dhcp",
+        }
+    }
 }
 
 /// `POST /api/v1/vms/{name}/stop`.
@@ -343,6 +382,38 @@ pub struct StopRequest {
     /// Seconds to wait for a graceful shutdown before failing (default 60).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+}
+
+/// The `result` of a `vm.stop` or `vm.restart` operation: how the guest was stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StopResult {
+    pub method: StopMethod,
+    /// Why the guest agent was not used although it was connected (its shutdown
+    /// failed, and the ACPI power button was pressed instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_error: Option<String>,
+}
+
+/// How a VM was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StopMethod {
+    /// `guest-shutdown` through the guest agent (used whenever one is connected).
+    Agent,
+    /// The ACPI power button.
+    Acpi,
+    /// Powered off at once (`--force`, or a guest that could not answer).
+    Force,
+}
+
+impl StopMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopMethod::Agent => "agent",
+            StopMethod::Acpi => "acpi",
+            StopMethod::Force => "force",
+        }
+    }
 }
 
 /// `POST /api/v1/vms/{name}/clone`: a new VM with the source's disks, a new machine

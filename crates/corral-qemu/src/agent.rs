@@ -24,6 +24,29 @@ use tokio::net::UnixStream;
 /// How long a guest agent may take to answer an ordinary command.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// QEMU's chardev for the agent's channel (the host end, a Unix socket).
+pub const AGENT_CHARDEV: &str = "qga0";
+/// The id of the guest-side virtio port: `VSERPORT_CHANGE` events name it.
+pub const AGENT_PORT: &str = "qga0-dev";
+/// The port's name as the guest sees it; qemu-guest-agent looks for this one.
+pub const AGENT_PORT_NAME: &str = "org.qemu.guest_agent.0";
+
+/// Whether the guest has the agent's port open now (a running qemu-ga), read from
+/// `query-chardev` (`frontend-open` of the agent's chardev): what a daemon that missed
+/// the `VSERPORT_CHANGE` events (it was restarted) goes by.
+pub async fn channel_open(qmp: &crate::qmp::Qmp) -> Result<bool, crate::qmp::QmpError> {
+    #[derive(Deserialize)]
+    struct Chardev {
+        label: String,
+        #[serde(rename = "frontend-open", default)]
+        frontend_open: bool,
+    }
+    let chardevs: Vec<Chardev> = qmp.execute("query-chardev", None).await?;
+    Ok(chardevs
+        .iter()
+        .any(|c| c.label == AGENT_CHARDEV && c.frontend_open))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// The agent's socket could not be reached (no such VM channel, or QEMU gone).
@@ -81,6 +104,11 @@ impl Agent {
         };
         agent.sync().await?;
         Ok(agent)
+    }
+
+    /// Changes how long later commands may take to answer.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
     }
 
     /// `guest-ping`: the agent is there and answering.
@@ -149,6 +177,12 @@ impl Agent {
     /// Freezes the guest's file systems (`guest-fsfreeze-freeze`); returns how many.
     pub async fn fsfreeze(&mut self) -> Result<u32, AgentError> {
         self.execute("guest-fsfreeze-freeze", None).await
+    }
+
+    /// Whether the guest's file systems are frozen now (`guest-fsfreeze-status`).
+    pub async fn fsfrozen(&mut self) -> Result<bool, AgentError> {
+        let status: String = self.execute("guest-fsfreeze-status", None).await?;
+        Ok(status == "frozen")
     }
 
     /// Thaws them again (`guest-fsfreeze-thaw`); returns how many.

@@ -30,6 +30,10 @@ impl VmPaths {
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")
     }
+    /// The host end of the guest agent's channel (see [`crate::agent`]).
+    pub fn agent_socket(&self) -> PathBuf {
+        self.dir.join("qga.sock")
+    }
     pub fn pidfile(&self) -> PathBuf {
         self.dir.join("qemu.pid")
     }
@@ -148,6 +152,7 @@ pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
         format!("unix:{},server=on,wait=off", path(&cfg.paths.qmp_socket())),
     );
     serial_args(&mut a, cfg.paths);
+    agent_args(&mut a, cfg.paths);
     for (i, disk) in spec.disks.iter().enumerate() {
         let fds = cfg.disk_fds.iter().find(|f| f.disk == disk.id);
         let block_device = cfg.block_devices.contains(&disk.id);
@@ -209,6 +214,27 @@ fn serial_args(a: &mut Args, paths: &VmPaths) {
         ),
     );
     a.push2("-serial", "chardev:serial0");
+}
+
+fn agent_args(a: &mut Args, paths: &VmPaths) {
+    // Every VM gets the guest agent's channel: a guest without qemu-ga never opens the
+    // port, which the daemon sees (VSERPORT_CHANGE / query-chardev) and then leaves the
+    // agent alone. The port needs a device id, or QEMU reports no VSERPORT_CHANGE.
+    use crate::agent::{AGENT_CHARDEV, AGENT_PORT, AGENT_PORT_NAME};
+    a.push2(
+        "-chardev",
+        format!(
+            "socket,id={AGENT_CHARDEV},path={},server=on,wait=off",
+            path(&paths.agent_socket())
+        ),
+    );
+    a.push2("-device", "virtio-serial-pci,id=vser0");
+    a.push2(
+        "-device",
+        format!(
+            "virtserialport,bus=vser0.0,chardev={AGENT_CHARDEV},name={AGENT_PORT_NAME},id={AGENT_PORT}"
+        ),
+    );
 }
 
 fn disk_args(

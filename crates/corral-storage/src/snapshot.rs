@@ -184,6 +184,7 @@ pub async fn create_on(
         disks: frozen,
         nvram: None,
         memory: None,
+        quiesced: false,
     });
     tree.current = Some(name.to_string());
     let Some(live) = live else {

@@ -301,6 +301,7 @@ fn reattach_finishes_a_recorded_but_unswitched_snapshot() {
                 }],
                 nvram: None,
                 memory: None,
+                quiesced: false,
             }],
             current: Some("s".into()),
         };

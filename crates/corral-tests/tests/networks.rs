@@ -76,6 +76,13 @@ fn nat_network_dhcp_masquerade_forwards_and_restarts() {
     let reserved = nic(&vm)["ip"].as_str().unwrap().to_string();
     let leased = wait_lease(&d, "default", "web");
     assert_eq!(leased, reserved, "dnsmasq honours the reservation");
+    let listed = d.json(&["list"]);
+    let addresses = listed[0]["addresses"].to_string();
+    assert!(
+        addresses.contains(&format!("\"address\":\"{leased}\"")) && addresses.contains("dhcp"),
+        "corral list shows the leased address: {addresses}"
+    );
+    assert!(d.ok(&["list"]).contains(&leased), "the IP column");
     assert!(w.host.exec(&["ping", "-c", "1", "-W", "3", &leased]));
 
     // Out through the masquerade: the outside sees the host's uplink address.

@@ -262,6 +262,7 @@ fn tree(names: &[&str]) -> SnapshotTree {
                 disks: vec![],
                 nvram: None,
                 memory: None,
+                quiesced: false,
             })
             .collect(),
         current: None,

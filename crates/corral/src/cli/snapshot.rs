@@ -8,6 +8,7 @@ const SNAPSHOT_EXAMPLES: &str = "\
 Examples:
   corral snapshot create web before-upgrade --description \"kernel 6.1\"
   corral snapshot create web mid-install --memory
+  corral snapshot create web nightly --quiesce
   corral snapshot list web
   corral snapshot revert web before-upgrade
   corral snapshot delete web before-upgrade";
@@ -41,8 +42,27 @@ pub struct SnapshotCreateArgs {
     /// written, and reverting resumes it exactly where it was.
     #[arg(long)]
     pub memory: bool,
+    /// Freeze the guest's file systems through its guest agent while the disks switch,
+    /// and fail (making nothing) if that cannot be done. Without --quiesce or
+    /// --no-quiesce, a running VM with a connected agent is quiesced, others are not.
+    #[arg(long, conflicts_with = "no_quiesce")]
+    pub quiesce: bool,
+    /// Never freeze the guest's file systems (the snapshot is crash-consistent).
+    #[arg(long)]
+    pub no_quiesce: bool,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+impl SnapshotCreateArgs {
+    /// The request's `quiesce`: absent (when an agent can), `true` or `false`.
+    pub fn quiesce(&self) -> Option<bool> {
+        match (self.quiesce, self.no_quiesce) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

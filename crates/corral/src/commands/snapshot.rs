@@ -27,10 +27,16 @@ async fn create(client: &Client, args: &SnapshotCreateArgs) -> Result<()> {
         name: args.name.clone(),
         description: args.description.clone(),
         memory: args.memory,
+        quiesce: args.quiesce(),
     };
     let tree: SnapshotTree = client.post(&snapshots_path(&args.vm), &request).await?;
-    emit(args.output.output, &tree, |_| {
-        format!("created snapshot {} of vm {}\n", args.name, args.vm)
+    emit(args.output.output, &tree, |tree| {
+        let quiesced = tree
+            .snapshots
+            .iter()
+            .any(|s| s.name == args.name && s.quiesced);
+        let how = if quiesced { " (quiesced)" } else { "" };
+        format!("created snapshot {} of vm {}{how}\n", args.name, args.vm)
     })
 }
 
@@ -112,6 +118,9 @@ fn walk(
     if node.memory.is_some() {
         rest.push_str("  +memory");
     }
+    if node.quiesced {
+        rest.push_str("  quiesced");
+    }
     if tree.current.as_deref() == Some(node.name.as_str()) {
         rest.push_str("  *  (current)");
     }
@@ -155,6 +164,7 @@ mod tests {
             disks: vec![],
             nvram: None,
             memory: None,
+            quiesced: false,
         }
     }
 
@@ -163,7 +173,10 @@ mod tests {
         let tree = SnapshotTree {
             snapshots: vec![
                 snap("base", None),
-                snap("v1", Some("base")),
+                Snapshot {
+                    quiesced: true,
+                    ..snap("v1", Some("base"))
+                },
                 snap("v2", Some("v1")),
                 snap("test", Some("base")),
             ],
@@ -172,7 +185,8 @@ mod tests {
         let text = render_tree(&tree);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("base "));
-        assert!(lines[1].starts_with("├─ v1"));
+        assert!(lines[1].starts_with("├─ v1") && lines[1].contains("quiesced"));
+        assert!(!lines[0].contains("quiesced"), "{text}");
         assert!(
             lines[2].starts_with("│  └─ v2") && lines[2].contains("(current)"),
             "{text}"

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use corral_api::{
     format_size, CloneRequest, CreateVmRequest, DiskRequest, ImportResult, ImportVolumeRequest,
-    Operation, OvaSpec, StartRequest, StopRequest, UpdateVmRequest, Vm,
+    Operation, OvaSpec, StartRequest, StopMethod, StopRequest, StopResult, UpdateVmRequest, Vm,
 };
 
 use super::operation::follow;
@@ -141,8 +141,8 @@ pub async fn stop(client: &Client, args: &StopArgs) -> Result<()> {
     };
     let op = lifecycle_operation(client, args, "stop", verb).await?;
     let done = if args.force { "powered off" } else { "stopped" };
-    emit(args.output.output, &op, |_| {
-        format!("{done} vm {}\n", args.name)
+    emit(args.output.output, &op, |op| {
+        format!("{done} vm {}{}\n", args.name, stopped_how(op))
     })
 }
 
@@ -151,6 +151,24 @@ pub async fn restart(client: &Client, args: &StopArgs) -> Result<()> {
     emit(args.output.output, &op, |_| {
         format!("restarted vm {}\n", args.name)
     })
+}
+
+/// How a graceful stop went, from the operation's result: ` (guest agent)`,
+/// ` (ACPI power button; the guest agent failed: …)`.
+fn stopped_how(op: &Operation) -> String {
+    let Some(result) = op
+        .result
+        .clone()
+        .and_then(|r| serde_json::from_value::<StopResult>(r).ok())
+    else {
+        return String::new();
+    };
+    match (result.method, result.agent_error) {
+        (StopMethod::Agent, _) => " (guest agent)".into(),
+        (StopMethod::Acpi, Some(e)) => format!(" (ACPI power button; the guest agent failed: {e})"),
+        (StopMethod::Acpi, None) => " (ACPI power button)".into(),
+        (StopMethod::Force, _) => String::new(),
+    }
 }
 
 /// Posts `stop` or `restart` and follows the operation it starts until it ends.
@@ -222,4 +240,44 @@ fn changes(request: &UpdateVmRequest, vm: &Vm) -> String {
         parts.push(format!("cmdline {cmdline:?}"));
     }
     parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op_with(result: Option<serde_json::Value>) -> Operation {
+        Operation {
+            id: Default::default(),
+            kind: "vm.stop".into(),
+            target: "web".into(),
+            state: corral_api::OperationState::Succeeded,
+            progress: 100.0,
+            created_ms: 0,
+            updated_ms: 0,
+            cancellable: true,
+            error: None,
+            result,
+        }
+    }
+
+    #[test]
+    fn stop_says_how_the_guest_was_stopped() {
+        let how = |v: serde_json::Value| stopped_how(&op_with(Some(v)));
+        assert_eq!(
+            how(serde_json::json!({"method": "agent"})),
+            " (guest agent)"
+        );
+        assert_eq!(
+            how(serde_json::json!({"method": "acpi"})),
+            " (ACPI power button)"
+        );
+        assert_eq!(
+            how(serde_json::json!({"method": "acpi", "agent_error": "no answer"})),
+            " (ACPI power button; the guest agent failed: no answer)"
+        );
+        assert_eq!(how(serde_json::json!({"method": "force"})), "");
+        // An older daemon's stop has no result.
+        assert_eq!(stopped_how(&op_with(None)), "");
+    }
 }

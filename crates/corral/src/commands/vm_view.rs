@@ -1,16 +1,19 @@
 //! How a VM looks to people: the `list` table and the `show` page.
 
-use corral_api::{format_size, Disk, Event, Nic, Vm, VmState};
+use corral_api::{format_size, Disk, Event, Nic, Vm, VmAddress, VmState};
 
 use crate::output::{details, format_time, format_time_ms, format_uptime, or_dash, render, table};
 
 /// `corral list`: one row per VM.
 pub fn list_table(vms: &[Vm]) -> String {
-    let mut t = table(&["NAME", "STATE", "VCPUS", "MEMORY", "DISKS", "UPTIME", "PID"]);
+    let mut t = table(&[
+        "NAME", "STATE", "IP", "VCPUS", "MEMORY", "DISKS", "UPTIME", "PID",
+    ]);
     for vm in vms {
         t.add_row(vec![
             vm.spec.name.clone(),
             vm.status.state.as_str().to_string(),
+            or_dash(vm.addresses.first().map(|a| a.address.as_str())),
             vm.spec.vcpus.to_string(),
             format_size(vm.spec.memory_mib << 20),
             vm.spec.disks.len().to_string(),
@@ -29,6 +32,9 @@ pub fn show(vm: &Vm) -> String {
     });
     section(&mut out, "NICs", vm.spec.nics.is_empty(), || {
         nics_table(&vm.spec.nics)
+    });
+    section(&mut out, "Addresses", vm.addresses.is_empty(), || {
+        addresses_table(&vm.addresses)
     });
     section(&mut out, "Recent events", vm.events.is_empty(), || {
         events_table(&vm.events)
@@ -50,6 +56,7 @@ fn summary_rows(vm: &Vm) -> Vec<(&'static str, String)> {
         ("Uptime", uptime(vm)),
         ("PID", or_dash(status.pid)),
         ("Accelerator", or_dash(status.accel.as_deref())),
+        ("Guest agent", guest_agent(vm)),
         ("Machine", spec.machine.as_str().to_string()),
         ("vCPUs", spec.vcpus.to_string()),
         ("Memory", format_size(spec.memory_mib << 20)),
@@ -119,6 +126,28 @@ fn nics_table(nics: &[Nic]) -> String {
             nic.mac.clone(),
             or_dash(nic.ip.map(|a| a.to_string())),
             or_dash(nic.vlan.map(|v| v.to_string())),
+        ]);
+    }
+    render(t)
+}
+
+/// Whether a guest agent answers for the running guest.
+fn guest_agent(vm: &Vm) -> String {
+    match (vm.guest_agent, vm.status.state) {
+        (true, _) => "connected".into(),
+        (false, VmState::Stopped) => "-".into(),
+        (false, _) => "not connected".into(),
+    }
+}
+
+/// The guest's IP addresses, with the NIC (by MAC) and who reported them.
+fn addresses_table(addresses: &[VmAddress]) -> String {
+    let mut t = table(&["ADDRESS", "MAC", "SOURCE"]);
+    for a in addresses {
+        t.add_row(vec![
+            format!("{}/{}", a.address, a.prefix),
+            or_dash(a.mac.as_deref()),
+            a.source.as_str().to_string(),
         ]);
     }
     render(t)
@@ -207,6 +236,13 @@ mod tests {
                 kind: "state".into(),
                 message: "running".into(),
             }],
+            guest_agent: true,
+            addresses: vec![VmAddress {
+                address: "10.0.2.15".into(),
+                prefix: 24,
+                mac: Some("52:54:00:12:34:56".into()),
+                source: corral_api::AddressSource::Agent,
+            }],
         }
     }
 
@@ -218,7 +254,19 @@ mod tests {
         let cells: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(
             cells,
-            ["web", "running", "2", "512", "MiB", "2", "1h", "2m", "3s", "4242"]
+            [
+                "web",
+                "running",
+                "10.0.2.15",
+                "2",
+                "512",
+                "MiB",
+                "2",
+                "1h",
+                "2m",
+                "3s",
+                "4242"
+            ]
         );
     }
 
@@ -277,6 +325,11 @@ mod tests {
         assert!(text.contains("Disks:\n  ID     VOLUME     PATH "), "{text}");
         assert!(text.contains("owned"), "{text}");
         assert!(text.contains("52:54:00:12:34:56"), "{text}");
+        assert!(text.contains("Guest agent:  connected"), "{text}");
+        assert!(
+            text.contains("Addresses:\n  ADDRESS       MAC                SOURCE\n  10.0.2.15/24"),
+            "{text}"
+        );
         assert!(
             text.contains("2023-11-14 22:13:20  state  running"),
             "{text}"

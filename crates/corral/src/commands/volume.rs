@@ -222,6 +222,8 @@ mod tests {
             uptime_secs: None,
             created_at: 0,
             events: Vec::new(),
+            guest_agent: false,
+            addresses: Vec::new(),
         }
     }
 

@@ -64,7 +64,7 @@ use super::{
         list_events,
         stream_events,
     ),
-    components(schemas(corral_api::ErrorBody))
+    components(schemas(corral_api::ErrorBody, corral_api::StopResult))
 )]
 pub struct ApiDoc;
 

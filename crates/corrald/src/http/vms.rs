@@ -86,7 +86,8 @@ pub async fn start(
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/stop", request_body = StopRequest,
-    responses((status = 202, body = Operation), (status = 409, body = corral_api::ErrorBody)))]
+    responses((status = 202, body = Operation, description = "result: StopResult"),
+              (status = 409, body = corral_api::ErrorBody)))]
 pub async fn stop(
     State(mgr): State<AppState>,
     Path(name): Path<String>,
@@ -97,7 +98,8 @@ pub async fn stop(
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/restart", request_body = StopRequest,
-    responses((status = 202, body = Operation), (status = 409, body = corral_api::ErrorBody)))]
+    responses((status = 202, body = Operation, description = "result: StopResult"),
+              (status = 409, body = corral_api::ErrorBody)))]
 pub async fn restart(
     State(mgr): State<AppState>,
     Path(name): Path<String>,
@@ -161,7 +163,8 @@ pub async fn list_snapshots(
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/snapshots", request_body = CreateSnapshotRequest,
-    responses((status = 201, body = SnapshotTree), (status = 409, body = corral_api::ErrorBody)))]
+    responses((status = 201, body = SnapshotTree), (status = 400, body = corral_api::ErrorBody),
+              (status = 409, body = corral_api::ErrorBody)))]
 pub async fn create_snapshot(
     State(mgr): State<AppState>,
     Path(name): Path<String>,

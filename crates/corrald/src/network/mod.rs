@@ -7,6 +7,8 @@
 mod nics;
 mod rules;
 
+pub(crate) use nics::{lease_addresses, LeasesByMac};
+
 use std::net::Ipv4Addr;
 
 use corral_api::{

@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 
 use corral_api::{
-    parse_cidr, valid_mac, NetworkKind, NetworkSpec, Nic, NicRequest, ValidationError, VmSpec,
-    DEFAULT_NETWORK,
+    parse_cidr, valid_mac, AddressSource, NetworkKind, NetworkSpec, Nic, NicRequest,
+    ValidationError, VmAddress, VmSpec, DEFAULT_NETWORK,
 };
 use corral_net::driver::Reservation;
 use corral_net::{link, passt, tap};
@@ -374,30 +374,47 @@ impl Manager {
         Ok(NicBackend::Tap { fd: raw })
     }
 
-    /// Addresses the networks' DHCP servers handed to a VM's NICs, by MAC.
-    pub(crate) fn lease_addresses(&self, spec: &VmSpec) -> Vec<(String, Ipv4Addr)> {
-        let mut out = Vec::new();
-        let nets: HashSet<&str> = spec
-            .nics
-            .iter()
-            .filter(|n| n.kind == NetworkKind::Network)
-            .filter_map(|n| n.source.as_deref())
-            .collect();
-        for name in nets {
-            let Ok(net) = self.network_spec(name) else {
-                continue;
-            };
+    /// Every managed network's current DHCP leases, by MAC (read once per listing).
+    pub(crate) fn leases_by_mac(&self) -> LeasesByMac {
+        let mut out = LeasesByMac::new();
+        let Ok(nets) = self.store.list_networks() else {
+            return out;
+        };
+        for net in nets.iter().filter(|n| n.dhcp) {
             let Ok(driver) = network_driver(net.kind) else {
                 continue;
             };
-            for lease in driver.leases(&self.net_context(name)) {
-                if spec.nics.iter().any(|n| n.mac == lease.mac) {
-                    out.push((lease.mac, lease.address));
-                }
+            let prefix = net
+                .subnet
+                .as_deref()
+                .and_then(|s| parse_cidr(s).ok())
+                .map_or(32, |(_, p)| p);
+            for lease in driver.leases(&self.net_context(&net.name)) {
+                out.insert(lease.mac, (lease.address, prefix));
             }
         }
         out
     }
+}
+
+/// DHCP leases by MAC: the address and its network's prefix.
+pub(crate) type LeasesByMac = std::collections::HashMap<String, (Ipv4Addr, u8)>;
+
+/// A VM's addresses from the networks' leases, one per NIC that has one.
+pub(crate) fn lease_addresses(spec: &VmSpec, leases: &LeasesByMac) -> Vec<VmAddress> {
+    let mut out = Vec::new();
+    for nic in spec.nics.iter().filter(|n| n.kind == NetworkKind::Network) {
+        let Some((ip, prefix)) = leases.get(&nic.mac) else {
+            continue;
+        };
+        out.push(VmAddress {
+            address: ip.to_string(),
+            prefix: *prefix,
+            mac: Some(nic.mac.clone()),
+            source: AddressSource::Dhcp,
+        });
+    }
+    out
 }
 
 fn no_vlans(field: &str) -> ApiError {

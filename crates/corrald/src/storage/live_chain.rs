@@ -10,11 +10,14 @@ use corral_qemu::qmp::Qmp;
 use corral_storage::import::Progress;
 use corral_storage::snapshot::{LiveChain, SnapshotError};
 
+use super::quiesce::Quiesce;
 use crate::error::{ApiError, ApiResult};
 
 /// A running VM's disk chains, as QEMU has them open.
 pub struct QemuChain<'a> {
     pub qmp: &'a Qmp,
+    /// Freeze the guest's file systems around a snapshot's switch.
+    pub quiesce: Option<&'a Quiesce<'a>>,
 }
 
 fn live_error(e: LiveError) -> SnapshotError {
@@ -34,9 +37,15 @@ impl LiveChain for QemuChain<'_> {
                 path: path.clone(),
             })
             .collect();
-        live::snapshot(self.qmp, &overlays)
-            .await
-            .map_err(live_error)
+        let switch = async {
+            live::snapshot(self.qmp, &overlays)
+                .await
+                .map_err(live_error)
+        };
+        match self.quiesce {
+            Some(q) => q.around(switch).await,
+            None => switch.await,
+        }
     }
 
     async fn stream(

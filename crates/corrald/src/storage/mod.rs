@@ -4,6 +4,7 @@
 mod images;
 mod import;
 mod live_chain;
+mod quiesce;
 mod recovery;
 mod snapshots;
 mod volumes;

@@ -14,6 +14,7 @@ use corral_storage::snapshot::{self, ChainDisk, LiveChain};
 use corral_store::VmRecord;
 
 use super::live_chain::{self, QemuChain};
+use super::quiesce::{self, FreezeFailed, Outcome, Quiesce};
 use crate::clock::now_secs;
 use crate::error::{ApiError, ApiResult};
 use crate::operations::OpHandle;
@@ -50,8 +51,23 @@ impl Manager {
                 hint: Some("choose another name".into()),
             });
         }
+        let agent_connected = running.as_ref().is_some_and(|r| r.agent.is_connected());
+        let plan = quiesce::plan(
+            vm,
+            req.quiesce,
+            req.memory,
+            record.status.state,
+            agent_connected,
+        )?;
+        let quiesce = running
+            .as_ref()
+            .filter(|_| plan != quiesce::Plan::Skip)
+            .map(|r| Quiesce::new(&r.agent, plan == quiesce::Plan::Require));
         let mut disks = chain_disks(&record)?;
-        let chain = running.as_ref().map(|r| QemuChain { qmp: &r.qmp });
+        let chain = running.as_ref().map(|r| QemuChain {
+            qmp: &r.qmp,
+            quiesce: quiesce.as_ref(),
+        });
         let live = chain.as_ref().map(|c| c as &dyn LiveChain);
         // Disks and memory must be of one instant: the guest is paused across both.
         let was_running = record.status.state == VmState::Running;
@@ -85,6 +101,9 @@ impl Manager {
             r.qmp.cont().await?;
         }
         taken?;
+        if let Some(q) = &quiesce {
+            self.report_quiesce(vm, &req.name, &mut tree, q.outcome());
+        }
         let mut memory_error = None;
         match memory {
             Some(Ok(m)) => set_last(&mut tree, |s| s.memory = Some(m)),
@@ -101,6 +120,43 @@ impl Manager {
             )));
         }
         Ok(tree)
+    }
+
+    /// Records in the new snapshot whether it was quiesced, and tells the event log what
+    /// the guest agent did (or why the snapshot is only crash-consistent).
+    fn report_quiesce(&self, vm: &str, name: &str, tree: &mut SnapshotTree, outcome: Outcome) {
+        match outcome {
+            Outcome::Frozen { count, thaw_error } => {
+                set_last(tree, |s| s.quiesced = true);
+                self.events.emit(
+                    Some(vm),
+                    "snapshot",
+                    format!(
+                        "snapshot '{name}': the guest agent froze {count} file system(s) \
+                         around the switch and thawed them"
+                    ),
+                );
+                if let Some(e) = thaw_error {
+                    self.events.emit(
+                        Some(vm),
+                        "agent",
+                        format!(
+                            "thawing the guest's file systems after snapshot '{name}' failed \
+                             ({e}); they may still be frozen"
+                        ),
+                    );
+                }
+            }
+            Outcome::Failed(e) => self.events.emit(
+                Some(vm),
+                "snapshot",
+                format!(
+                    "snapshot '{name}' is not quiesced (crash-consistent only): the guest \
+                     agent could not freeze the file systems: {e}"
+                ),
+            ),
+            Outcome::NotTried => {}
+        }
     }
 
     /// Saves memory for snapshot `name` while the guest is paused, then lets it go on.
@@ -229,6 +285,10 @@ impl Manager {
                         crate::error::chain(&e)
                     ))
                 })?;
+            // Back from saved memory, the guest's clock is where it was at the snapshot.
+            if let (Some(_), false, Some(running)) = (&memory, paused, self.running(vm)) {
+                self.sync_guest_clock(vm, running, &format!("reverting to snapshot '{name}'"));
+            }
         }
         Ok(tree)
     }
@@ -277,7 +337,10 @@ impl Manager {
                     .collect()
             })
             .unwrap_or_default();
-        let chain = running.as_ref().map(|r| QemuChain { qmp: &r.qmp });
+        let chain = running.as_ref().map(|r| QemuChain {
+            qmp: &r.qmp,
+            quiesce: None,
+        });
         let live = chain.as_ref().map(|c| c as &dyn LiveChain);
         let progress = Scaled::new(work, 0.0, 95.0);
         let journal = |tree: &SnapshotTree, disks: &[ChainDisk]| {
@@ -478,6 +541,10 @@ fn snapshot_error(e: snapshot::SnapshotError) -> ApiError {
         snapshot::SnapshotError::Record(e) => {
             ApiError::Internal(format!("recording the snapshot tree: {e}"))
         }
+        snapshot::SnapshotError::Live(e) if e.is::<FreezeFailed>() => e
+            .downcast_ref::<FreezeFailed>()
+            .map(quiesce::freeze_failed)
+            .unwrap_or_else(|| ApiError::Internal(e.to_string())),
         snapshot::SnapshotError::Live(e) => ApiError::Internal(format!(
             "the running VM refused: {}",
             crate::error::chain(e.as_ref())

@@ -5,16 +5,16 @@
 use std::collections::BTreeSet;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use corral_api::{Operation, StopRequest, Vm, VmAction, VmSpec, VmState, VmStatus};
+use corral_api::{
+    Operation, StopMethod, StopRequest, StopResult, Vm, VmAction, VmSpec, VmState, VmStatus,
+};
 use corral_qemu::argv::{build_argv, DiskFds, LaunchConfig};
 use corral_qemu::cgroup::VmCgroup;
 use corral_qemu::launch;
 use corral_qemu::qmp::QmpOptions;
-use tokio::sync::watch;
 
 use super::{check_allowed, Manager, Running};
 use crate::clock::now_secs;
@@ -114,16 +114,8 @@ impl Manager {
             }
         };
         let started_at = now_secs();
-        let (exited_tx, exited_rx) = watch::channel(false);
-        let running = Arc::new(Running {
-            pid: launched.pid,
-            qmp: launched.qmp,
-            paths,
-            cgroup,
-            exited: exited_rx,
-            stop_reason: Mutex::new(None),
-            console_busy: AtomicBool::new(false),
-        });
+        let (running, exited_tx) = Running::new(launched.pid, launched.qmp, paths, cgroup);
+        let running = Arc::new(running);
         // Watch events from before `cont`, so no transition is missed.
         self.spawn_monitor(name, running.clone(), exited_tx);
         self.set_running(name, Some(running.clone()));
@@ -190,6 +182,10 @@ impl Manager {
                 ..record.status
             },
         )?;
+        if action == VmAction::Resume {
+            // The guest's clock stood still while it was paused.
+            self.sync_guest_clock(name, running, "resume");
+        }
         drop(lock);
         self.get(name)
     }
@@ -198,13 +194,15 @@ impl Manager {
     /// QEMU is gone (or the graceful timeout passes).
     pub async fn stop(self: &Arc<Self>, name: &str, req: StopRequest) -> ApiResult<Operation> {
         let timeout = Duration::from_secs(req.timeout_secs.unwrap_or(DEFAULT_STOP_TIMEOUT));
-        let running = self.begin_stop(name, req.force).await?;
+        let (running, method) = self.begin_stop(name, req.force).await?;
         let (op, mut handle) = self.ops.begin("vm.stop", name, !req.force)?;
         let mgr = self.clone();
         let name = name.to_string();
         tokio::spawn(async move {
             tokio::select! {
-                r = mgr.finish_stop(&name, running, req.force, timeout) => handle.finish(r),
+                r = mgr.finish_stop(&name, running, method, timeout) => {
+                    handle.finish_with(r.map(stop_result_json))
+                }
                 _ = handle.cancelled() => {
                     mgr.abandon_stop(&name).await;
                     handle.cancelled_done();
@@ -221,18 +219,19 @@ impl Manager {
         let timeout = Duration::from_secs(req.timeout_secs.unwrap_or(DEFAULT_STOP_TIMEOUT));
         // A paused or crashed guest cannot answer the power button.
         let force = req.force || record.status.state != VmState::Running;
-        let running = self.begin_stop(name, force).await?;
+        let (running, method) = self.begin_stop(name, force).await?;
         let (op, handle) = self.ops.begin("vm.restart", name, false)?;
         let mgr = self.clone();
         let name = name.to_string();
         tokio::spawn(async move {
             let result = async {
-                mgr.finish_stop(&name, running, force, timeout).await?;
+                let stopped = mgr.finish_stop(&name, running, method, timeout).await?;
                 handle.progress(50.0);
-                mgr.start(&name, false).await.map(|_| ())
+                mgr.start(&name, false).await?;
+                Ok(stopped)
             }
             .await;
-            handle.finish(result);
+            handle.finish_with(result.map(stop_result_json));
         });
         Ok(op)
     }
@@ -250,7 +249,11 @@ impl Manager {
         self.wait_gone(name, &running, POWER_OFF_WAIT).await
     }
 
-    async fn begin_stop(&self, name: &str, force: bool) -> ApiResult<Arc<Running>> {
+    /// Checks the state and starts the stop: a forced one kills QEMU now; a graceful one
+    /// presses the ACPI power button now, or, when the guest agent is connected, leaves
+    /// the agent's shutdown to [`Self::finish_stop`] (an agent may take seconds to answer
+    /// and the request should not wait for it).
+    async fn begin_stop(&self, name: &str, force: bool) -> ApiResult<(Arc<Running>, StopMethod)> {
         let _lock = self.lock(name).await;
         let record = self.record(name)?;
         let action = if force {
@@ -263,41 +266,83 @@ impl Manager {
         if force {
             running.set_stop_reason("powered off (forced stop)");
             kill_qemu(&running).await;
-        } else {
-            running.set_stop_reason("guest shut down (ACPI power button)");
-            self.set_status(
-                name,
-                VmStatus {
-                    state: VmState::Stopping,
-                    ..record.status
-                },
-            )?;
-            running.qmp.system_powerdown().await?;
+            return Ok((running, StopMethod::Force));
         }
-        Ok(running)
+        self.set_status(
+            name,
+            VmStatus {
+                state: VmState::Stopping,
+                ..record.status
+            },
+        )?;
+        if running.agent.is_connected() {
+            return Ok((running, StopMethod::Agent));
+        }
+        press_power_button(&running).await?;
+        Ok((running, StopMethod::Acpi))
     }
 
+    /// Asks the guest agent to shut down when that is the way (falling back to the ACPI
+    /// power button if the agent fails), then waits for QEMU to exit: the whole graceful
+    /// stop, agent included, within `timeout`.
     async fn finish_stop(
         &self,
         name: &str,
         running: Arc<Running>,
-        force: bool,
+        method: StopMethod,
         timeout: Duration,
-    ) -> ApiResult<()> {
-        let wait = if force { POWER_OFF_WAIT } else { timeout };
+    ) -> ApiResult<StopResult> {
+        let started = std::time::Instant::now();
+        let mut result = StopResult {
+            method,
+            agent_error: None,
+        };
+        if method == StopMethod::Agent {
+            running.set_stop_reason("guest shut down (guest agent)");
+            match running.agent.shutdown().await {
+                Ok(()) => self.events.emit(
+                    Some(name),
+                    "stop",
+                    "asked the guest to shut down through its guest agent",
+                ),
+                Err(e) => {
+                    self.events.emit(
+                        Some(name),
+                        "stop",
+                        format!("the guest agent's shutdown failed ({e}); pressing the ACPI power button"),
+                    );
+                    result = StopResult {
+                        method: StopMethod::Acpi,
+                        agent_error: Some(e.to_string()),
+                    };
+                    if let Err(e) = press_power_button(&running).await {
+                        self.abandon_stop(name).await;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let wait = match method {
+            StopMethod::Force => POWER_OFF_WAIT,
+            _ => timeout.saturating_sub(started.elapsed()),
+        };
         match self.wait_gone(name, &running, wait).await {
-            Ok(()) => Ok(()),
-            Err(e) if force => Err(e),
+            Ok(()) => Ok(result),
+            Err(e) if method == StopMethod::Force => Err(e),
             Err(_) => {
                 self.abandon_stop(name).await;
+                let ignored = match result.method {
+                    StopMethod::Agent => "the guest agent accepted the shutdown, but the guest",
+                    _ => "the guest may ignore the power button; it",
+                };
                 Err(ApiError::Conflict {
                     message: format!(
                         "VM '{name}' did not shut down within {} s",
                         timeout.as_secs()
                     ),
-                    hint: Some(
-                        "the guest may ignore the power button; use `corral stop --force`".into(),
-                    ),
+                    hint: Some(format!(
+                        "{ignored} did not power off; use `corral stop --force`"
+                    )),
                 })
             }
         }
@@ -376,6 +421,18 @@ fn open_disks(spec: &VmSpec) -> ApiResult<OpenedDisks> {
 /// the disks that are block devices.
 type OpenedDisks = (Vec<std::fs::File>, Vec<DiskFds>, BTreeSet<String>);
 
+/// The graceful stop without an agent: the ACPI power button, and the stopped reason that
+/// goes with it.
+async fn press_power_button(running: &Running) -> ApiResult<()> {
+    running.set_stop_reason("guest shut down (ACPI power button)");
+    running.qmp.system_powerdown().await?;
+    Ok(())
+}
+
+fn stop_result_json(result: StopResult) -> serde_json::Value {
+    serde_json::to_value(result).unwrap_or_default()
+}
+
 /// `quit` over QMP, and SIGKILL if the monitor cannot deliver it.
 async fn kill_qemu(running: &Running) {
     if running.qmp.quit().await.is_err() {
@@ -393,7 +450,7 @@ fn prepare_runtime_dir(dir: &std::path::Path) -> ApiResult<()> {
     let io = |e: std::io::Error| ApiError::Internal(format!("{}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(io)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
-    for stale in ["qmp.sock", "console.sock", "qemu.pid"] {
+    for stale in ["qmp.sock", "console.sock", "qga.sock", "qemu.pid"] {
         let _ = std::fs::remove_file(dir.join(stale));
     }
     Ok(())

@@ -76,6 +76,7 @@ impl Manager {
             name: name.clone(),
             description: Some(format!("base of linked clone '{target}'")),
             memory: false,
+            quiesce: None,
         };
         self.create_snapshot(source, req).await?;
         Ok(name)

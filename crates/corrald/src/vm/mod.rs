@@ -1,6 +1,7 @@
 //! The VM manager: the core every request goes through after the HTTP layer has parsed
 //! it. It owns the per-VM locks, the table of running QEMUs, and every state change.
 
+pub(crate) mod agent;
 mod clone;
 mod create;
 mod lifecycle;
@@ -41,9 +42,33 @@ pub struct Running {
     stop_reason: Mutex<Option<String>>,
     /// A console client is attached (QEMU's socket takes one client at a time).
     pub console_busy: AtomicBool,
+    /// The guest agent's channel and what it last reported.
+    pub agent: Arc<agent::GuestAgent>,
 }
 
 impl Running {
+    /// A freshly attached QEMU, and the sender its monitor sets once QEMU has exited.
+    pub(crate) fn new(
+        pid: u32,
+        qmp: Qmp,
+        paths: VmPaths,
+        cgroup: Option<VmCgroup>,
+    ) -> (Running, watch::Sender<bool>) {
+        let (exited_tx, exited) = watch::channel(false);
+        let agent = Arc::new(agent::GuestAgent::new(paths.agent_socket()));
+        let running = Running {
+            pid,
+            qmp,
+            paths,
+            cgroup,
+            exited,
+            stop_reason: Mutex::new(None),
+            console_busy: AtomicBool::new(false),
+            agent,
+        };
+        (running, exited_tx)
+    }
+
     fn set_stop_reason(&self, reason: &str) {
         *self.stop_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
     }
@@ -94,18 +119,42 @@ impl Manager {
     }
 
     pub fn list(&self) -> ApiResult<Vec<Vm>> {
+        let leases = self.leases_by_mac();
         Ok(self
             .store
             .list_vms()?
             .into_iter()
-            .map(|r| to_wire(r, Vec::new()))
+            .map(|r| self.to_wire(r, Vec::new(), &leases))
             .collect())
     }
 
     pub fn get(&self, name: &str) -> ApiResult<Vm> {
         let record = self.record(name)?;
         let events = self.store.recent_events(name, RECENT_EVENTS)?;
-        Ok(to_wire(record, events))
+        Ok(self.to_wire(record, events, &self.leases_by_mac()))
+    }
+
+    /// The wire form of a VM, with what its running QEMU, the networks' DHCP servers
+    /// and its guest agent know now (read from memory and lease files: never waits on
+    /// the guest).
+    fn to_wire(
+        &self,
+        record: VmRecord,
+        events: Vec<corral_api::Event>,
+        leases: &crate::network::LeasesByMac,
+    ) -> Vm {
+        let running = self.running(&record.spec.name);
+        let agent = running.as_ref().map(|r| &r.agent);
+        let dhcp = match running {
+            Some(_) => crate::network::lease_addresses(&record.spec, leases),
+            None => Vec::new(),
+        };
+        let mut vm = to_wire(record, events);
+        vm.guest_agent = agent.is_some_and(|a| a.is_connected());
+        vm.addresses = dhcp;
+        vm.addresses
+            .extend(agent.map(|a| a.addresses()).unwrap_or_default());
+        vm
     }
 
     /// Changes a stopped VM: the change is applied to a copy, checked whole, then stored.
@@ -228,5 +277,7 @@ fn to_wire(record: VmRecord, events: Vec<corral_api::Event>) -> Vm {
         uptime_secs,
         created_at: record.created_at,
         events,
+        guest_agent: false,
+        addresses: Vec::new(),
     }
 }

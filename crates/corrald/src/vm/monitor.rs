@@ -2,10 +2,10 @@
 //! the monitor socket closing into state changes; at daemon start, VMs that were running
 //! are found again (re-attached) or marked stopped with the reason.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use corral_api::{VmState, VmStatus};
+use corral_qemu::agent;
 use corral_qemu::cgroup::VmCgroup;
 use corral_qemu::launch;
 use corral_qemu::qmp::{Event, Qmp, QmpOptions};
@@ -22,6 +22,7 @@ impl Manager {
         exited: watch::Sender<bool>,
     ) {
         let mut events = running.qmp.events();
+        self.spawn_agent_watch(name, running.clone());
         let name = name.to_string();
         // The monitor needs the manager after this call returns; the manager lives for
         // the whole daemon, behind the Arc every handler holds.
@@ -87,6 +88,13 @@ impl Manager {
                 }
             }
             "RESET" => self.events.emit(Some(name), "qmp", "guest reset"),
+            "VSERPORT_CHANGE" => {
+                let port = ev.data.get("id").and_then(|i| i.as_str());
+                let open = ev.data.get("open").and_then(|o| o.as_bool());
+                if let (Some(agent::AGENT_PORT), Some(open)) = (port, open) {
+                    self.agent_port_changed(name, running, open);
+                }
+            }
             other => tracing::debug!("{name}: QMP event {other}"),
         }
     }
@@ -136,7 +144,7 @@ impl Manager {
             // Removal may wait for the kernel to let go of the exited process.
             let _ = tokio::task::spawn_blocking(move || c.remove()).await;
         }
-        for f in ["qmp.sock", "console.sock", "qemu.pid"] {
+        for f in ["qmp.sock", "console.sock", "qga.sock", "qemu.pid"] {
             let _ = std::fs::remove_file(running.paths.dir.join(f));
         }
         self.set_running(name, None);
@@ -213,18 +221,17 @@ impl Manager {
             (_, "guest-panicked") => VmState::Crashed,
             _ => VmState::Paused,
         };
-        let (exited_tx, exited_rx) = watch::channel(false);
-        let running = Arc::new(Running {
-            pid,
-            qmp,
-            paths,
-            cgroup: VmCgroup::create(&self.cfg.cgroup_root, &format!("vm-{uuid}")),
-            exited: exited_rx,
-            stop_reason: Mutex::new(None),
-            console_busy: AtomicBool::new(false),
-        });
+        let cgroup = VmCgroup::create(&self.cfg.cgroup_root, &format!("vm-{uuid}"));
+        let (running, exited_tx) = Running::new(pid, qmp, paths, cgroup);
+        let running = Arc::new(running);
         self.spawn_monitor(name, running.clone(), exited_tx);
         self.set_running(name, Some(running.clone()));
+        // The port's opening was reported to the daemon that died; ask QEMU.
+        match agent::channel_open(&running.qmp).await {
+            Ok(open) => self.agent_port_changed(name, &running, open),
+            Err(e) => tracing::warn!(vm = name, "cannot read the guest agent's channel: {e}"),
+        }
+        self.thaw_leftover_freeze(name, running.clone());
         self.finish_interrupted_switch(name, &running).await;
         let _ = self.set_status(
             name,
