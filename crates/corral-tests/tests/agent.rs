@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use corral_tests::{guest, Daemon, Value, BOOT, GUEST_CMDLINE};
+use corral_tests::{guest, Daemon, Value, World, BOOT, GUEST_CMDLINE};
 
 /// How long a booted guest's agent may take to connect, or anything it reports to show.
 const AGENT: Duration = Duration::from_secs(90);
@@ -95,12 +95,15 @@ fn snapshot(d: &Daemon, vm: &str, name: &str, extra: &[&str]) -> Value {
 
 #[test]
 fn agent_reports_addresses_quiesces_snapshots_and_shuts_down() {
-    let mut d = Daemon::start();
+    // In a namespace of its own, so the user NIC's address is known: passt hands the
+    // guest the host's own, 198.51.100.1/24 there.
+    let w = World::new("ga");
+    let mut d = Daemon::start_in(&w.host, &["--accel", "tcg", "--no-default-network"]);
     boot_with_disk(&d, "ga", "");
     agent_connected(&d, "ga", true);
     assert!(events(&d, "ga").contains("guest agent connected"));
 
-    // QEMU's user-mode network hands the guest's udhcpc 10.0.2.15; the agent reports it.
+    // passt hands the guest's udhcpc the namespace's address; the agent reports it.
     let address = |vm: &Value| {
         vm["addresses"]
             .as_array()
@@ -108,7 +111,7 @@ fn agent_reports_addresses_quiesces_snapshots_and_shuts_down() {
             .unwrap_or_default()
     };
     wait_vm(&d, "ga", "no address reported", |vm| {
-        address(vm)["address"] == "10.0.2.15"
+        address(vm)["address"] == "198.51.100.1"
     });
     let listed = d.json(&["list"]);
     let ga = &listed.as_array().unwrap()[0];
@@ -121,12 +124,12 @@ fn agent_reports_addresses_quiesces_snapshots_and_shuts_down() {
     assert!(!all.contains("127.0.0.1") && !all.contains("fe80"), "{all}");
     let table = d.ok(&["list"]);
     assert!(
-        table.contains("IP") && table.contains("10.0.2.15"),
+        table.contains("IP") && table.contains("198.51.100.1"),
         "{table}"
     );
     let shown = d.ok(&["show", "ga"]);
     assert!(shown.contains("Guest agent:  connected"), "{shown}");
-    assert!(shown.contains("10.0.2.15/24"), "{shown}");
+    assert!(shown.contains("198.51.100.1/24"), "{shown}");
 
     // A file system on the VM's disk, for the agent to freeze.
     d.guest_run(
@@ -154,7 +157,7 @@ fn agent_reports_addresses_quiesces_snapshots_and_shuts_down() {
     d.restart();
     assert_eq!(d.vm("ga")["guest_agent"], true);
     wait_vm(&d, "ga", "no address after re-attach", |vm| {
-        address(vm)["address"] == "10.0.2.15"
+        address(vm)["address"] == "198.51.100.1"
     });
 
     // The guest's clock is set after a resume, and after a restore from saved memory
