@@ -241,8 +241,11 @@ pub async fn stream(
     progress: &(dyn Fn(f32) + Send + Sync),
     cancelled: &(dyn Fn() -> bool + Send + Sync),
 ) -> Result<(), LiveError> {
-    let top = top_node(qmp, disk).await?;
     let job = format!("stream-{disk}");
+    // A daemon killed mid-merge leaves its job running in QEMU; it merges correctly on
+    // its own, and a second one on the same device is refused: let it finish first.
+    wait_for_job_gone(qmp, &job, progress, cancelled).await?;
+    let top = top_node(qmp, disk).await?;
     let mut args = json!({ "job-id": job, "device": top });
     if let Some(base) = base {
         args["base-node"] = Value::from(node_of(qmp, disk, base).await?);
@@ -284,6 +287,33 @@ pub async fn stream(
             }
             _ => report_job(qmp, &job, progress).await,
         }
+    }
+}
+
+async fn wait_for_job_gone(
+    qmp: &Qmp,
+    job: &str,
+    progress: &(dyn Fn(f32) + Send + Sync),
+    cancelled: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<(), LiveError> {
+    loop {
+        let jobs = qmp
+            .execute_raw("query-block-jobs", None)
+            .await
+            .map_err(qmp_err("query-block-jobs"))?;
+        let running = jobs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|j| j["device"].as_str() == Some(job));
+        if !running {
+            return Ok(());
+        }
+        if cancelled() {
+            return Err(LiveError::Cancelled);
+        }
+        report_job(qmp, job, progress).await;
+        tokio::time::sleep(POLL).await;
     }
 }
 
