@@ -218,7 +218,7 @@ fn bad_network_requests_name_the_field_and_make_nothing() {
                 "--bridge",
                 "a-bridge-name-too-long",
             ],
-            "not a valid interface name",
+            "not a usable interface name",
         ),
         (
             &["network", "create", "x", "--type", "isolated", "--dhcp"],

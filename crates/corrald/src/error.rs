@@ -158,6 +158,11 @@ impl ApiError {
                 field,
                 message,
                 hint,
+            })
+            | ApiError::Net(corral_net::NetError::Invalid {
+                field,
+                message,
+                hint,
             }) => (
                 StatusCode::BAD_REQUEST,
                 ErrorBody {
@@ -184,18 +189,6 @@ impl ApiError {
                     e.to_string(),
                     Some("Corral never overwrites a file; remove or rename it"),
                 ),
-            ),
-            ApiError::Net(corral_net::NetError::Invalid {
-                field,
-                message,
-                hint,
-            }) => (
-                StatusCode::BAD_REQUEST,
-                ErrorBody {
-                    error: message.clone(),
-                    field: Some(field.to_string()),
-                    hint: Some(hint.clone()),
-                },
             ),
             ApiError::Net(corral_net::NetError::Unsupported { message, hint }) => {
                 (StatusCode::CONFLICT, body(message.clone(), Some(hint)))

@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 
 use corral_api::{
     parse_cidr, validate_name, CreateNetworkRequest, Network, NetworkSpec, NetworkType,
-    ValidationError, DEFAULT_NETWORK, MAX_IFNAME,
+    ValidationError, DEFAULT_NETWORK,
 };
 use corral_net::{link, Cidr, NetContext, NetError, NetworkDriver};
 
@@ -254,7 +254,7 @@ impl Manager {
                         .hint("e.g. --bridge br0 (see `ip -br link show type bridge`)")
                         .into());
                 };
-                check_ifname("bridge", &bridge)?;
+                link::check_ifname(&bridge, "bridge")?;
                 if let Some(other) = others.iter().find(|o| o.bridge == bridge) {
                     return Err(ApiError::Conflict {
                         message: format!("bridge {bridge} is already network '{}'", other.name),
@@ -287,7 +287,7 @@ impl Manager {
                 }
                 let bridge = match req.bridge {
                     Some(b) => {
-                        check_ifname("bridge", &b)?;
+                        link::check_ifname(&b, "bridge")?;
                         b
                     }
                     None => self.free_bridge_name(&others).await?,
@@ -436,23 +436,6 @@ fn check_subnet_free(
     Ok(())
 }
 
-/// Linux interface names: 1-15 characters, no '/', ':', or whitespace.
-fn check_ifname(field: &'static str, name: &str) -> Result<(), ValidationError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_IFNAME
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(
-            ValidationError::new(field, format!("{name:?} is not a valid interface name"))
-                .hint("1-15 letters, digits, '-', '_' or '.'"),
-        )
-    }
-}
-
 impl From<NetError> for ApiError {
     fn from(e: NetError) -> Self {
         ApiError::Net(e)
@@ -493,13 +476,5 @@ mod tests {
         assert!(check_subnet_free((Ipv4Addr::new(10, 1, 5, 1), 24), &[net], &[]).is_ok());
         let host = [(Ipv4Addr::new(10, 1, 0, 0), 16)];
         assert!(check_subnet_free((Ipv4Addr::new(10, 1, 5, 1), 24), &[], &host).is_err());
-    }
-
-    #[test]
-    fn interface_names() {
-        assert!(check_ifname("bridge", "br0").is_ok());
-        assert!(check_ifname("bridge", "a-very-long-bridge-name").is_err());
-        assert!(check_ifname("bridge", "br/0").is_err());
-        assert!(check_ifname("bridge", "").is_err());
     }
 }
