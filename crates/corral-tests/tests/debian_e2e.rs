@@ -6,6 +6,8 @@
 //!
 //! Runs in network namespaces made by the test; nothing leaves them.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};

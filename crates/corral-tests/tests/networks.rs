@@ -3,6 +3,8 @@
 //! DHCP. An "outside" namespace joined by a veth pair stands in for the world beyond
 //! the host's uplink; nothing leaves these namespaces.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use corral_tests::{Daemon, NetNs, World};
