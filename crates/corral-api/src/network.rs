@@ -366,10 +366,11 @@ impl FirewallRule {
                 Some(FirewallProtocol::Tcp | FirewallProtocol::Udp)
             )
         {
-            return Err(
-                ValidationError::new(format!("{field}.port"), "a port needs protocol tcp or udp")
-                    .hint("add --protocol tcp"),
-            );
+            return Err(ValidationError::new(
+                format!("{field}.port"),
+                "a port needs protocol tcp or udp",
+            )
+            .hint("add --protocol tcp"));
         }
         if let Some(cidr) = &self.cidr {
             parse_cidr(cidr).map_err(|msg| {

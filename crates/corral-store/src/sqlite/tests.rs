@@ -18,6 +18,7 @@ fn record(name: &str) -> VmRecord {
             cdrom: None,
             kernel: None,
             nics: vec![],
+            cloud_init: None,
         },
         status: VmStatus::stopped(None),
         created_at: 1,
@@ -179,6 +180,7 @@ fn volume(name: &str, base: Option<(&str, &str)>) -> Volume {
             vm: vm.to_string(),
             snapshot: snapshot.to_string(),
         }),
+        base_file: None,
     }
 }
 

@@ -210,6 +210,7 @@ mod tests {
                 cdrom: None,
                 kernel: None,
                 nics: Vec::new(),
+                cloud_init: None,
             },
             status: VmStatus {
                 state,

@@ -2,10 +2,12 @@
 //! it. It owns the per-VM locks, the table of running QEMUs, and every state change.
 
 mod clone;
+mod cloud_init;
 mod create;
 mod lifecycle;
 mod linked_clone;
 mod monitor;
+mod seed;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -131,8 +133,17 @@ impl Manager {
             };
             kernel.cmdline = Some(cmdline);
         }
+        if let Some(ci) = req.cloud_init {
+            spec.cloud_init = Some(ci);
+        }
+        if req.remove_cloud_init {
+            spec.cloud_init = None;
+        }
         self.check_host_limits(spec.memory_mib, spec.vcpus)?;
         self.store.update_vm_spec(&spec)?;
+        if spec.cloud_init.is_none() {
+            self.remove_seed(spec.uuid);
+        }
         self.events.emit(Some(name), "updated", "spec updated");
         self.get(name)
     }
