@@ -26,10 +26,12 @@ export PATH="$PATH:/usr/sbin:/sbin" LC_ALL=C
 # (virtio core, virtio_pci and the device drivers, SCSI, and both pieces the
 # power button needs: the ACPI `button` driver and `evdev` for acpid to read);
 # its PS/2, serial console, devtmpfs and AF_PACKET are built in. pvpanic_mmio
-# drives QEMU's ISA pvpanic device, so a guest panic is reported over QMP. Dependencies
-# (virtio_ring, net_failover, scsi_mod, ...) are added automatically.
+# drives QEMU's ISA pvpanic device, so a guest panic is reported over QMP. ata_piix,
+# sr_mod and isofs read CD-ROMs on the `pc` machine's IDE (a cloud-init seed, for
+# one). Dependencies (virtio_ring, net_failover, scsi_mod, libata, cdrom, ...) are
+# added automatically.
 MODULES=(virtio_pci virtio_mmio virtio_blk virtio_net virtio_scsi sd_mod
-    virtio_console virtio_rng button evdev pvpanic_mmio)
+    virtio_console virtio_rng button evdev pvpanic_mmio ata_piix sr_mod isofs)
 
 die() { echo "build-test-guest: $*" >&2; exit 1; }
 

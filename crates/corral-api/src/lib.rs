@@ -4,6 +4,7 @@
 //! stored records, plus the checks that need nothing but the data itself (names, sizes,
 //! counts). Checks that need the host (files, limits, uniqueness) live in the daemon.
 
+pub mod cloud_init;
 pub mod error;
 pub mod event;
 pub mod host;
@@ -13,6 +14,7 @@ pub mod size;
 pub mod storage;
 pub mod vm;
 
+pub use cloud_init::{CloudInit, SshPublicKey};
 pub use error::{ErrorBody, ValidationError};
 pub use event::Event;
 pub use host::{Accel, AccelInfo, HostInfo, StorageDriverInfo};

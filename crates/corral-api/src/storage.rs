@@ -254,6 +254,10 @@ pub struct Volume {
     /// be deleted while the volume exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_snapshot: Option<SnapshotRef>,
+    /// The user's image file this volume is an overlay on (`corral create --image PATH`):
+    /// its data reads through that file, which Corral never writes, moves or deletes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_file: Option<String>,
 }
 
 /// A snapshot of a VM, named from outside its tree (e.g. by a linked clone's volume).

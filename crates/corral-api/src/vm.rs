@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::cloud_init::CloudInit;
 use crate::error::ValidationError;
 use crate::event::Event;
 use crate::network::{FirewallRule, Nic, NicRequest};
@@ -43,9 +44,15 @@ pub struct CreateVmRequest {
     /// Start the VM once it is defined.
     #[serde(default)]
     pub start: bool,
-    /// Make the first disk a linked clone of this image (instant, whatever its size).
+    /// The first disk's base: a registered image's name (the disk is a linked clone of
+    /// it, instant whatever its size), or the absolute path of a qcow2 or raw file (the
+    /// disk is a new qcow2 overlay on it; Corral never writes, moves or deletes the file).
+    /// A value with a `/` is a path.
     #[serde(default)]
     pub image: Option<String>,
+    /// Provision the guest with cloud-init (a NoCloud seed CD).
+    #[serde(default)]
+    pub cloud_init: Option<CloudInit>,
 }
 
 /// One disk of a create request: either a new volume the VM owns, or an existing file.
@@ -150,6 +157,9 @@ pub struct VmSpec {
     /// Per-VM firewall rules, in order (see [`FirewallRule`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub firewall: Vec<FirewallRule>,
+    /// cloud-init provisioning; its seed CD is attached read-only after any `cdrom`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<CloudInit>,
 }
 
 /// A disk as stored: where its data lives and who owns the file.
@@ -184,6 +194,36 @@ pub struct UpdateVmRequest {
     /// Replaces the kernel command line of a direct-kernel-boot VM.
     #[serde(default)]
     pub cmdline: Option<String>,
+    /// Replaces the whole cloud-init configuration (the guest gets a new instance id,
+    /// so cloud-init applies it at the next start).
+    #[serde(default)]
+    pub cloud_init: Option<CloudInit>,
+    /// Removes the cloud-init configuration and its seed CD.
+    #[serde(default)]
+    pub remove_cloud_init: bool,
+}
+
+impl UpdateVmRequest {
+    /// Checks everything that needs only the request itself.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(m) = self.memory_mib {
+            validate_memory(m)?;
+        }
+        if let Some(v) = self.vcpus {
+            validate_vcpus(v)?;
+        }
+        if let Some(ci) = &self.cloud_init {
+            if self.remove_cloud_init {
+                return Err(ValidationError::new(
+                    "remove_cloud_init",
+                    "cloud_init cannot be both replaced and removed",
+                )
+                .hint("give one of them"));
+            }
+            ci.validate("cloud_init")?;
+        }
+        Ok(())
+    }
 }
 
 /// The observed state of a VM, kept by the daemon from QMP events and process checks.
@@ -533,7 +573,10 @@ impl CreateVmRequest {
             }
         }
         if let Some(image) = &self.image {
-            validate_name("image", image)?;
+            validate_image(image)?;
+        }
+        if let Some(ci) = &self.cloud_init {
+            ci.validate("cloud_init")?;
         }
         for (i, nic) in self.networks.iter().flatten().enumerate() {
             nic.validate(&format!("networks[{i}]"))?;
@@ -550,6 +593,23 @@ impl CreateVmRequest {
         }
         Ok(())
     }
+}
+
+/// `image` is an image name, or (with a `/`) an absolute path to an image file.
+fn validate_image(image: &str) -> Result<(), ValidationError> {
+    if image.contains('/') {
+        if !image.starts_with('/') {
+            return Err(ValidationError::new(
+                "image",
+                format!("'{image}' is not an absolute path"),
+            )
+            .hint("give the full path; the daemon does not know the client's directory"));
+        }
+        return Ok(());
+    }
+    validate_name("image", image).map_err(|e| {
+        e.hint("give an image's name (`corral image list`), or a file's path with a '/', e.g. ./disk.qcow2")
+    })
 }
 
 pub fn validate_memory(memory_mib: u64) -> Result<(), ValidationError> {
@@ -660,6 +720,7 @@ mod tests {
             networks: None,
             start: false,
             image: None,
+            cloud_init: None,
         };
         assert!(req.validate().is_ok());
         req.vcpus = 0;
@@ -669,5 +730,46 @@ mod tests {
         assert_eq!(req.validate().unwrap_err().field, "disks[1].size_bytes");
         req.disks.clear();
         assert_eq!(req.validate().unwrap_err().field, "disks");
+        req.image = Some("base".into());
+        assert!(req.validate().is_ok());
+        req.image = Some("/srv/base.qcow2".into());
+        assert!(req.validate().is_ok());
+        req.image = Some("disks/base.qcow2".into());
+        assert!(req.validate().unwrap_err().message.contains("absolute"));
+        req.image = Some("base.qcow2".into());
+        let err = req.validate().unwrap_err();
+        assert_eq!(err.field, "image");
+        assert!(err.hint.unwrap().contains("'/'"));
+        req.image = Some("base".into());
+        req.cloud_init = Some(CloudInit {
+            hostname: Some("-bad".into()),
+            ..Default::default()
+        });
+        assert_eq!(req.validate().unwrap_err().field, "cloud_init.hostname");
+    }
+
+    #[test]
+    fn update_request_checks() {
+        let mut req = UpdateVmRequest {
+            cloud_init: Some(CloudInit::default()),
+            ..Default::default()
+        };
+        assert!(req.validate().is_ok());
+        req.remove_cloud_init = true;
+        assert_eq!(req.validate().unwrap_err().field, "remove_cloud_init");
+        req.cloud_init = None;
+        assert!(req.validate().is_ok());
+        req.vcpus = Some(0);
+        assert_eq!(req.validate().unwrap_err().field, "vcpus");
+    }
+
+    #[test]
+    fn specs_stored_before_cloud_init_still_load() {
+        let old = r#"{"name":"a","uuid":"6f1c2a3e-2d4b-4c1e-9a7f-0123456789ab","memory_mib":256,
+            "vcpus":1,"machine":"pc","disks":[],"cdrom":null,"kernel":null,"nics":[]}"#;
+        let spec: VmSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(spec.cloud_init, None);
+        // And a spec without it is stored as before.
+        assert!(!serde_json::to_string(&spec).unwrap().contains("cloud_init"));
     }
 }

@@ -76,6 +76,9 @@ pub struct LaunchConfig<'a> {
     pub block_devices: &'a BTreeSet<String>,
     /// Each NIC's host end, in the spec's order, made by the daemon before launch.
     pub nics: &'a [NicBackend],
+    /// The VM's cloud-init seed (an ISO labelled `cidata`), attached as one more
+    /// read-only CD-ROM when the spec asks for cloud-init.
+    pub cloud_init_seed: Option<&'a Path>,
 }
 
 /// The host end of a NIC, made before QEMU starts.
@@ -159,7 +162,13 @@ pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
         disk_args(&mut a, i + 1, disk, fds, block_device);
     }
     if let Some(iso) = &spec.cdrom {
-        cdrom_args(&mut a, iso, spec.disks.len() + 1);
+        cdrom_args(&mut a, "cdrom0", iso, Some(spec.disks.len() + 1), None);
+    }
+    if let Some(seed) = cfg.cloud_init_seed {
+        // Never booted from: cloud-init finds it by its label. Its own bus, whatever
+        // the CD-ROM: the secondary IDE channel on `pc`, the second AHCI port on q35
+        // (whose ports take one device each, so QEMU's pick of a bus would collide).
+        cdrom_args(&mut a, "cidata", &path(seed), None, Some("ide.1"));
     }
     if let Some(k) = &spec.kernel {
         a.push2("-kernel", k.kernel.clone());
@@ -273,18 +282,22 @@ fn disk_args(
     );
 }
 
-fn cdrom_args(a: &mut Args, iso: &str, bootindex: usize) {
+fn cdrom_args(a: &mut Args, node: &str, iso: &str, bootindex: Option<usize>, bus: Option<&str>) {
     let blockdev = json!({
-        "node-name": "cdrom0",
+        "node-name": node,
         "driver": "raw",
         "read-only": true,
         "file": { "driver": "file", "filename": iso, "read-only": true },
     });
     a.push2("-blockdev", blockdev.to_string());
-    a.push2(
-        "-device",
-        format!("ide-cd,drive=cdrom0,id=cdrom0-dev,bootindex={bootindex}"),
-    );
+    let mut device = format!("ide-cd,drive={node},id={node}-dev");
+    if let Some(bus) = bus {
+        device.push_str(&format!(",bus={bus}"));
+    }
+    if let Some(i) = bootindex {
+        device.push_str(&format!(",bootindex={i}"));
+    }
+    a.push2("-device", device);
 }
 
 fn confinement_args(a: &mut Args, c: Confinement, paths: &VmPaths) {

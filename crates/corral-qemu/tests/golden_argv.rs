@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use corral_api::{
-    Accel, Disk, DiskFormat, Firmware, KernelBoot, Machine, NetworkKind, Nic, VmSpec,
+    Accel, CloudInit, Disk, DiskFormat, Firmware, KernelBoot, Machine, NetworkKind, Nic, VmSpec,
 };
 use corral_qemu::argv::{build_argv, Confinement, DiskFds, LaunchConfig, NicBackend, VmPaths};
 use uuid::Uuid;
@@ -27,6 +27,7 @@ fn base_spec() -> VmSpec {
         kernel: None,
         nics: vec![],
         firewall: vec![],
+        cloud_init: None,
     }
 }
 
@@ -87,6 +88,8 @@ fn check_full(
             },
         })
         .collect();
+    // Where the daemon keeps a VM's cloud-init seed.
+    let seed = PathBuf::from(format!("/var/lib/corral/cloud-init/{}.iso", spec.uuid));
     let argv = build_argv(&LaunchConfig {
         spec,
         ovmf_code: std::path::Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd"),
@@ -97,6 +100,7 @@ fn check_full(
         disk_fds: &fds,
         block_devices: &block_devices,
         nics: &nics,
+        cloud_init_seed: spec.cloud_init.as_ref().map(|_| seed.as_path()),
     });
     let actual = argv.join("\n") + "\n";
     let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{case}.args"));
@@ -273,4 +277,25 @@ fn block_device_disk() {
         UNCONFINED,
         &["disk0"],
     );
+}
+
+/// cloud-init: the seed CD comes after the VM's own CD-ROM, with no boot index.
+#[test]
+fn cloud_init_seed_after_cdrom() {
+    let mut spec = base_spec();
+    spec.disks = vec![Disk {
+        id: "disk0".into(),
+        volume: Some("web-01-disk0".into()),
+        path: "/var/lib/corral/pools/default/web-01-disk0.qcow2".into(),
+        format: DiskFormat::Qcow2,
+        size_bytes: 2 << 30,
+        owned: true,
+        read_only: false,
+    }];
+    spec.cdrom = Some("/srv/iso/tools.iso".into());
+    spec.cloud_init = Some(CloudInit::default());
+    check("cloud_init_pc", &spec, Accel::Tcg, UNCONFINED);
+    spec.machine = Machine::Q35;
+    spec.cdrom = None;
+    check("cloud_init_q35", &spec, Accel::Tcg, UNCONFINED);
 }

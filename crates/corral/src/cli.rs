@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use corral_api::{DiskRequest, Machine};
 
-use crate::create::{parse_disk_spec, parse_memory_mib};
+use crate::create::{parse_disk_spec, parse_memory_mib, CloudInitArgs};
 use crate::output::OutputArgs;
 
 pub use image::*;
@@ -118,6 +118,9 @@ Examples:
       --cmdline \"console=ttyS0\" --network none
   corral create db --disk path=/srv/db.raw,format=raw --disk size=20G
   corral create app --disk size=8G --disk vol=data,readonly=on
+  corral create vm1 --image ./debian-12.qcow2 --ssh-key ~/.ssh/id_ed25519.pub --start
+  corral create vm2 --image base --user alice --ssh-key alice.pub \\
+      --cloud-init user-data=./init.yaml
 
 Relative paths are taken from the current directory.";
 
@@ -160,8 +163,10 @@ pub struct CreateArgs {
     #[arg(long, value_name = "ISO")]
     pub cdrom: Option<PathBuf>,
 
-    /// Make the first disk a linked clone of this image (`corral image list`).
-    #[arg(long, value_name = "IMAGE")]
+    /// The first disk's base: an image's name (a linked clone of it, see `corral image
+    /// list`) or the path of a qcow2 or raw file (with a '/', e.g. ./debian.qcow2): a new
+    /// overlay on it, which Corral never writes, moves or deletes.
+    #[arg(long, value_name = "IMAGE|PATH")]
     pub image: Option<String>,
 
     /// Boot this kernel directly instead of firmware.
@@ -190,6 +195,9 @@ pub struct CreateArgs {
     /// Start the VM once it is defined.
     #[arg(long)]
     pub start: bool,
+
+    #[command(flatten)]
+    pub cloud_init: CloudInitArgs,
 
     #[command(flatten)]
     pub output: OutputArgs,
@@ -290,7 +298,12 @@ pub struct DeleteArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("changes").required(true).multiple(true)))]
+#[command(group(
+    clap::ArgGroup::new("changes")
+        .required(true)
+        .multiple(true)
+        .args(["ssh_keys", "user", "hostname", "files"])
+))]
 pub struct UpdateArgs {
     /// Name of the VM.
     pub name: String,
@@ -308,6 +321,12 @@ pub struct UpdateArgs {
         group = "changes"
     )]
     pub cmdline: Option<String>,
+    /// Changes to the cloud-init config (the guest applies them at its next start).
+    #[command(flatten)]
+    pub cloud_init: CloudInitArgs,
+    /// Remove the cloud-init config and its seed CD.
+    #[arg(long, group = "changes", conflicts_with_all = ["ssh_keys", "user", "hostname", "files"])]
+    pub no_cloud_init: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -4,6 +4,7 @@
 //! error (exit 2) that names the flag. Paths are made absolute against the CLI's working
 //! directory because the daemon runs elsewhere and resolves nothing relative.
 
+mod cloud_init;
 mod disk_spec;
 mod nic_spec;
 
@@ -15,6 +16,7 @@ use corral_api::{parse_size, CreateVmRequest, DiskRequest, KernelBoot, NicReques
 
 use crate::cli::CreateArgs;
 
+pub use cloud_init::CloudInitArgs;
 pub use disk_spec::parse_disk_spec;
 pub use nic_spec::{parse_nic_spec, NicSpec};
 
@@ -102,8 +104,22 @@ pub fn build_request(args: &CreateArgs, cwd: &Path) -> Result<CreateVmRequest> {
         kernel,
         networks: networks(&args.networks).map_err(anyhow::Error::msg)?,
         start: args.start,
-        image: args.image.clone(),
+        image: args.image.as_deref().map(|image| image_arg(cwd, image)),
+        cloud_init: if args.cloud_init.any() {
+            Some(args.cloud_init.apply(Default::default(), cwd)?)
+        } else {
+            None
+        },
     })
+}
+
+/// `--image`: an image's name as it is; a path (it has a '/') made absolute.
+fn image_arg(cwd: &Path, image: &str) -> String {
+    if image.contains('/') {
+        absolute_string(cwd, Path::new(image))
+    } else {
+        image.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +217,48 @@ mod tests {
         assert_eq!(kernel.cmdline.as_deref(), Some("console=ttyS0 -- quiet"));
         assert_eq!(req.networks, Some(vec![]));
         assert!(req.start);
+        assert_eq!(req.cloud_init, None);
+    }
+
+    #[test]
+    fn image_names_stay_and_paths_become_absolute() {
+        let req = |image: &str| {
+            build_request(
+                &create_args(&["a", "--image", image]),
+                Path::new("/home/me"),
+            )
+            .unwrap()
+            .image
+            .unwrap()
+        };
+        assert_eq!(req("base"), "base");
+        assert_eq!(req("./img/d.qcow2"), "/home/me/img/d.qcow2");
+        assert_eq!(req("/srv/d.raw"), "/srv/d.raw");
+    }
+
+    #[test]
+    fn cloud_init_flags() {
+        let args = create_args(&[
+            "a",
+            "--image",
+            "base",
+            "--user",
+            "alice",
+            "--hostname",
+            "web.example.com",
+        ]);
+        let ci = build_request(&args, Path::new("/"))
+            .unwrap()
+            .cloud_init
+            .unwrap();
+        assert_eq!(ci.user.as_deref(), Some("alice"));
+        assert_eq!(ci.hostname.as_deref(), Some("web.example.com"));
+        assert!(ci.ssh_authorized_keys.is_empty() && ci.user_data.is_none());
+        let err = Cli::try_parse_from(["corral", "create", "a", "--cloud-init", "vendor-data=x"])
+            .err()
+            .unwrap();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--cloud-init"), "{err}");
     }
 
     #[test]

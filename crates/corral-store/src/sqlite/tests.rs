@@ -19,6 +19,7 @@ fn record(name: &str) -> VmRecord {
             kernel: None,
             nics: vec![],
             firewall: vec![],
+            cloud_init: None,
         },
         status: VmStatus::stopped(None),
         created_at: 1,
@@ -247,6 +248,7 @@ fn volume(name: &str, base: Option<(&str, &str)>) -> Volume {
             vm: vm.to_string(),
             snapshot: snapshot.to_string(),
         }),
+        base_file: None,
     }
 }
 

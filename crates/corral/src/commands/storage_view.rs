@@ -205,7 +205,10 @@ fn based_on(v: &Volume) -> String {
     match (&v.base_image, &v.base_snapshot) {
         (Some(image), _) => format!("image {image}"),
         (None, Some(s)) => format!("snapshot {} of VM {}", s.snapshot, s.vm),
-        (None, None) => "-".to_string(),
+        (None, None) => match &v.base_file {
+            Some(file) => format!("file {file} (not Corral's)"),
+            None => "-".to_string(),
+        },
     }
 }
 
@@ -272,6 +275,7 @@ mod tests {
             allocation_bytes: Some(196_608),
             base_image: None,
             base_snapshot: None,
+            base_file: None,
         }
     }
 
@@ -424,6 +428,15 @@ mod tests {
         let text = volume_page(&linked);
         assert!(
             text.contains("Based on:   snapshot s1 of VM web\n"),
+            "{text}"
+        );
+        let on_file = Volume {
+            base_file: Some("/srv/debian.qcow2".into()),
+            ..volume()
+        };
+        let text = volume_page(&on_file);
+        assert!(
+            text.contains("Based on:   file /srv/debian.qcow2 (not Corral's)\n"),
             "{text}"
         );
     }

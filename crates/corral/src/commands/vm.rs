@@ -216,10 +216,21 @@ pub async fn delete(client: &Client, args: &DeleteArgs) -> Result<()> {
 }
 
 pub async fn update(client: &Client, args: &UpdateArgs) -> Result<()> {
+    // The API replaces the whole cloud-init config; the flags change parts of it.
+    let cloud_init = if args.cloud_init.any() {
+        let vm: Vm = client.get(&vm_path(&args.name)).await?;
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        let current = vm.spec.cloud_init.unwrap_or_default();
+        Some(args.cloud_init.apply(current, &cwd)?)
+    } else {
+        None
+    };
     let request = UpdateVmRequest {
         memory_mib: args.memory,
         vcpus: args.vcpus,
         cmdline: args.cmdline.clone(),
+        cloud_init,
+        remove_cloud_init: args.no_cloud_init,
     };
     let vm: Vm = client.patch(&vm_path(&args.name), &request).await?;
     emit(args.output.output, &vm, |vm| {
@@ -238,6 +249,12 @@ fn changes(request: &UpdateVmRequest, vm: &Vm) -> String {
     }
     if let Some(cmdline) = &request.cmdline {
         parts.push(format!("cmdline {cmdline:?}"));
+    }
+    if request.cloud_init.is_some() {
+        parts.push("cloud-init config (applied at the next start)".to_string());
+    }
+    if request.remove_cloud_init {
+        parts.push("cloud-init removed".to_string());
     }
     parts.join(", ")
 }

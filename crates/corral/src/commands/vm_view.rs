@@ -1,6 +1,7 @@
 //! How a VM looks to people: the `list` table and the `show` page.
 
-use corral_api::{format_size, Disk, Event, Nic, Vm, VmAddress, VmState};
+use corral_api::cloud_init::UserDataKind;
+use corral_api::{format_size, CloudInit, Disk, Event, Nic, SshPublicKey, Vm, VmAddress, VmState};
 
 use crate::output::{details, format_time, format_time_ms, format_uptime, or_dash, render, table};
 
@@ -36,6 +37,11 @@ pub fn show(vm: &Vm) -> String {
     section(&mut out, "Addresses", vm.addresses.is_empty(), || {
         addresses_table(&vm.addresses)
     });
+    if let Some(ci) = &vm.spec.cloud_init {
+        section(&mut out, "Cloud-init", false, || {
+            cloud_init_details(ci, &vm.spec.name)
+        });
+    }
     section(&mut out, "Recent events", vm.events.is_empty(), || {
         events_table(&vm.events)
     });
@@ -113,6 +119,66 @@ fn disks_table(disks: &[Disk]) -> String {
         ]);
     }
     render(t)
+}
+
+/// What the guest is provisioned with; keys by fingerprint and comment, as
+/// `ssh-keygen -l` shows them.
+fn cloud_init_details(ci: &CloudInit, vm_name: &str) -> String {
+    let keys: Vec<String> = ci
+        .ssh_authorized_keys
+        .iter()
+        .map(|k| match SshPublicKey::parse(k) {
+            Ok(key) => {
+                let comment = key.comment.as_deref().unwrap_or("no comment");
+                format!("{} {comment} ({})", key.fingerprint(), key.kind)
+            }
+            Err(_) => "(unreadable key)".to_string(),
+        })
+        .collect();
+    let user_data = match &ci.user_data {
+        None => "generated".to_string(),
+        Some(own) => {
+            let kind = match UserDataKind::of(own) {
+                Some(UserDataKind::Script) => "script",
+                Some(UserDataKind::Mime) => "MIME",
+                _ => "cloud-config",
+            };
+            format!(
+                "generated + yours ({kind}, {})",
+                format_size(own.len() as u64)
+            )
+        }
+    };
+    details(&[
+        (
+            "User",
+            ci.user
+                .clone()
+                .unwrap_or_else(|| "- (keys go to the image's default user)".into()),
+        ),
+        (
+            "Hostname",
+            ci.hostname
+                .clone()
+                .unwrap_or_else(|| format!("{vm_name} (the VM's name)")),
+        ),
+        (
+            "SSH keys",
+            if keys.is_empty() {
+                "none".to_string()
+            } else {
+                format!("{}\n{}", keys.len(), keys.join("\n"))
+            },
+        ),
+        ("User-data", user_data),
+        (
+            "Network config",
+            match &ci.network_config {
+                Some(c) => format!("yours ({})", format_size(c.len() as u64)),
+                None => "the image's default (DHCP)".to_string(),
+            },
+        ),
+    ])
 }
 
 fn nics_table(nics: &[Nic]) -> String {
@@ -219,6 +285,7 @@ mod tests {
                     vlan: None,
                 }],
                 firewall: vec![],
+                cloud_init: None,
             },
             status: VmStatus {
                 state: VmState::Running,
@@ -315,6 +382,28 @@ mod tests {
                 "ro"
             ]
         );
+    }
+
+    #[test]
+    fn cloud_init_section() {
+        let mut vm = sample();
+        assert!(!show(&vm).contains("Cloud-init"));
+        vm.spec.cloud_init = Some(CloudInit {
+            ssh_authorized_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKBUasJSkMe8TtrH7UEKsS9dBdmwIEzYpnFf2N/Btl1s alice@example".into()],
+            user_data: Some("#!/bin/sh\ntrue\n".into()),
+            ..Default::default()
+        });
+        let text = show(&vm);
+        assert!(text.contains("Cloud-init:\n  User:"), "{text}");
+        assert!(text.contains("web (the VM's name)"), "{text}");
+        assert!(
+            text.contains(
+                "SHA256:ihu1a+HA77+NGmD+2ilzh1fojGMuSfriuFeZcTGj7Yo alice@example (ssh-ed25519)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("generated + yours (script, 15 B)"), "{text}");
+        assert!(!text.contains("AAAAC3"), "no key material: {text}");
     }
 
     #[test]

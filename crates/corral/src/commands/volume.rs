@@ -211,6 +211,7 @@ mod tests {
                 kernel: None,
                 nics: Vec::new(),
                 firewall: Vec::new(),
+                cloud_init: None,
             },
             status: VmStatus {
                 state,

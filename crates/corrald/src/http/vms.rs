@@ -48,12 +48,7 @@ pub async fn update(
     Path(name): Path<String>,
     JsonBody(req): JsonBody<UpdateVmRequest>,
 ) -> ApiResult<Json<Vm>> {
-    if let Some(m) = req.memory_mib {
-        corral_api::validate_memory(m)?;
-    }
-    if let Some(v) = req.vcpus {
-        corral_api::validate_vcpus(v)?;
-    }
+    req.validate()?;
     Ok(Json(mgr.update(checked_name(&name)?, req).await?))
 }
 

@@ -6,7 +6,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use corral_api::{CreateImageRequest, DiskFormat, Image, Operation, ValidationError, Volume};
+use corral_api::{
+    CreateImageRequest, DiskFormat, Image, Operation, ValidationError, Volume, DEFAULT_POOL,
+};
 use corral_storage::import::{self, SourceFormat};
 
 use super::{pool_driver, volume_key};
@@ -196,6 +198,142 @@ impl Manager {
             allocation_bytes: None,
             base_image: Some(image.name.clone()),
             base_snapshot: None,
+            base_file: None,
+        };
+        if let Err(e) = self.store.insert_volume(&volume) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
+        }
+        Ok(volume)
+    }
+}
+
+/// A user's image file that a new VM's first disk is an overlay on (`create --image
+/// PATH`), as checked by [`Manager::check_base_file`].
+#[derive(Debug, Clone)]
+pub(crate) struct BaseFile {
+    pub path: String,
+    pub format: DiskFormat,
+    pub size_bytes: u64,
+}
+
+impl Manager {
+    /// Checks a file given as `image`: a regular file outside Corral's pools, holding a
+    /// self-contained qcow2 or raw image. Nothing is made.
+    pub(crate) async fn check_base_file(&self, path: &str) -> ApiResult<BaseFile> {
+        let invalid = |message: String, hint: &str| {
+            ApiError::from(ValidationError::new("image", message).hint(hint))
+        };
+        let meta = std::fs::metadata(path).map_err(|e| {
+            invalid(
+                format!("cannot use '{path}': {e}"),
+                "give the path of an existing qcow2 or raw image file, or an image's name",
+            )
+        })?;
+        if !meta.is_file() {
+            return Err(invalid(
+                format!("'{path}' is not a regular file"),
+                "give an image file; a block device can be attached with --disk path=",
+            ));
+        }
+        if let Err(e) = std::fs::File::open(path) {
+            return Err(invalid(
+                format!("cannot read '{path}': {e}"),
+                "check the file's permissions",
+            ));
+        }
+        self.refuse_pool_file(path)?;
+        let info = import::probe(Path::new(path)).await.map_err(|e| {
+            if e.is_bad_source() {
+                invalid(
+                    crate::error::chain(&e),
+                    e.hint().unwrap_or("give a qcow2 or raw image"),
+                )
+            } else {
+                e.into()
+            }
+        })?;
+        let format = match info.format {
+            SourceFormat::Qcow2 => DiskFormat::Qcow2,
+            SourceFormat::Raw => DiskFormat::Raw,
+            other => {
+                return Err(invalid(
+                    format!(
+                        "'{path}' is a {} image; a base must be qcow2 or raw",
+                        other.as_str()
+                    ),
+                    "convert it first: qemu-img convert -O qcow2 IN OUT.qcow2, or import it \
+                     with `corral volume import`",
+                ))
+            }
+        };
+        Ok(BaseFile {
+            path: path.to_string(),
+            format,
+            size_bytes: info.virtual_size,
+        })
+    }
+
+    /// A file in one of Corral's pools is Corral's own (a volume, an image, a snapshot's
+    /// image) and changes under its rules: no user overlay may read through it.
+    fn refuse_pool_file(&self, path: &str) -> ApiResult<()> {
+        let Ok(file) = Path::new(path).canonicalize() else {
+            return Ok(());
+        };
+        for pool in self.store.list_pools()? {
+            let Some(dir) = pool.path.as_deref() else {
+                continue;
+            };
+            if Path::new(dir)
+                .canonicalize()
+                .is_ok_and(|dir| file.starts_with(dir))
+            {
+                return Err(ValidationError::new(
+                    "image",
+                    format!("'{path}' is in Corral's pool '{}'", pool.name),
+                )
+                .hint(
+                    "use a registered image by name (`corral image list`), or clone the VM \
+                     that owns it (`corral clone`)",
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// A new volume owned by `owner` in the default pool: an empty qcow2 overlay on the
+    /// user's `base` file, which is opened only to be read.
+    pub(crate) async fn make_volume_on_file(
+        &self,
+        name: &str,
+        base: &BaseFile,
+        owner: &str,
+    ) -> ApiResult<Volume> {
+        let _lock = self.lock(&volume_key(name)).await;
+        if self.store.get_volume(name)?.is_some() {
+            return Err(ApiError::Conflict {
+                message: format!("volume '{name}' already exists"),
+                hint: Some("rename or delete that volume, or pick another VM name".into()),
+            });
+        }
+        self.require_overlays(DEFAULT_POOL, "cannot make an overlay on an image file")?;
+        let spec = self.pool_spec(DEFAULT_POOL)?;
+        let path = pool_driver(&spec)?.volume_path(&spec, name, DiskFormat::Qcow2);
+        corral_storage::qemu_img::create_overlay(&path, Path::new(&base.path), base.format).await?;
+        let volume = Volume {
+            name: name.to_string(),
+            pool: DEFAULT_POOL.to_string(),
+            format: DiskFormat::Qcow2,
+            size_bytes: base.size_bytes,
+            path: path.display().to_string(),
+            owner: Some(owner.to_string()),
+            created_at: now_secs(),
+            used_by: Vec::new(),
+            allocation_bytes: None,
+            base_image: None,
+            base_snapshot: None,
+            base_file: Some(base.path.clone()),
         };
         if let Err(e) = self.store.insert_volume(&volume) {
             let _ = std::fs::remove_file(&path);

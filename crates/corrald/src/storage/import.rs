@@ -186,6 +186,7 @@ impl Manager {
             allocation_bytes: None,
             base_image: None,
             base_snapshot: None,
+            base_file: None,
         };
         Ok(Staged { volume, staging })
     }

@@ -520,6 +520,8 @@ fn restore_hardware(spec: &mut VmSpec, saved: &VmSpec) {
     spec.nics = saved.nics.clone();
     spec.cdrom = saved.cdrom.clone();
     spec.kernel = saved.kernel.clone();
+    // The seed CD is a device the saved state expects (its content follows the config).
+    spec.cloud_init = saved.cloud_init.clone();
 }
 
 fn snapshot_error(e: snapshot::SnapshotError) -> ApiError {

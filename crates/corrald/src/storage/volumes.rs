@@ -100,6 +100,7 @@ impl Manager {
             allocation_bytes: None,
             base_image: None,
             base_snapshot: None,
+            base_file: None,
         };
         if let Err(e) = self.store.insert_volume(&volume) {
             let _ = driver.delete_volume(&spec, &path).await;

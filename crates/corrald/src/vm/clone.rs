@@ -230,6 +230,7 @@ impl Manager {
             allocation_bytes: None,
             base_image: None,
             base_snapshot: None,
+            base_file: None,
         };
         let disk = Disk {
             volume: Some(name),

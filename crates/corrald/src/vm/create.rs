@@ -64,7 +64,13 @@ impl Manager {
             kernel,
             nics,
             firewall: Vec::new(),
+            cloud_init: req.cloud_init.clone(),
         };
+        if spec.cloud_init.is_some() {
+            self.sync_seed(&spec).await?;
+            let (dir, uuid) = (self.seed_dir(), spec.uuid);
+            revert.add(move || super::seed::remove_seed(&dir, uuid));
+        }
         let record = VmRecord {
             spec,
             status: VmStatus::stopped(None),
@@ -128,6 +134,7 @@ impl Manager {
             );
         }
         self.nics_changed(&record.spec.nics).await;
+        self.remove_seed(record.spec.uuid);
         for f in record.spec.nvram.iter().chain(snapshot_extras.iter()) {
             let _ = std::fs::remove_file(f);
         }
@@ -199,15 +206,19 @@ impl Manager {
         req: &CreateVmRequest,
         revert: &mut Reverter,
     ) -> ApiResult<Vec<Disk>> {
-        // A linked clone of an image is the first disk; the requested disks follow.
+        // A linked clone of an image (or an overlay on an image file) is the first disk;
+        // the requested disks follow.
         let offset = usize::from(req.image.is_some());
+        let mut base_file = None;
         if let Some(image) = &req.image {
-            if self.store.get_image(image)?.is_none() {
+            if image.contains('/') {
+                base_file = Some(self.check_base_file(image).await?);
+            } else if self.store.get_image(image)?.is_none() {
                 return Err(ValidationError::new(
                     "image",
                     format!("image '{image}' does not exist"),
                 )
-                .hint("`corral image list` shows the images")
+                .hint("`corral image list` shows the images; a file is given by its path")
                 .into());
             }
             let name = owned_volume_name(&req.name, 0);
@@ -289,9 +300,11 @@ impl Manager {
         }
         let mut disks = Vec::new();
         if let Some(image) = &req.image {
-            let v = self
-                .make_linked_volume(&owned_volume_name(&req.name, 0), image, &req.name)
-                .await?;
+            let name = owned_volume_name(&req.name, 0);
+            let v = match &base_file {
+                Some(file) => self.make_volume_on_file(&name, file, &req.name).await?,
+                None => self.make_linked_volume(&name, image, &req.name).await?,
+            };
             let (store, path, vname) = (self.store.clone(), v.path.clone(), v.name.clone());
             revert.add(move || {
                 let _ = store.delete_volume(&vname);

@@ -62,6 +62,8 @@ impl Manager {
             ));
         }
         let ovmf_code = ovmf.map(|(code, _)| code).unwrap_or_default();
+        // Rebuilt only if the config changed; renamed into place, so never half-written.
+        let seed = self.sync_seed(&spec).await?;
         let (opened, disk_fds, block_devices) = open_disks(&spec)?;
         let nics = self.plug_nics(&spec, &paths).await?;
         let argv = build_argv(&LaunchConfig {
@@ -74,6 +76,7 @@ impl Manager {
             disk_fds: &disk_fds,
             block_devices: &block_devices,
             nics: &nics.backends,
+            cloud_init_seed: seed.as_deref(),
         });
         let opts = QmpOptions {
             log_path: Some(paths.qmp_log()),

@@ -191,6 +191,7 @@ impl Manager {
             allocation_bytes: None,
             base_image: None,
             base_snapshot: Some(base.clone()),
+            base_file: None,
         };
         let disk = Disk {
             volume: Some(name),

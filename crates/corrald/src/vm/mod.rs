@@ -3,10 +3,12 @@
 
 pub(crate) mod agent;
 mod clone;
+mod cloud_init;
 mod create;
 mod lifecycle;
 mod linked_clone;
 mod monitor;
+mod seed;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -180,8 +182,17 @@ impl Manager {
             };
             kernel.cmdline = Some(cmdline);
         }
+        if let Some(ci) = req.cloud_init {
+            spec.cloud_init = Some(ci);
+        }
+        if req.remove_cloud_init {
+            spec.cloud_init = None;
+        }
         self.check_host_limits(spec.memory_mib, spec.vcpus)?;
         self.store.update_vm_spec(&spec)?;
+        if spec.cloud_init.is_none() {
+            self.remove_seed(spec.uuid);
+        }
         self.events.emit(Some(name), "updated", "spec updated");
         self.get(name)
     }
