@@ -3,7 +3,8 @@
 #   scripts/build-debian-image.sh OUT.qcow2
 #
 # mmdebstrap makes the root file system (linux-image-cloud-amd64, systemd, cloud-init,
-# openssh-server, qemu-guest-agent, DHCP on the first NIC); it goes onto one ext4
+# openssh-server, qemu-guest-agent, DHCP on the first NIC, iperf3 for bench/network.py,
+# not started as a service); it goes onto one ext4
 # partition of a 3 GiB disk with EXTLINUX (BIOS) installed, serial console on ttyS0. The
 # result is cached under build/images/, keyed by this script's content: a second run
 # copies the cached image. Runs as root (loop device, mount, extlinux).
@@ -46,6 +47,11 @@ trap cleanup EXIT
 
 packages=linux-image-cloud-amd64,systemd-sysv,udev,cloud-init,openssh-server
 packages+=,qemu-guest-agent,ifupdown,isc-dhcp-client,netbase,sudo,ca-certificates
+# dbus: without it systemd-logind does not run, and then neither the ACPI power button
+# nor the guest agent's `shutdown -h +0` powers the guest off.
+packages+=,dbus
+# iperf3's debconf question (run it as a daemon?) defaults to no: the benchmark starts it.
+packages+=,iperf3
 log "root file system (mmdebstrap, bookworm)"
 mmdebstrap --variant=minbase --include="$packages" \
     --customize-hook='echo debian > "$1/etc/hostname"' \
