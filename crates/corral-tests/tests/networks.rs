@@ -281,6 +281,33 @@ fn bad_network_requests_name_the_field_and_make_nothing() {
     assert!(err.contains("needs protocol tcp or udp"), "{err}");
     let err = d.fails(&["network", "delete", "lab"]);
     assert!(err.contains("in use by VM(s) a"), "{err}");
+
+    // Another owner's firewall (Docker sets its FORWARD policy to drop): reported, never
+    // changed, and Corral's own changes leave it alone.
+    w.host.exec_ok(&["nft", "add", "table", "ip", "filter"]);
+    w.host.exec_ok(&[
+        "nft",
+        "add",
+        "chain",
+        "ip",
+        "filter",
+        "FORWARD",
+        "{ type filter hook forward priority 0; policy drop; }",
+    ]);
+    let theirs = w.host.exec_ok(&["nft", "list", "table", "ip", "filter"]);
+    let lab = d.json(&["network", "show", "lab"]);
+    let warnings = lab["status"]["warnings"].to_string();
+    assert!(
+        warnings.contains("policy drop") && warnings.contains("FORWARD"),
+        "{warnings}"
+    );
+    assert!(d.ok(&["network", "show", "lab"]).contains("WARNING"));
+    d.ok(&["network", "create", "lab2", "--subnet", "10.0.10.1/24"]);
+    d.ok(&["network", "delete", "lab2"]);
+    assert_eq!(
+        w.host.exec_ok(&["nft", "list", "table", "ip", "filter"]),
+        theirs
+    );
 }
 
 #[test]
