@@ -37,6 +37,10 @@ have passt || need+=(passt)
 { have ip || [[ -x /usr/sbin/ip ]]; } || need+=(iproute2)
 have ping || need+=(iputils-ping)
 { have ssh && have ssh-keygen; } || need+=(openssh-client)
+# corral-net's own tests: busybox's udhcpc/nc/nslookup as DHCP client, TCP peers and
+# resolver in test namespaces; nsenter to run them there.
+have busybox || need+=(busybox-static)
+have nsenter || need+=(util-linux)
 # lvm-thin pools (and their test) need the kernel's device-mapper; without it the LVM
 # tools are useless (nothing can be activated) and worse than useless: libdevmapper
 # leaves a dead /dev/mapper/control node behind. The kernel's misc-device list is the
