@@ -79,7 +79,24 @@ impl Peer {
 }
 
 impl Drop for Peer {
+    /// Kills every process in the peer's namespace (servers a test started there
+    /// through nsenter, too), then the holder.
     fn drop(&mut self) {
+        let ns = std::fs::read_link(format!("/proc/{}/ns/net", self.pid()));
+        if let (Ok(ns), Ok(procs)) = (ns, std::fs::read_dir("/proc")) {
+            for entry in procs.flatten() {
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net"));
+                if pid as u32 != self.pid() && theirs.is_ok_and(|n| n == ns) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
