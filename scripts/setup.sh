@@ -27,6 +27,10 @@ have flock || need+=(util-linux)
 have ps || need+=(procps)
 have tar || need+=(tar)
 have gzip || need+=(gzip)
+# cloud-init seed CDs (genisoimage); isoinfo, from the same package, reads them in tests.
+have genisoimage || need+=(genisoimage)
+# Keys for the cloud-init tests.
+have ssh-keygen || need+=(openssh-client)
 # The guest agent's client is tested against the real qemu-ga, run on the host.
 { have qemu-ga || [[ -x /usr/sbin/qemu-ga ]]; } || need+=(qemu-guest-agent)
 # Networks: user NICs (passt), NAT/isolated networks (dnsmasq, nftables, iproute2);

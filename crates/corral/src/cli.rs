@@ -77,7 +77,7 @@ pub enum Command {
     /// Delete a VM and the disks it owns (attached volumes and files are kept)
     #[command(visible_alias = "rm")]
     Delete(DeleteArgs),
-    /// Change a stopped VM's memory, vCPUs or kernel command line
+    /// Change a stopped VM's memory, vCPUs, kernel command line or cloud-init config
     Update(UpdateArgs),
     /// Copy a stopped VM into a new one (own disks, new UUID and MACs)
     Clone(CloneArgs),

@@ -24,6 +24,7 @@ impl Manager {
             self.wait_for_dying_children().await?;
         }
         self.sweep_interrupted_work()?;
+        self.sweep_seeds()?;
         for op in interrupted {
             let outcome = match op.kind.as_str() {
                 "snapshot.delete" => self.repair_snapshot_chains(&op.target).await,

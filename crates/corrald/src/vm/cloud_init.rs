@@ -86,6 +86,9 @@ struct Generated<'a> {
     hostname: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     fqdn: Option<&'a str>,
+    /// `localhost`: a `127.0.1.1` line for the name, so that it resolves (`hostname -f`,
+    /// sudo's lookup) while the rest of `/etc/hosts` is left alone.
+    manage_etc_hosts: &'static str,
     /// For the image's default user, when no user of our own is made.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     ssh_authorized_keys: Vec<&'a str>,
@@ -120,6 +123,7 @@ fn generated_config(ci: &CloudInit, hostname: &str) -> String {
     let mut config = Generated {
         hostname: short,
         fqdn,
+        manage_etc_hosts: "localhost",
         ssh_authorized_keys: Vec::new(),
         users: Vec::new(),
     };

@@ -196,6 +196,37 @@ impl Manager {
     pub(crate) fn remove_seed(&self, uuid: Uuid) {
         remove_seed(&self.seed_dir(), uuid);
     }
+
+    /// At start-up: removes seeds no VM has (a daemon killed in a create after its seed
+    /// was built, before the VM was recorded), and interrupted builds.
+    pub(crate) fn sweep_seeds(&self) -> ApiResult<()> {
+        let Ok(entries) = std::fs::read_dir(self.seed_dir()) else {
+            return Ok(());
+        };
+        let vms: std::collections::HashSet<String> = self
+            .store
+            .list_vms()?
+            .into_iter()
+            .map(|r| r.spec.uuid.to_string())
+            .collect();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let building = name.starts_with(STAGING_PREFIX);
+            let owner = name
+                .trim_start_matches(STAGING_PREFIX)
+                .get(..36)
+                .unwrap_or("");
+            if building || !vms.contains(owner) {
+                let path = entry.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

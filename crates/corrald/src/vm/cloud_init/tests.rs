@@ -32,6 +32,7 @@ fn keys_for_the_default_user_and_the_vm_name_as_host_name() {
     assert!(seed.meta_data.ends_with("local-hostname: web\n"));
     let user_data = yaml(&seed.user_data);
     assert_eq!(user_data["hostname"], "web");
+    assert_eq!(user_data["manage_etc_hosts"], "localhost");
     assert_eq!(user_data["ssh_authorized_keys"][0], KEY);
     assert!(user_data.get("users").is_none());
     assert!(user_data.get("fqdn").is_none());
