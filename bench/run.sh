@@ -8,15 +8,23 @@
 #                                     # of the work tree: exact code, immune to mid-edits
 #   bash bench/run.sh --wait-quiet    # first wait (up to 10 min) for load average < 0.5
 #   bash bench/run.sh --quick         # 3 start rounds, 100 VMs: a smoke test of the bench
-#   bash bench/run.sh --only start|many|storage
+#   bash bench/run.sh --only start|many|storage|network
 #                                     # storage: bench/storage.py alone (~6 minutes); a full
 #                                     # run does it after the other sections
+#                                     # network: bench/network.py (Debian guests booted to
+#                                     # sshd, iperf3; ~15 minutes), only when asked for
+#   bash bench/run.sh --only network --skip-corral
+#                                     # libvirt and raw QEMU only: no build, no corrald
 #
 # Raw numbers go to bench/results/latest.json, the table to bench/results/latest.md
-# (storage: storage.json, storage.md; all gitignored). Everything the run makes is
-# removed again: corrald and its state dir, leftover QEMUs of this run, the libvirt
+# (storage: storage.json, storage.md; network: network.json, network.md and the
+# guests' serial output in network-consoles/; all gitignored). Everything the run makes
+# is removed again: corrald and its state dir, leftover QEMUs of this run, the libvirt
 # domains and storage pools it defined, and libvirtd and virtlogd if this run started
-# them. See docs/benchmarks.md for what is timed and why.
+# them; for network also the raw side's bridge, tap and dnsmasq, libvirt's default
+# network if the run started (or defined) it, IPv4 forwarding as it was, and the
+# firewall tables the run or libvirt made. See docs/benchmarks.md for what is timed
+# and why.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,25 +36,36 @@ build=1
 rev=''
 wait_quiet=0
 only=''
+skip_corral=0
 extra=()
 storage_extra=()
+net_extra=()
 while (($#)); do
     case $1 in
         --no-setup) setup=0 ;;
         --no-build) build=0 ;;
         --quick) extra+=(--n-start 3 --n-define 100 --n-list 3)
                  storage_extra+=(--n-linked 3 --n-clone 1 --n-snap 3 --n-root 1 --n-live 1
-                                --n-lclone 2) ;;
+                                --n-lclone 2)
+                 net_extra+=(--n-boot 1 --n-iperf 1 --iperf-secs 3) ;;
         --only) only=$2; shift ;;
+        --skip-corral) skip_corral=1 ;;
         --rev) rev=$2; shift ;;
         --wait-quiet) wait_quiet=1 ;;
-        -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) log "unknown argument: $1"; exit 2 ;;
     esac
     shift
 done
 
 [[ $(id -u) == 0 ]] || { log "run as root (libvirt's system daemon, QEMU -runas)"; exit 1; }
+case $only in
+    ''|start|many|storage|network) ;;
+    *) log "--only takes start, many, storage or network, not '$only'"; exit 2 ;;
+esac
+network=$([[ $only == network ]] && echo 1 || echo 0)
+if ((skip_corral && !network)); then log "--skip-corral is for --only network"; exit 2; fi
+((skip_corral)) && build=0
 ((setup)) && bash "$BENCH/setup.sh"
 storage=$([[ -z $only || $only == storage ]] && echo 1 || echo 0)
 # The storage section also compares with virt-clone (Debian's virtinst).
@@ -57,6 +76,23 @@ if ((setup && storage)) && ! command -v virt-clone >/dev/null; then
     }
     get_virtinst || { apt-get update -qq >&2 && get_virtinst; } ||
         log "virtinst not installed: the storage table will have no virt-clone row"
+fi
+# The network section: virt-install, iperf3 on the host, a seed ISO maker and dnsmasq.
+if ((setup && network)); then
+    need=()
+    for tool in virt-install:virtinst iperf3:iperf3 genisoimage:genisoimage \
+                dnsmasq:dnsmasq-base; do
+        command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
+    done
+    if ((${#need[@]})); then
+        log "installing ${need[*]}"
+        get_net() {
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                "${need[@]}" >&2
+        }
+        get_net || { apt-get update -qq >&2 && get_net; } ||
+            { log "could not install ${need[*]}"; exit 1; }
+    fi
 fi
 
 if [[ -n $rev ]]; then
@@ -80,12 +116,14 @@ else
         log "build failed (workspace mid-edit?); retrying in 60 s"
         sleep 60
     done
-    CORRAL=$ROOT/target/release/corral
-    CORRALD=$ROOT/target/release/corrald
+    CORRAL=${CARGO_TARGET_DIR:-$ROOT/target}/release/corral
+    CORRALD=${CARGO_TARGET_DIR:-$ROOT/target}/release/corrald
 fi
 KERNEL=$ROOT/build/guest/vmlinuz
 INITRD=$ROOT/build/guest/initrd.img
-[[ -f $KERNEL && -f $INITRD ]] || { log "no test guest in build/guest: run scripts/setup.sh"; exit 1; }
+if ((!network)) && [[ ! -f $KERNEL || ! -f $INITRD ]]; then
+    log "no test guest in build/guest: run scripts/setup.sh"; exit 1
+fi
 # libvirt's QEMU runs as libvirt-qemu and must be able to read the guest.
 LV_IMAGES=/var/lib/libvirt/images/corral-bench
 # A short path: the QMP/console socket paths under it must fit in sun_path.
@@ -99,6 +137,28 @@ started_virtlogd=''
 had_machine_cgroup=$([[ -d /sys/fs/cgroup/cpu/machine || -d /sys/fs/cgroup/machine ]] && echo 1 || true)
 kvm_mode=$(stat -c '%a' /dev/kvm 2>/dev/null || true)
 kvm_group=$(stat -c '%g' /dev/kvm 2>/dev/null || true)
+# Starting a libvirt NAT network makes iptables(-nft) tables and turns on forwarding.
+nft_tables=$(nft list tables 2>/dev/null || true)
+ip_forward=$(cat /proc/sys/net/ipv4/ip_forward)
+
+# The iptables-nft tables libvirt made for its networks, once libvirtd is gone: dropped
+# only if they were not there before this run and hold nothing but libvirt's own
+# (by then empty) chains and the jumps to them.
+drop_libvirt_tables() {
+    local t rules
+    for t in 'ip filter' 'ip nat' 'ip mangle' 'ip6 filter' 'ip6 nat' 'ip6 mangle'; do
+        grep -qxF "table $t" <<<"$nft_tables" && continue
+        # shellcheck disable=SC2086 # $t is "FAMILY NAME"
+        rules=$(nft list table $t 2>/dev/null) || continue
+        if grep -vE '^\s*(table |chain |type |\}|#|$)' <<<"$rules" |
+            grep -vqE '^\s+counter packets [0-9]+ bytes [0-9]+ jump LIBVIRT_[A-Z]+$'; then
+            log "leaving table $t: it holds rules other than libvirt's"
+            continue
+        fi
+        # shellcheck disable=SC2086
+        nft delete table $t
+    done
+}
 
 cleanup() {
     set +e
@@ -136,8 +196,17 @@ cleanup() {
             fi
         done
     fi
-    [[ -n $started_libvirtd ]] && kill "$started_libvirtd" 2>/dev/null
+    # What bench/network.py makes and removes itself, in case it was killed.
+    ip link del cbnettap0 2>/dev/null
+    ip link del cbnet0 2>/dev/null
+    nft delete table inet cb_netbench 2>/dev/null
+    if [[ -n $started_libvirtd ]]; then
+        kill "$started_libvirtd" 2>/dev/null
+        for _ in $(seq 50); do kill -0 "$started_libvirtd" 2>/dev/null || break; sleep 0.1; done
+        drop_libvirt_tables
+    fi
     [[ -n $started_virtlogd ]] && kill "$started_virtlogd" 2>/dev/null
+    echo "$ip_forward" >/proc/sys/net/ipv4/ip_forward
     if [[ -z $had_machine_cgroup ]]; then
         # rmdir only removes empty cgroups: anything still in use stays.
         for d in /sys/fs/cgroup/*/machine /sys/fs/cgroup/machine; do
@@ -180,18 +249,27 @@ libvirtd_pid=$(pid_of /run/libvirtd.pid) || { log "libvirtd is not running"; exi
 # First contact makes libvirtd probe QEMU's capabilities; not part of any measurement.
 virsh -q -c qemu:///system version >/dev/null
 install -d -m 0755 "$LV_IMAGES"
-install -m 0644 "$KERNEL" "$INITRD" "$LV_IMAGES/"
+((network)) || install -m 0644 "$KERNEL" "$INITRD" "$LV_IMAGES/"
+if ((network)); then
+    # The Debian cloud image (cached under build/images after its first build), where
+    # libvirt's QEMU and Corral's can read it.
+    DEBIAN_IMAGE=$LV_IMAGES/debian-12.qcow2
+    bash "$ROOT/scripts/build-debian-image.sh" "$DEBIAN_IMAGE"
+    chmod 0644 "$DEBIAN_IMAGE"
+fi
 
-# corrald, on a fresh state dir.
-log "starting corrald (state in $WORK/s)"
-"$CORRALD" --state-dir "$WORK/s" --socket "$WORK/sock" --accel tcg 2>"$WORK/corrald.log" &
-corrald_pid=$!
-for _ in $(seq 200); do
-    [[ -S $WORK/sock ]] && break
-    kill -0 "$corrald_pid" 2>/dev/null || { cat "$WORK/corrald.log" >&2; exit 1; }
-    sleep 0.05
-done
-[[ -S $WORK/sock ]] || { log "corrald did not open its socket"; exit 1; }
+# corrald, on a fresh state dir (as root it also makes its `default` NAT network).
+if ((!skip_corral)); then
+    log "starting corrald (state in $WORK/s)"
+    "$CORRALD" --state-dir "$WORK/s" --socket "$WORK/sock" --accel tcg 2>"$WORK/corrald.log" &
+    corrald_pid=$!
+    for _ in $(seq 200); do
+        [[ -S $WORK/sock ]] && break
+        kill -0 "$corrald_pid" 2>/dev/null || { cat "$WORK/corrald.log" >&2; exit 1; }
+        sleep 0.05
+    done
+    [[ -S $WORK/sock ]] || { log "corrald did not open its socket"; exit 1; }
+fi
 
 if ((wait_quiet)); then
     for _ in $(seq 120); do
@@ -201,7 +279,17 @@ if ((wait_quiet)); then
 fi
 log "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 [[ -n $rev ]] && storage_extra+=(--corral-rev "$sha")
-if [[ $only != storage ]]; then
+if ((network)); then
+    corral_args=(--corral "$CORRAL" --socket "$WORK/sock" --state-dir "$WORK/s")
+    ((skip_corral)) && corral_args=(--skip-corral)
+    [[ -n $rev ]] && net_extra+=(--corral-rev "$sha")
+    /usr/bin/python3 "$BENCH/network.py" "${corral_args[@]}" \
+        --image "$DEBIAN_IMAGE" --lv-images "$LV_IMAGES" --work "$WORK" \
+        --json "$BENCH/results/network.json" --md "$BENCH/results/network.md" \
+        --consoles "$BENCH/results/network-consoles" \
+        "${net_extra[@]}"
+    log "raw numbers: bench/results/network.json"
+elif [[ $only != storage ]]; then
     /usr/bin/python3 "$BENCH/bench.py" \
         --corral "$CORRAL" --socket "$WORK/sock" --state-dir "$WORK/s" \
         --corrald-pid "$corrald_pid" --libvirtd-pid "$libvirtd_pid" \
