@@ -156,7 +156,9 @@ class Corral:
         self.env = dict(os.environ, CORRAL_SOCKET=self.sock)
 
     def create_body(self, name: str) -> dict:
-        return {"name": name, "memory_mib": MEMORY_MIB, "vcpus": 1,
+        # No NIC (`"networks": []`), like `--network none`: as root corrald otherwise puts
+        # the VM on its default NAT network, and raw QEMU cannot reuse a tap descriptor.
+        return {"name": name, "memory_mib": MEMORY_MIB, "vcpus": 1, "networks": [],
                 "kernel": {"kernel": self.kernel, "initrd": self.initrd, "cmdline": CMDLINE}}
 
     def create(self, name: str) -> dict:
@@ -204,8 +206,8 @@ class Libvirt:
     def xml(self, name: str) -> str:
         """The libvirt twin of `corral create NAME --memory 256M --vcpus 1 --kernel ...
         --network none`: TCG, same kernel/initrd/cmdline, no disk, no NIC, serial to a
-        file, a pvpanic device like Corral's, and none of the devices libvirt would
-        otherwise add (USB, balloon, video)."""
+        file, and the devices Corral gives every VM: a pvpanic device, a virtio balloon,
+        a VGA with VNC on a Unix socket; none that libvirt would otherwise add (USB)."""
         return f"""<domain type='qemu'>
   <name>{name}</name>
   <memory unit='MiB'>{MEMORY_MIB}</memory>
@@ -223,7 +225,9 @@ class Libvirt:
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
     <controller type='usb' model='none'/>
-    <memballoon model='none'/>
+    <memballoon model='virtio'/>
+    <video><model type='vga'/></video>
+    <graphics type='vnc'><listen type='socket'/></graphics>
     <panic model='isa'/>
     <serial type='file'>
       <source path='{self.console_log(name)}' append='off'/>

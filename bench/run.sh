@@ -13,6 +13,9 @@
 #                                     # run does it after the other sections
 #                                     # network: bench/network.py (Debian guests booted to
 #                                     # sshd, iperf3; ~15 minutes), only when asked for
+#   bash bench/run.sh --only web      # web console vs Cockpit Machines (bench/web.py)
+#   bash bench/run.sh --only metrics  # /metrics with 100 running (paused) VMs vs libvirt's
+#                                     # domain stats vs raw QEMU (bench/metrics.py, ~5 min)
 #   bash bench/run.sh --only network --skip-corral
 #                                     # libvirt and raw QEMU only: no build, no corrald
 #
@@ -60,13 +63,27 @@ done
 
 [[ $(id -u) == 0 ]] || { log "run as root (libvirt's system daemon, QEMU -runas)"; exit 1; }
 case $only in
-    ''|start|many|storage|network) ;;
-    *) log "--only takes start, many, storage or network, not '$only'"; exit 2 ;;
+    ''|start|many|storage|network|web|metrics) ;;
+    *) log "--only takes start, many, storage, network, web or metrics, not '$only'"; exit 2 ;;
 esac
 network=$([[ $only == network ]] && echo 1 || echo 0)
 if ((skip_corral && !network)); then log "--skip-corral is for --only network"; exit 2; fi
 ((skip_corral)) && build=0
 ((setup)) && bash "$BENCH/setup.sh"
+# The web console section (bench/web.py, ~10 minutes): Corral's web console vs Cockpit
+# Machines in headless chromium, 1000 stopped VMs each side; only when asked for.
+# web.py starts and stops what it needs (corrald, dbus, libvirtd, cockpit-ws).
+if [[ $only == web ]]; then
+    ((setup)) && bash "$BENCH/setup.sh" --web
+    if ((build)); then
+        bash "$ROOT/scripts/build-web.sh"
+        (cd "$ROOT" && cargo build --release -p corrald >&2)
+    fi
+    mkdir -p "$BENCH/results"
+    /usr/bin/python3 "$BENCH/web.py" --corrald "${CARGO_TARGET_DIR:-$ROOT/target}/release/corrald" \
+        --out "$BENCH/results/web.json" | tee "$BENCH/results/web.md"
+    exit 0
+fi
 storage=$([[ -z $only || $only == storage ]] && echo 1 || echo 0)
 # The storage section also compares with virt-clone (Debian's virtinst).
 if ((setup && storage)) && ! command -v virt-clone >/dev/null; then
@@ -289,6 +306,12 @@ if ((network)); then
         --consoles "$BENCH/results/network-consoles" \
         "${net_extra[@]}"
     log "raw numbers: bench/results/network.json"
+elif [[ $only == metrics ]]; then
+    /usr/bin/python3 "$BENCH/metrics.py" ${rev:+--corral-rev "$sha"} \
+        --corral "$CORRAL" --socket "$WORK/sock" --corrald-pid "$corrald_pid" \
+        --kernel "$KERNEL" --initrd "$INITRD" --lv-images "$LV_IMAGES" --work "$WORK" \
+        --json "$BENCH/results/metrics.json" --md "$BENCH/results/metrics.md"
+    log "raw numbers: bench/results/metrics.json"
 elif [[ $only != storage ]]; then
     /usr/bin/python3 "$BENCH/bench.py" \
         --corral "$CORRAL" --socket "$WORK/sock" --state-dir "$WORK/s" \

@@ -43,4 +43,29 @@ fi
 have hyperfine || apt-get install -y -qq --no-install-recommends hyperfine >&2 ||
     log "hyperfine not installed (optional)"
 
+# --web: the web console section's peer and browser: cockpit-ws + cockpit-machines
+# (Debian), chromium, node, and playwright-core pinned in bench/web/package.json.
+if [[ ${1:-} == --web ]]; then
+    webneed=()
+    [[ -x /usr/lib/cockpit/cockpit-ws ]] || webneed+=(cockpit-ws cockpit-bridge cockpit-system)
+    [[ -d /usr/share/cockpit/machines ]] || webneed+=(cockpit-machines)
+    # Cockpit shows the system's libvirt only with administrative access, which its
+    # bridge gets through sudo (the bench user is in group sudo for the run).
+    have sudo || webneed+=(sudo)
+    have chromium || webneed+=(chromium)
+    have node || webneed+=(nodejs npm)
+    if ((${#webneed[@]})); then
+        log "installing ${webneed[*]}"
+        policy=/usr/sbin/policy-rc.d
+        made_policy=0
+        if [[ ! -e $policy ]]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+        fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${webneed[@]}" >&2 ||
+            { ((made_policy)) && rm -f "$policy"; log "could not install ${webneed[*]}"; exit 1; }
+        ((made_policy)) && rm -f "$policy"
+    fi
+    (cd "$ROOT/bench/web" && npm install --no-audit --no-fund >&2)
+fi
+
 log "ready: $(virsh --version 2>/dev/null | sed 's/^/libvirt /') $(qemu-system-x86_64 --version | head -1)"

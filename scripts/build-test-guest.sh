@@ -28,10 +28,11 @@ export PATH="$PATH:/usr/sbin:/sbin" LC_ALL=C
 # its PS/2, serial console, devtmpfs and AF_PACKET are built in. pvpanic_mmio
 # drives QEMU's ISA pvpanic device, so a guest panic is reported over QMP. ata_piix,
 # sr_mod and isofs read CD-ROMs on the `pc` machine's IDE (a cloud-init seed, for
-# one). Dependencies (virtio_ring, net_failover, scsi_mod, libata, cdrom, ...) are
+# one). virtio_balloon reports the guest's memory use (the metrics' balloon source).
+# Dependencies (virtio_ring, net_failover, scsi_mod, libata, cdrom, ...) are
 # added automatically.
 MODULES=(virtio_pci virtio_mmio virtio_blk virtio_net virtio_scsi sd_mod
-    virtio_console virtio_rng button evdev pvpanic_mmio ata_piix sr_mod isofs)
+    virtio_console virtio_rng virtio_balloon button evdev pvpanic_mmio ata_piix sr_mod isofs)
 
 die() { echo "build-test-guest: $*" >&2; exit 1; }
 

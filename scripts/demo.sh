@@ -9,6 +9,7 @@ STATE=${CORRAL_STATE_DIR:-/var/lib/corral}
 export CORRAL_SOCKET=${CORRAL_SOCKET:-/run/corral/corral.sock}
 
 bash scripts/setup.sh
+bash scripts/build-web.sh   # the web console, embedded into corrald by its build
 echo "demo: building (cargo build)" >&2
 cargo build --quiet --bins
 BIN=$ROOT/target/debug
@@ -17,7 +18,8 @@ install -m 0755 "$BIN/corral" "$BIN/corrald" /usr/local/bin/
 if ! corral host info >/dev/null 2>&1; then
     mkdir -p /var/log/corral
     echo "demo: starting corrald (log: /var/log/corral/corrald.log)" >&2
-    setsid corrald --state-dir "$STATE" --socket "$CORRAL_SOCKET" \
+    # The web console and remote API on loopback only; widen --listen to open it up.
+    setsid corrald --state-dir "$STATE" --socket "$CORRAL_SOCKET" --listen 127.0.0.1:8443 \
         >>/var/log/corral/corrald.log 2>&1 </dev/null &
     for _ in $(seq 100); do corral host info >/dev/null 2>&1 && break; sleep 0.1; done
 fi
@@ -44,4 +46,8 @@ The demo VM is running. Try:
   corral show demo           # spec, state, disks, events
   corral stop demo           # ACPI shutdown
   corral delete demo
+
+The web console: https://127.0.0.1:8443/ (self-signed; compare the fingerprint with
+`corral host info`). Make a login first:
+  corral user add admin --role admin
 MSG

@@ -23,6 +23,8 @@ have cpio || need+=(cpio)
 have depmod || [[ -x /usr/sbin/depmod ]] || need+=(kmod)
 have dpkg-deb || need+=(dpkg)
 have python3 || need+=(python3)
+# The remote-API tests speak HTTPS with curl, checking the daemon's certificate.
+have curl || need+=(curl ca-certificates)
 have flock || need+=(util-linux)
 have ps || need+=(procps)
 have tar || need+=(tar)
@@ -59,6 +61,13 @@ if dm_present; then
 else
     log "no device-mapper in this kernel: lvm-thin pools are unavailable, lvm2 not installed"
 fi
+# The web console's build (scripts/build-web.sh) and its browser tests (Playwright
+# driving Debian's headless chromium).
+have node || need+=(nodejs)
+have npm || need+=(npm)
+have chromium || need+=(chromium)
+# `promtool check metrics` validates the /metrics exposition in the metrics test.
+have promtool || need+=(prometheus)
 if ((${#need[@]})); then
     log "installing ${need[*]}"
     apt-get update -qq
@@ -82,4 +91,13 @@ bash "$ROOT/scripts/build-test-guest.sh" "$BUILD/guest" >&2
 # The accelerator probe boots this kernel by default.
 install -D -m 0644 "$BUILD/guest/vmlinuz" /usr/share/corral/guest/vmlinuz
 install -D -m 0644 "$BUILD/guest/initrd.img" /usr/share/corral/guest/initrd.img
+
+# The API fuzzer (crates/corral-tests/tests/api_fuzz.rs): schemathesis from PyPI, pinned,
+# in a virtualenv under the build dir (never into the system's Python).
+SCHEMATHESIS_VERSION=4.32.5
+if ! "$BUILD/venv/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    log "installing schemathesis $SCHEMATHESIS_VERSION into $BUILD/venv"
+    python3 -m venv "$BUILD/venv" >&2 || { apt-get install -y -qq python3-venv >&2 && python3 -m venv "$BUILD/venv" >&2; }
+    "$BUILD/venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >&2
+fi
 log "ready"

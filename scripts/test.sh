@@ -12,6 +12,7 @@ bash scripts/setup.sh
 # built from Debian's packages once, cached under build/images by its recipe.
 export CORRAL_DEBIAN_IMAGE=${CORRAL_DEBIAN_IMAGE:-$ROOT/build/debian-12.qcow2}
 bash scripts/build-debian-image.sh "$CORRAL_DEBIAN_IMAGE" >&2
+bash scripts/build-web.sh
 echo "test: cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "test: cargo clippy" >&2

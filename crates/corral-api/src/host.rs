@@ -63,6 +63,12 @@ pub struct HostInfo {
     /// Every network driver, what it can do, and whether this host can use it.
     #[serde(default)]
     pub network_drivers: Vec<crate::network::NetworkDriverInfo>,
+    /// HTTPS addresses the API and web console are served on (`corrald --listen`).
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// SHA-256 of the HTTPS certificate (lowercase hex), for clients to pin.
+    #[serde(default)]
+    pub tls_fingerprint: Option<String>,
 }
 
 /// A pool driver and whether it works on this host (checked when asked, not cached).

@@ -43,6 +43,29 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
+/// `90s`, `30m`, `12h`, `7d` (a bare number is seconds) → seconds; at least one.
+pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (e.g. 90s, 30m, 12h, 7d)"))?;
+    let scale = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("unknown unit in '{text}' (use s, m, h or d)")),
+    };
+    match n.checked_mul(scale) {
+        Some(0) => Err("a duration of zero is too short".into()),
+        Some(secs) => Ok(secs),
+        None => Err(format!("'{text}' is too long")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

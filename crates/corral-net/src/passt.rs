@@ -28,6 +28,20 @@ pub struct PasstConfig {
     pub forwards: Vec<(Protocol, u16, u16)>,
 }
 
+impl PasstConfig {
+    /// The passt of the NIC with this MAC, its files in the VM's runtime directory
+    /// `dir`. Named by MAC, not by place, so that a NIC plugged or unplugged while the
+    /// VM runs finds its own passt.
+    pub fn for_nic(dir: &Path, mac: &str) -> PasstConfig {
+        let id = mac.replace(':', "").to_ascii_lowercase();
+        PasstConfig {
+            socket: dir.join(format!("passt-{id}.sock")),
+            pidfile: dir.join(format!("passt-{id}.pid")),
+            forwards: Vec::new(),
+        }
+    }
+}
+
 /// passt's argv after the program name (pure). Its log goes next to the pidfile
 /// (`<pidfile>.log`, e.g. `passt-0.pid.log`).
 pub fn args(cfg: &PasstConfig) -> Vec<String> {
@@ -82,7 +96,9 @@ pub async fn spawn(cfg: &PasstConfig) -> Result<u32, NetError> {
     }
     let argv = args(cfg);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    crate::sys::run(&passt, &argv, None).await?;
+    crate::sys::run(&passt, &argv, None)
+        .await
+        .map_err(no_route_is_the_hosts_state)?;
     let command = || format!("{} {}", passt.display(), argv.join(" "));
     let pid = crate::sys::read_pidfile(&cfg.pidfile).ok_or_else(|| NetError::Command {
         command: command(),
@@ -109,6 +125,39 @@ pub async fn spawn(cfg: &PasstConfig) -> Result<u32, NetError> {
             log.trim()
         ),
     })
+}
+
+/// Stops the passt of `cfg` if it still runs, and removes its socket, pidfile and log.
+/// `--one-off` ends passt when QEMU closes its end, but a NIC unplugged from a running
+/// QEMU 7.2 leaves that connection open, so the daemon ends it. The pid is only
+/// signalled if its command line names this socket: a reused pid is left alone.
+pub fn stop(cfg: &PasstConfig) {
+    if let Some(pid) = crate::sys::read_pidfile(&cfg.pidfile) {
+        let socket = cfg.socket.display().to_string();
+        if crate::sys::cmdline(pid).contains(&socket) {
+            let _ = crate::sys::signal(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+    for file in [&cfg.socket, &cfg.pidfile, &log_path(cfg)] {
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// passt refuses to start on a host with no route out (a namespace with only loopback):
+/// that is the host's state, not a bug, and a NAT network still works there.
+fn no_route_is_the_hosts_state(e: NetError) -> NetError {
+    match e {
+        NetError::Command { stderr, .. } if stderr.contains("No external routable interface") => {
+            NetError::Unsupported {
+                message: "a user NIC (passt) needs a route out of this host, and it has none"
+                    .into(),
+                hint: "put the VM on a NAT or isolated network (`--network nat`), or give the \
+                       host a default route"
+                    .into(),
+            }
+        }
+        other => other,
+    }
 }
 
 /// Whether a Unix socket bound at `path` listens in this network namespace

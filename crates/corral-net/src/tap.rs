@@ -62,14 +62,23 @@ pub fn open_tap(name: &str) -> Result<OwnedFd, NetError> {
     Ok(file.into())
 }
 
-/// The tap name of a VM's NIC: `ct` + 8 hex digits of the VM's UUID + `-` + index
-/// (fits IFNAMSIZ; stable, so firewall rules can name it before it exists).
-pub fn tap_name(vm: &uuid::Uuid, index: usize) -> String {
-    format!("ct{}-{index}", &vm.simple().to_string()[..8])
+/// The tap name of a NIC: `ct` + the MAC's 12 hex digits (14 bytes, fits IFNAMSIZ).
+/// MACs are unique on a host, so the name is too; it is stable, so firewall rules can
+/// name it before it exists, and it stays the NIC's whatever its place in the VM's
+/// spec, so NICs plugged or unplugged while a VM runs keep their taps apart.
+pub fn tap_name(mac: &str) -> String {
+    format!("ct{}", mac.replace(':', "").to_ascii_lowercase())
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tap_names_come_from_the_mac_and_fit() {
+        let name = super::tap_name("52:54:00:AB:cd:01");
+        assert_eq!(name, "ct525400abcd01");
+        assert!(name.len() < libc::IFNAMSIZ);
+    }
+
     #[test]
     fn ifreq_has_the_kernels_size() {
         assert_eq!(std::mem::size_of::<super::IfReq>(), 40);

@@ -54,7 +54,9 @@ async fn ensure_bridge_is_idempotent_and_refuses_other_kinds() {
 async fn a_tap_opens_attaches_and_vanishes_with_its_descriptor() {
     private_netns();
     link::ensure_bridge("corraltest1", None).await.unwrap();
-    let name = tap::tap_name(&uuid::Uuid::new_v4(), 0);
+    let id = uuid::Uuid::new_v4();
+    let b = id.as_bytes();
+    let name = tap::tap_name(&format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2]));
     let fd = tap::open_tap(&name).unwrap();
     // Close-on-exec: the QEMU launcher picks what QEMU inherits.
     let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();

@@ -68,5 +68,12 @@ async fn passt_without_an_uplink_says_why() {
     private_netns();
     let tmp = tempfile::tempdir().unwrap();
     let err = passt::spawn(&config(tmp.path())).await.unwrap_err();
-    assert!(err.to_string().contains("interface"), "{err}");
+    // The host's state, told as such (409 in the API), with what to do instead.
+    match err {
+        corral_net::NetError::Unsupported { message, hint } => {
+            assert!(message.contains("route out"), "{message}");
+            assert!(hint.contains("NAT"), "{hint}");
+        }
+        other => panic!("expected Unsupported, got {other}"),
+    }
 }

@@ -27,6 +27,10 @@ impl VmPaths {
     pub fn console_socket(&self) -> PathBuf {
         self.dir.join("console.sock")
     }
+    /// QEMU's VNC server (a Unix socket, never TCP); the daemon proxies it to websockets.
+    pub fn vnc_socket(&self) -> PathBuf {
+        self.dir.join("vnc.sock")
+    }
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")
     }
@@ -113,6 +117,30 @@ pub fn protocol_driver(block_device: bool) -> &'static str {
     }
 }
 
+/// How many empty PCIe root ports a q35 VM gets for devices plugged while it runs
+/// (its root bus takes none); libvirt likewise adds spare ports.
+pub const HOTPLUG_PORTS: usize = 4;
+
+/// The ids of the spare root ports hot-plugged devices go into: none on `pc`, whose
+/// root bus takes them (ACPI hot-plug), [`HOTPLUG_PORTS`] on q35.
+pub fn hotplug_ports(machine: Machine) -> Vec<String> {
+    match machine {
+        Machine::Pc => Vec::new(),
+        Machine::Q35 => (0..HOTPLUG_PORTS).map(|i| format!("hp{i}")).collect(),
+    }
+}
+
+/// A NIC's netdev id, from its MAC (unique on the host): stable whatever the NIC's
+/// place in the spec, so a NIC plugged or unplugged while the VM runs is found again.
+pub fn nic_netdev_id(mac: &str) -> String {
+    format!("net-{}", mac.replace(':', "").to_ascii_lowercase())
+}
+
+/// A NIC's guest device id (see [`nic_netdev_id`]).
+pub fn nic_device_id(mac: &str) -> String {
+    format!("{}-dev", nic_netdev_id(mac))
+}
+
 /// Builds QEMU's arguments (without the binary itself).
 pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
     let spec = cfg.spec;
@@ -155,6 +183,7 @@ pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
         format!("unix:{},server=on,wait=off", path(&cfg.paths.qmp_socket())),
     );
     serial_args(&mut a, cfg.paths);
+    display_args(&mut a, cfg.paths);
     agent_args(&mut a, cfg.paths);
     for (i, disk) in spec.disks.iter().enumerate() {
         let fds = cfg.disk_fds.iter().find(|f| f.disk == disk.id);
@@ -179,22 +208,40 @@ pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
             a.push2("-append", cmdline.clone());
         }
     }
-    for (i, (nic, backend)) in spec.nics.iter().zip(cfg.nics).enumerate() {
+    for (nic, backend) in spec.nics.iter().zip(cfg.nics) {
+        let id = nic_netdev_id(&nic.mac);
         match backend {
-            NicBackend::Tap { fd } => a.push2("-netdev", format!("tap,id=net{i},fd={fd}")),
+            NicBackend::Tap { fd } => a.push2("-netdev", format!("tap,id={id},fd={fd}")),
             NicBackend::Stream { socket } => a.push2(
                 "-netdev",
                 format!(
-                    "stream,id=net{i},server=off,addr.type=unix,addr.path={}",
+                    "stream,id={id},server=off,addr.type=unix,addr.path={}",
                     socket.display()
                 ),
             ),
         }
         a.push2(
             "-device",
-            format!("virtio-net-pci,netdev=net{i},id=net{i}-dev,mac={}", nic.mac),
+            format!(
+                "virtio-net-pci,netdev={id},id={},mac={}",
+                nic_device_id(&nic.mac),
+                nic.mac
+            ),
         );
     }
+    for (chassis, port) in (1..).zip(hotplug_ports(spec.machine)) {
+        a.push2(
+            "-device",
+            format!("pcie-root-port,id={port},chassis={chassis}"),
+        );
+    }
+    // The guest reports its own memory use through the balloon's statistics (the
+    // metrics collector reads them); the balloon is never inflated by Corral, and
+    // deflates by itself should the guest run out of memory.
+    a.push2(
+        "-device",
+        "virtio-balloon-pci,id=balloon0,deflate-on-oom=on",
+    );
     // A panicking guest tells QEMU (pvpanic), which keeps it paused for inspection;
     // the daemon shows the VM as crashed instead of silently hung.
     a.push2("-device", "pvpanic");
@@ -223,6 +270,14 @@ fn serial_args(a: &mut Args, paths: &VmPaths) {
         ),
     );
     a.push2("-serial", "chardev:serial0");
+}
+
+fn display_args(a: &mut Args, paths: &VmPaths) {
+    // A graphical console for every VM: a VGA card whose screen QEMU's VNC server shows
+    // on a Unix socket (no TCP port: the daemon proxies it, behind its auth). `-display
+    // none` above only rules out a local window; the VNC server is separate from it.
+    a.push2("-device", "VGA,id=vga0");
+    a.push2("-vnc", format!("unix:{}", path(&paths.vnc_socket())));
 }
 
 fn agent_args(a: &mut Args, paths: &VmPaths) {

@@ -42,12 +42,11 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::device::{run_to_completion, WaitError};
+use crate::qmp::{Qmp, QmpError};
 use corral_api::DiskFormat;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::broadcast::error::RecvError;
-
-use crate::qmp::{Event, Qmp, QmpError};
 
 /// How long [`detach_disk`] waits for the guest to release the device. A Linux
 /// guest answers the ACPI unplug request within about a second.
@@ -88,6 +87,9 @@ pub struct HotDisk {
     pub read_only: bool,
     /// The device model.
     pub bus: HotBus,
+    /// Spare PCIe root ports to plug into (q35); empty on `pc`, whose root bus
+    /// takes hot-plugged devices itself. See [`crate::argv::hotplug_ports`].
+    pub ports: Vec<String>,
 }
 
 impl HotDisk {
@@ -194,7 +196,10 @@ pub async fn attach_disk(qmp: &Qmp, spec: &HotDisk) -> Result<(), HotplugError> 
     validate_node(&spec.node)?;
     let (qmp, spec) = (qmp.clone(), spec.clone());
     let node = spec.node.clone();
-    run_to_completion(node, async move { attach(&qmp, &spec).await }).await
+    run_to_completion(async move { attach(&qmp, &spec).await }, || {
+        HotplugError::Interrupted { node }
+    })
+    .await
 }
 
 /// Detach disk `node`: `device_del`, wait up to [`UNPLUG_TIMEOUT`] for the guest
@@ -215,9 +220,13 @@ pub async fn detach_disk_with_timeout(
 ) -> Result<(), HotplugError> {
     validate_node(node)?;
     let (qmp, owned) = (qmp.clone(), node.to_owned());
-    run_to_completion(node.to_owned(), async move {
-        detach(&qmp, &owned, timeout).await
-    })
+    let interrupted = || HotplugError::Interrupted {
+        node: node.to_owned(),
+    };
+    run_to_completion(
+        async move { detach(&qmp, &owned, timeout).await },
+        interrupted,
+    )
     .await
 }
 
@@ -316,7 +325,7 @@ async fn attach(qmp: &Qmp, spec: &HotDisk) -> Result<(), HotplugError> {
         undo_fdset(qmp, node, added.fdset_id).await;
         return Err(qmp_err("blockdev-add", node)(e));
     }
-    if let Err(e) = qmp.execute_raw("device_add", Some(device_args(spec))).await {
+    if let Err(e) = crate::device::add_in_free_port(qmp, device_args(spec), &spec.ports).await {
         undo_blockdev(qmp, node).await;
         undo_fdset(qmp, node, added.fdset_id).await;
         return Err(qmp_err("device_add", node)(e));
@@ -344,7 +353,13 @@ async fn detach(qmp: &Qmp, node: &str, timeout: Duration) -> Result<(), HotplugE
         Err(e) => return Err(qmp_err("device_del", node)(e)),
     };
     if device_found {
-        wait_device_deleted(qmp, &mut events, node, &device, timeout).await?;
+        match crate::device::wait_deleted(qmp, &mut events, &device, timeout).await {
+            Ok(()) => {}
+            Err(WaitError::TimedOut) => {
+                return Err(HotplugError::UnplugTimeout { device, timeout })
+            }
+            Err(WaitError::Qmp(command, e)) => return Err(qmp_err(command, node)(e)),
+        }
     }
 
     // The disk is its node, plus the overlays live snapshots put on top of it.
@@ -417,57 +432,6 @@ async fn sweep_stale_fdsets(qmp: &Qmp, node: &str) {
     if let Err(e) = sweep.await {
         tracing::warn!(node, error = %e, "cannot sweep stale fd sets; going on");
     }
-}
-
-/// Wait for `DEVICE_DELETED` naming `device`. QEMU also sends one for the
-/// device's virtio backend (a QOM path, no `device` member); that one is skipped.
-async fn wait_device_deleted(
-    qmp: &Qmp,
-    events: &mut tokio::sync::broadcast::Receiver<Event>,
-    node: &str,
-    device: &str,
-    timeout: Duration,
-) -> Result<(), HotplugError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Err(_) => {
-                return Err(HotplugError::UnplugTimeout {
-                    device: device.to_owned(),
-                    timeout,
-                })
-            }
-            Ok(Ok(ev)) if is_deleted(&ev, device) => return Ok(()),
-            Ok(Ok(_)) => {}
-            // Missed some events: ask QEMU instead whether the device is still there.
-            Ok(Err(RecvError::Lagged(_))) => {
-                if !device_exists(qmp, device)
-                    .await
-                    .map_err(qmp_err("qom-list", node))?
-                {
-                    return Ok(());
-                }
-            }
-            Ok(Err(RecvError::Closed)) => {
-                return Err(qmp_err("device_del", node)(QmpError::Disconnected))
-            }
-        }
-    }
-}
-
-fn is_deleted(ev: &Event, device: &str) -> bool {
-    ev.name == "DEVICE_DELETED" && ev.data.get("device").and_then(Value::as_str) == Some(device)
-}
-
-/// Whether a device with this id exists (user-created devices live under
-/// `/machine/peripheral`).
-async fn device_exists(qmp: &Qmp, device: &str) -> Result<bool, QmpError> {
-    let children: Vec<Value> = qmp
-        .execute("qom-list", Some(json!({ "path": "/machine/peripheral" })))
-        .await?;
-    Ok(children
-        .iter()
-        .any(|c| c.get("name").and_then(Value::as_str) == Some(device)))
 }
 
 /// Open the image with the access mode QEMU will ask `/dev/fdset/<id>` for.
@@ -577,19 +541,6 @@ fn validate_node(node: &str) -> Result<(), HotplugError> {
         return invalid("only letters, digits, '-', '.' and '_' are allowed");
     }
     Ok(())
-}
-
-/// Run `op` in its own task and wait for it, so dropping the caller's future
-/// cannot interrupt a multi-step operation halfway.
-async fn run_to_completion<F>(node: String, op: F) -> Result<(), HotplugError>
-where
-    F: std::future::Future<Output = Result<(), HotplugError>> + Send + 'static,
-{
-    match tokio::spawn(op).await {
-        Ok(result) => result,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => Err(HotplugError::Interrupted { node }),
-    }
 }
 
 #[cfg(test)]

@@ -330,6 +330,7 @@ fn disk(node: &str, path: &Path, format: DiskFormat, read_only: bool) -> HotDisk
         format,
         read_only,
         bus: HotBus::VirtioBlk,
+        ports: Vec::new(),
     }
 }
 

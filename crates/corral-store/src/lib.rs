@@ -4,7 +4,10 @@
 //! The default is [`SqliteStore`]: one SQLite file in the state dir, WAL mode, versioned
 //! migrations.
 
+mod access;
 mod sqlite;
+
+pub use access::{AccessStore, SessionRecord, AUDIT_KEPT};
 
 pub use sqlite::SqliteStore;
 
@@ -52,7 +55,7 @@ pub struct VmRecord {
 
 /// Where Corral keeps its state. Implementations must be safe to share between threads
 /// and must make each call atomic.
-pub trait Store: Send + Sync {
+pub trait Store: AccessStore + Send + Sync {
     /// Adds a VM; fails with `AlreadyExists` if the name is taken (exactly one of several
     /// concurrent creates of a name wins).
     fn insert_vm(&self, record: &VmRecord) -> Result<()>;

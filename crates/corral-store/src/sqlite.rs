@@ -15,6 +15,8 @@ use uuid::Uuid;
 
 use crate::{Result, Store, StoreError, VmRecord};
 
+mod access;
+
 /// Schema history. Append only: a released migration is never edited.
 fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
@@ -68,6 +70,28 @@ fn migrations() -> Migrations<'static> {
             "CREATE TABLE networks (
                  name TEXT PRIMARY KEY,
                  spec TEXT NOT NULL
+             );",
+        ),
+        M::up(
+            "CREATE TABLE users (
+                 username TEXT PRIMARY KEY,
+                 password_hash TEXT NOT NULL,
+                 role TEXT NOT NULL,
+                 created_ms INTEGER NOT NULL
+             );
+             CREATE TABLE tokens (
+                 id TEXT PRIMARY KEY,
+                 secret_hash TEXT NOT NULL,
+                 body TEXT NOT NULL
+             );
+             CREATE TABLE sessions (
+                 key_hash TEXT PRIMARY KEY,
+                 username TEXT NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+                 expires_ms INTEGER NOT NULL
+             );
+             CREATE TABLE audit (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 body TEXT NOT NULL
              );",
         ),
     ])

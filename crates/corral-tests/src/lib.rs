@@ -13,6 +13,7 @@ pub use serde_json::Value;
 
 /// The workspace root.
 pub mod netns;
+pub mod remote;
 pub use netns::{NetNs, World};
 
 pub fn workspace() -> PathBuf {
@@ -190,6 +191,7 @@ impl Daemon {
     pub fn corral(&self, args: &[&str]) -> Output {
         Command::new(bin("corral"))
             .env("CORRAL_SOCKET", &self.socket)
+            .env("CORRAL_CONFIG_DIR", self.dir.path().join("config"))
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -200,6 +202,7 @@ impl Daemon {
     pub fn corral_spawn(&self, args: &[&str]) -> std::process::Child {
         Command::new(bin("corral"))
             .env("CORRAL_SOCKET", &self.socket)
+            .env("CORRAL_CONFIG_DIR", self.dir.path().join("config"))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -245,6 +248,7 @@ impl Daemon {
         use std::io::Write;
         let mut child = Command::new(bin("corral"))
             .env("CORRAL_SOCKET", &self.socket)
+            .env("CORRAL_CONFIG_DIR", self.dir.path().join("config"))
             .args(["console", name])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -29,6 +29,17 @@ fn http_get(ns: &NetNs, url: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Waits until `ip` answers ping from `ns`. dnsmasq records a lease when it sends
+/// the ACK, before the guest's DHCP client has put the address on its interface, so
+/// a loaded host can see the lease a few seconds before the guest answers.
+fn wait_ping(ns: &NetNs, ip: &str) {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{ip} to answer ping"),
+        || ns.exec(&["ping", "-c", "1", "-W", "2", ip]),
+    );
+}
+
 fn nic(vm: &Value) -> &Value {
     &vm["spec"]["nics"][0]
 }
@@ -85,7 +96,7 @@ fn nat_network_dhcp_masquerade_forwards_and_restarts() {
         "corral list shows the leased address: {addresses}"
     );
     assert!(d.ok(&["list"]).contains(&leased), "the IP column");
-    assert!(w.host.exec(&["ping", "-c", "1", "-W", "3", &leased]));
+    wait_ping(&w.host, &leased);
 
     // Out through the masquerade: the outside sees the host's uplink address.
     d.guest_run(
@@ -118,7 +129,7 @@ fn nat_network_dhcp_masquerade_forwards_and_restarts() {
 
     // The daemon dies: the guest keeps its network.
     d.kill9();
-    assert!(w.host.exec(&["ping", "-c", "1", "-W", "3", &leased]));
+    wait_ping(&w.host, &leased);
     assert_eq!(
         http_get(&w.outside, "http://198.51.100.1:8080/").as_deref(),
         Some("corral-forward-ok\n")
@@ -330,7 +341,7 @@ fn isolated_network_and_host_bridge() {
     // VM to VM and host to VM work; nothing leaves for the outside.
     d.guest_run("a", &format!("ping -c 1 -W 3 {ip_b} && echo PING-B-OK"));
     assert!(d.console_log("a").contains("PING-B-OK"));
-    assert!(w.host.exec(&["ping", "-c", "1", "-W", "3", &ip_a]));
+    wait_ping(&w.host, &ip_a);
     d.guest_run(
         "a",
         "ip route add default via 10.0.9.1; wget -q -T 3 -O - http://198.51.100.2:8080/ || echo NO-WAY-OUT",

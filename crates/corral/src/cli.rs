@@ -5,6 +5,7 @@
 //! checked here, so a mistyped command is a usage error (exit 2) before anything is sent.
 //! Pools and volumes have their own modules, [`pool`] and [`volume`].
 
+mod access;
 mod image;
 mod network;
 mod pool;
@@ -20,6 +21,7 @@ use corral_api::{DiskRequest, Machine};
 use crate::create::{parse_disk_spec, parse_memory_mib, CloudInitArgs};
 use crate::output::OutputArgs;
 
+pub use access::*;
 pub use image::*;
 pub use network::*;
 pub use pool::*;
@@ -50,6 +52,17 @@ pub struct Cli {
         value_name = "PATH"
     )]
     pub socket: PathBuf,
+
+    /// Send the command to this remote (`corral remote list`) instead of the default
+    /// (`local` is the socket).
+    #[arg(
+        long,
+        global = true,
+        display_order = 901,
+        env = "CORRAL_REMOTE",
+        value_name = "NAME"
+    )]
+    pub remote: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -98,6 +111,9 @@ pub enum Command {
     /// Networks: NAT, isolated and bridged, with port forwards
     #[command(subcommand, visible_alias = "net")]
     Network(NetworkCommand),
+    /// A VM's NICs: add, list, remove
+    #[command(subcommand)]
+    Nic(NicCommand),
     /// A VM's firewall rules (nftables on its bridged NICs)
     #[command(subcommand, visible_alias = "fw")]
     Firewall(FirewallCommand),
@@ -109,6 +125,21 @@ pub enum Command {
     Operation(OperationCommand),
     /// What happened recently, oldest first
     Events(EventsArgs),
+    /// Follow events as they happen (state changes, operations, consoles); Ctrl-C ends
+    Monitor(MonitorArgs),
+    /// API tokens for scripts, the CLI on other machines and Prometheus
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Users of the web console
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Who did what through the API: changes, consoles, refusals
+    Audit(AuditArgs),
+    /// Who the daemon takes you for, and your role
+    Whoami(OutputArgs),
+    /// Other hosts' corrald over HTTPS: add (trusting its certificate), list, switch
+    #[command(subcommand)]
+    Remote(RemoteCommand),
 }
 
 const CREATE_EXAMPLES: &str = "\
@@ -361,6 +392,16 @@ pub enum OperationCommand {
 pub struct OperationArgs {
     /// Operation id (a UUID).
     pub id: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `corral monitor [VM]`.
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// Only events about this VM.
+    pub vm: Option<String>,
+    /// `json`: one JSON event per line.
     #[command(flatten)]
     pub output: OutputArgs,
 }

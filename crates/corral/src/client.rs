@@ -1,4 +1,5 @@
-//! corrald's REST API over its Unix socket: JSON requests, typed replies, friendly errors.
+//! corrald's REST API over its Unix socket, or over HTTPS to a remote (see
+//! [`crate::remote`]): JSON requests, typed replies, friendly errors.
 //!
 //! One HTTP/1.1 connection per request keeps the client stateless and simple; a CLI run
 //! makes a handful of requests at most, so pooling would buy nothing.
@@ -9,13 +10,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::header::{ACCEPT, CONTENT_TYPE, HOST};
+use hyper::header::{ACCEPT, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
 use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::WebSocketStream;
 
 use corral_api::ErrorBody;
@@ -25,15 +28,62 @@ use crate::error::CliError;
 /// Where every API path starts.
 pub const API: &str = "/api/v1";
 
-/// A client for one corrald, named by its socket path.
+/// Any byte stream to corrald: the Unix socket or a TLS connection.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub type Stream = Box<dyn Io>;
+
+/// A client for one corrald: its socket, or a remote by URL, pinned certificate and token.
 pub struct Client {
-    socket: PathBuf,
+    target: Target,
+}
+
+enum Target {
+    Unix(PathBuf),
+    Remote {
+        name: String,
+        host: String,
+        port: u16,
+        remote: crate::remote::Remote,
+    },
 }
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Client {
-            socket: socket.into(),
+            target: Target::Unix(socket.into()),
+        }
+    }
+
+    pub fn remote(name: &str, remote: crate::remote::Remote) -> Result<Self> {
+        let (host, port) = crate::remote::parse_url(&remote.url)?;
+        Ok(Client {
+            target: Target::Remote {
+                name: name.to_string(),
+                host,
+                port,
+                remote,
+            },
+        })
+    }
+
+    /// `Host` and, for a remote, `Authorization`.
+    fn headers(&self) -> Vec<(&'static str, String)> {
+        match &self.target {
+            Target::Unix(_) => vec![("host", "localhost".to_string())],
+            Target::Remote {
+                host, port, remote, ..
+            } => vec![
+                ("host", format!("{host}:{port}")),
+                ("authorization", format!("Bearer {}", remote.token)),
+            ],
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.target {
+            Target::Unix(socket) => socket.display().to_string(),
+            Target::Remote { name, remote, .. } => format!("{} (remote {name})", remote.url),
         }
     }
 
@@ -73,10 +123,18 @@ impl Client {
 
     /// Opens a WebSocket at `path`; an HTTP refusal (VM stopped, unknown VM) becomes the
     /// daemon's own error rather than a bare "handshake failed".
-    pub async fn websocket(&self, path: &str) -> Result<WebSocketStream<UnixStream>> {
+    pub async fn websocket(&self, path: &str) -> Result<WebSocketStream<Stream>> {
         let stream = self.connect().await?;
-        let url = format!("ws://localhost{path}");
-        match tokio_tungstenite::client_async(url, stream).await {
+        let mut request = format!("ws://localhost{path}")
+            .into_client_request()
+            .context("building the websocket request")?;
+        for (name, value) in self.headers() {
+            request.headers_mut().insert(
+                name,
+                value.parse().context("a header value is not valid text")?,
+            );
+        }
+        match tokio_tungstenite::client_async(request, stream).await {
             Ok((ws, _response)) => Ok(ws),
             Err(tungstenite::Error::Http(response)) => {
                 let body = response.body().as_deref().unwrap_or_default();
@@ -88,26 +146,7 @@ impl Client {
 
     /// Sends one request; a 2xx reply gives its body, anything else the daemon's error.
     async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Bytes> {
-        let stream = self.connect().await?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.lost(e))?;
-        // The connection future does the actual I/O; it ends once the reply is read.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(HOST, "localhost")
-            .header(ACCEPT, "application/json")
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .context("building the request")?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| self.lost(e))?;
+        let response = self.open(method, path, body).await?;
         let status = response.status();
         let bytes = response
             .into_body()
@@ -122,16 +161,81 @@ impl Client {
         }
     }
 
-    async fn connect(&self) -> Result<UnixStream> {
-        UnixStream::connect(&self.socket)
+    /// `GET` of a stream that never ends by itself (server-sent events): each complete
+    /// line is handed to `each_line` as it arrives.
+    pub async fn follow(
+        &self,
+        path: &str,
+        mut each_line: impl FnMut(&str) -> Result<()>,
+    ) -> Result<()> {
+        let response = self.open(Method::GET, path, None).await?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await.map_err(|e| self.lost(e))?.to_bytes();
+            return Err(api_error(status, &bytes).into());
+        }
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.lost(e))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            pending.extend_from_slice(data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                each_line(String::from_utf8_lossy(&line).trim_end())?;
+            }
+        }
+        Err(CliError::new(format!("corrald at {} closed the stream", self.describe())).into())
+    }
+
+    async fn open(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
+        let stream = self.connect().await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| connect_error(&self.socket, &e).into())
+            .map_err(|e| self.lost(e))?;
+        // The connection future does the actual I/O; it ends once the reply is read.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut request = Request::builder().method(method).uri(path);
+        for (name, value) in self.headers() {
+            request = request.header(name, value);
+        }
+        let request = request
+            .header(ACCEPT, "application/json")
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .context("building the request")?;
+        sender.send_request(request).await.map_err(|e| self.lost(e))
+    }
+
+    async fn connect(&self) -> Result<Stream> {
+        match &self.target {
+            Target::Unix(socket) => match UnixStream::connect(socket).await {
+                Ok(s) => Ok(Box::new(s)),
+                Err(e) => Err(connect_error(socket, &e).into()),
+            },
+            Target::Remote {
+                host, port, remote, ..
+            } => {
+                let (tls, _) =
+                    crate::remote::connect(host, *port, Some(&remote.fingerprint)).await?;
+                Ok(Box::new(tls))
+            }
+        }
     }
 
     fn lost(&self, e: hyper::Error) -> anyhow::Error {
         CliError::new(format!(
             "lost the connection to corrald at {}: {e}",
-            self.socket.display()
+            self.describe()
         ))
         .with_hint("check corrald's log; it may have stopped or restarted")
         .into()

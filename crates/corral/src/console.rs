@@ -11,7 +11,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};
-use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -31,7 +30,7 @@ const DRAIN_MAX: Duration = Duration::from_secs(5);
 /// How long to wait for the daemon to acknowledge our close.
 const HANG_UP_MAX: Duration = Duration::from_secs(1);
 
-type Socket = WebSocketStream<UnixStream>;
+type Socket = WebSocketStream<crate::client::Stream>;
 
 /// `corral console NAME --log`: the serial output so far, byte for byte.
 pub async fn print_log(client: &Client, name: &str) -> Result<()> {

@@ -12,6 +12,7 @@ mod console;
 mod create;
 mod error;
 mod output;
+mod remote;
 
 use std::process::ExitCode;
 

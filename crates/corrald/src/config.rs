@@ -25,6 +25,12 @@ pub struct Config {
     pub console_log_limit: u64,
     /// Make the `default` NAT network on the first start as root (like libvirt's).
     pub default_network: bool,
+    /// HTTPS listen addresses (`--listen`); empty: the Unix socket only.
+    pub listen: Vec<std::net::SocketAddr>,
+    /// The HTTPS certificate's SHA-256 fingerprint, once it is loaded.
+    pub tls_fingerprint: Option<String>,
+    /// How long a browser login lasts.
+    pub session_ttl: std::time::Duration,
 }
 
 impl Config {

@@ -64,48 +64,51 @@ pub fn read_log(rotated: &Path, current: &Path, limit: u64) -> Vec<u8> {
 
 /// Pipes a websocket client to the VM's console socket until either side closes.
 pub async fn proxy(ws: WebSocket, running: Arc<Running>) {
-    let result = async {
-        let stream = UnixStream::connect(running.paths.console_socket()).await?;
-        let (mut from_vm, mut to_vm) = stream.into_split();
-        let (mut ws_tx, mut ws_rx) = ws.split();
-        let outbound = async {
-            let mut buf = vec![0u8; 8192];
-            loop {
-                let n = from_vm.read(&mut buf).await?;
-                if n == 0
-                    || ws_tx
-                        .send(Message::Binary(buf[..n].to_vec().into()))
-                        .await
-                        .is_err()
-                {
-                    break;
-                }
-            }
-            let _ = ws_tx.close().await;
-            Ok::<_, std::io::Error>(())
-        };
-        let inbound = async {
-            while let Some(Ok(msg)) = ws_rx.next().await {
-                match msg {
-                    Message::Binary(b) => to_vm.write_all(&b).await?,
-                    Message::Text(t) => to_vm.write_all(t.as_bytes()).await?,
-                    Message::Close(_) => break,
-                    _ => {}
-                }
-            }
-            Ok::<_, std::io::Error>(())
-        };
-        tokio::select! {
-            r = outbound => r,
-            r = inbound => r,
-            _ = running.qmp.closed() => Ok(()),
-        }
-    }
-    .await;
-    if let Err(e) = result {
+    if let Err(e) = pipe(ws, &running.paths.console_socket(), &running).await {
         tracing::warn!(error = %e, "console session ended with an error");
     }
     running.console_busy.store(false, Ordering::SeqCst);
+}
+
+/// Copies bytes both ways between a websocket (binary messages) and a fresh connection
+/// to one of the VM's Unix sockets, until either side closes or QEMU goes away. Shared by
+/// the serial console and the graphical (VNC) console.
+pub async fn pipe(ws: WebSocket, socket: &Path, running: &Running) -> std::io::Result<()> {
+    let stream = UnixStream::connect(socket).await?;
+    let (mut from_vm, mut to_vm) = stream.into_split();
+    let (mut ws_tx, mut ws_rx) = ws.split();
+    let outbound = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = from_vm.read(&mut buf).await?;
+            if n == 0
+                || ws_tx
+                    .send(Message::Binary(buf[..n].to_vec().into()))
+                    .await
+                    .is_err()
+            {
+                break;
+            }
+        }
+        let _ = ws_tx.close().await;
+        Ok::<_, std::io::Error>(())
+    };
+    let inbound = async {
+        while let Some(Ok(msg)) = ws_rx.next().await {
+            match msg {
+                Message::Binary(b) => to_vm.write_all(&b).await?,
+                Message::Text(t) => to_vm.write_all(t.as_bytes()).await?,
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::select! {
+        r = outbound => r,
+        r = inbound => r,
+        _ = running.qmp.closed() => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -50,11 +50,23 @@ pub enum ApiError {
     /// Hot-plugging into a running VM failed (nothing was left half-attached).
     #[error("hot-plug failed")]
     Hotplug(#[from] corral_qemu::hotplug::HotplugError),
+    /// Plugging a NIC into (or out of) a running VM failed; its NICs are unchanged.
+    #[error("NIC hot-plug")]
+    NicHotplug(#[from] corral_qemu::nic::NicHotplugError),
     #[error("state store")]
     Store(StoreError),
     /// The host's network side refused or failed.
     #[error("network")]
     Net(#[source] corral_net::NetError),
+    /// No credentials, or wrong ones.
+    #[error("{message}")]
+    Unauthorized { message: String, hint: String },
+    /// The caller's role is too small, or the request lacks what a browser must send.
+    #[error("{message}")]
+    Forbidden { message: String, hint: String },
+    /// Too many failed attempts from this address or for this user.
+    #[error("too many failed attempts")]
+    TooManyAttempts { retry_after_secs: u64 },
     /// Anything else that should not happen.
     #[error("{0}")]
     Internal(String),
@@ -133,6 +145,19 @@ impl ApiError {
                     hint: Some(hint.clone()),
                 },
             ),
+            ApiError::Unauthorized { message, hint } => {
+                (StatusCode::UNAUTHORIZED, body(message.clone(), Some(hint)))
+            }
+            ApiError::Forbidden { message, hint } => {
+                (StatusCode::FORBIDDEN, body(message.clone(), Some(hint)))
+            }
+            ApiError::TooManyAttempts { retry_after_secs } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                body(
+                    format!("too many failed attempts; try again in {retry_after_secs} s"),
+                    Some("check the user name and password, or the token"),
+                ),
+            ),
             ApiError::Conflict { message, hint } => {
                 (StatusCode::CONFLICT, body(message.clone(), hint.as_deref()))
             }
@@ -154,6 +179,15 @@ impl ApiError {
                     Some("the VM's disks are unchanged; check the guest and try again"),
                 ),
             ),
+            ApiError::NicHotplug(e) => {
+                let hint = match e {
+                    corral_qemu::nic::NicHotplugError::UnplugTimeout { .. } => {
+                        "the guest has not let go of the NIC yet; try again, or stop the VM and remove it then"
+                    }
+                    _ => "the VM's NICs are unchanged; check the daemon's log and try again",
+                };
+                (StatusCode::CONFLICT, body(chain(e), Some(hint)))
+            }
             ApiError::Storage(StorageError::Invalid {
                 field,
                 message,
@@ -238,7 +272,21 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %body.error, "request failed");
         }
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unauthorized { .. } => {
+                headers.insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer realm=\"corral\""),
+                );
+            }
+            ApiError::TooManyAttempts { retry_after_secs } => {
+                headers.insert(axum::http::header::RETRY_AFTER, (*retry_after_secs).into());
+            }
+            _ => {}
+        }
+        response
     }
 }
 

@@ -34,6 +34,18 @@ impl EventLog {
         }
     }
 
+    /// Sends an event to live listeners only (id 0: it is no cursor), for frequent
+    /// transient news such as an operation's progress.
+    pub fn stream_only(&self, vm: Option<&str>, kind: &str, message: impl Into<String>) {
+        let _ = self.tx.send(Event {
+            id: 0,
+            time_ms: now_ms(),
+            vm: vm.map(str::to_string),
+            kind: kind.to_string(),
+            message: message.into(),
+        });
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
     }

@@ -18,7 +18,12 @@ use crate::events::EventLog;
 struct Live {
     tx: watch::Sender<Operation>,
     cancel: watch::Sender<bool>,
+    /// When progress was last streamed (Unix ms), so followers get at most two a second.
+    progress_streamed_ms: u64,
 }
+
+/// Streamed progress of one operation is throttled to one event per this many ms.
+const PROGRESS_EVERY_MS: u64 = 500;
 
 #[derive(Clone)]
 pub struct Operations {
@@ -89,7 +94,15 @@ impl Operations {
         self.store.put_operation(&op)?;
         let (tx, _) = watch::channel(op.clone());
         let (cancel, cancel_rx) = watch::channel(false);
-        self.lock().insert(op.id, Live { tx, cancel });
+        self.lock().insert(
+            op.id,
+            Live {
+                tx,
+                cancel,
+                progress_streamed_ms: 0,
+            },
+        );
+        self.stream_progress(&op);
         let handle = OpHandle {
             ops: self.clone(),
             id: op.id,
@@ -144,16 +157,24 @@ impl Operations {
     }
 
     fn update(&self, id: Uuid, f: impl FnOnce(&mut Operation)) {
-        let op = {
-            let live = self.lock();
-            let Some(l) = live.get(&id) else { return };
+        let (op, stream) = {
+            let mut live = self.lock();
+            let Some(l) = live.get_mut(&id) else { return };
             l.tx.send_modify(|op| {
                 f(op);
                 op.updated_ms = now_ms();
             });
             let op = l.tx.borrow().clone();
-            op
+            let stream = !op.state.is_final()
+                && op.updated_ms.saturating_sub(l.progress_streamed_ms) >= PROGRESS_EVERY_MS;
+            if stream {
+                l.progress_streamed_ms = op.updated_ms;
+            }
+            (op, stream)
         };
+        if stream {
+            self.stream_progress(&op);
+        }
         if let Err(e) = self.store.put_operation(&op) {
             tracing::warn!(error = %e, "cannot store operation {id}");
         }
@@ -173,6 +194,17 @@ impl Operations {
                 format!("{} {outcome}", op.kind),
             );
         }
+    }
+
+    /// A `progress` event for followers of the event stream (the web console, `corral
+    /// monitor`): not stored — an operation's history is the operation itself.
+    fn stream_progress(&self, op: &Operation) {
+        let message = serde_json::json!({
+            "id": op.id, "kind": op.kind, "target": op.target,
+            "progress": op.progress, "state": op.state,
+        });
+        self.events
+            .stream_only(Some(&op.target), "progress", message.to_string());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Live>> {

@@ -1,79 +1,13 @@
 use super::*;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
-
-use crate::qmp::QmpOptions;
-
-/// A scripted QMP peer: the test says which command comes next and what
-/// to answer, so the order of steps (and rollbacks) is checked exactly.
-struct Peer(BufReader<UnixStream>);
+use crate::test_peer::Peer;
 
 impl Peer {
-    async fn start() -> (Qmp, Peer) {
-        let (client, server) = UnixStream::pair().unwrap();
-        let mut peer = Peer(BufReader::new(server));
-        let handshake = async {
-            peer.send(json!({"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}}, "capabilities": []}}))
-                .await;
-            let (id, _) = peer.expect("qmp_capabilities").await;
-            peer.ok(id, json!({})).await;
-        };
-        let (qmp, ()) = tokio::join!(Qmp::from_stream(client, QmpOptions::default()), handshake);
-        (qmp.unwrap(), peer)
-    }
-
-    async fn send(&mut self, v: Value) {
-        let line = format!("{v}\r\n");
-        self.0.get_mut().write_all(line.as_bytes()).await.unwrap();
-    }
-
-    /// Read the next command (descriptors sent with it are dropped by the
-    /// kernel, as plain reads do not take them), check its name, return id and arguments.
-    async fn expect(&mut self, command: &str) -> (Value, Value) {
-        let mut line = String::new();
-        tokio::time::timeout(Duration::from_secs(10), self.0.read_line(&mut line))
-            .await
-            .unwrap()
-            .unwrap();
-        let msg: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(msg["execute"], command, "{line}");
-        (
-            msg["id"].clone(),
-            msg.get("arguments").cloned().unwrap_or(Value::Null),
-        )
-    }
-
-    async fn ok(&mut self, id: Value, ret: Value) {
-        self.send(json!({"return": ret, "id": id})).await;
-    }
-
-    async fn err(&mut self, id: Value, class: &str, desc: &str) {
-        self.send(json!({"error": {"class": class, "desc": desc}, "id": id}))
-            .await;
-    }
-
-    async fn event(&mut self, name: &str, data: Value) {
-        self.send(
-            json!({"event": name, "data": data, "timestamp": {"seconds": 1, "microseconds": 2}}),
-        )
-        .await;
-    }
-
     /// The stale-fd-set sweep that starts an attach, with no node and no sets.
     async fn expect_clean_sweep(&mut self) {
         let (id, _) = self.expect("query-named-block-nodes").await;
         self.ok(id, json!([])).await;
         let (id, _) = self.expect("query-fdsets").await;
         self.ok(id, json!([])).await;
-    }
-
-    /// Nothing more is sent within a short while (the client hanging up,
-    /// once its last handle is dropped, counts as nothing).
-    async fn expect_silence(&mut self) {
-        let mut line = String::new();
-        let read =
-            tokio::time::timeout(Duration::from_millis(200), self.0.read_line(&mut line)).await;
-        assert!(matches!(read, Err(_) | Ok(Ok(0))), "unexpected: {line}");
     }
 }
 
@@ -84,6 +18,7 @@ fn spec(path: &std::path::Path, read_only: bool) -> HotDisk {
         format: DiskFormat::Qcow2,
         read_only,
         bus: HotBus::VirtioBlk,
+        ports: Vec::new(),
     }
 }
 

@@ -194,3 +194,32 @@ pub struct FirewallRemoveArgs {
     /// The rule's number, from 1.
     pub number: usize,
 }
+
+/// `corral nic …`: a VM's NICs (hot-plugged while it runs).
+#[derive(Debug, Subcommand)]
+pub enum NicCommand {
+    /// Add a NIC (hot-plugged if the VM runs): the same SPEC as `create --network`
+    Add(NicAddArgs),
+    /// A VM's NICs
+    #[command(visible_alias = "ls")]
+    List(FirewallVmArgs),
+    /// Remove the NIC with this MAC (unplugged if the VM runs: the guest must let go)
+    #[command(visible_alias = "rm")]
+    Remove(NicRemoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NicAddArgs {
+    pub vm: String,
+    /// user, nat, network=NAME, bridge=BRIDGE, then ,mac=…,ip=…,vlan=…
+    #[arg(long, value_name = "SPEC", value_parser = crate::create::parse_nic_spec)]
+    pub network: crate::create::NicSpec,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NicRemoveArgs {
+    pub vm: String,
+    pub mac: String,
+}

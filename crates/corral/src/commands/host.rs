@@ -32,6 +32,7 @@ fn host_details(host: &HostInfo) -> String {
             "VMs",
             format!("{} total, {} running", host.vms_total, host.vms_running),
         ),
+        ("Remote API", remote_access(host)),
         ("State dir", host.state_dir.clone()),
         ("corrald", host.corral_version.clone()),
     ])
@@ -82,6 +83,15 @@ fn network_drivers(host: &HostInfo) -> String {
         "-".to_string()
     } else {
         each.join("; ")
+    }
+}
+
+/// `https://addr (certificate sha256 …)`, or how to open it.
+fn remote_access(host: &HostInfo) -> String {
+    match (&host.listen[..], &host.tls_fingerprint) {
+        ([], _) => "off (start corrald with --listen ADDR:PORT)".to_string(),
+        (addrs, Some(fp)) => format!("{} (certificate sha256 {fp})", addrs.join(", ")),
+        (addrs, None) => addrs.join(", "),
     }
 }
 
@@ -145,6 +155,8 @@ mod tests {
                 available: true,
                 reason: None,
             }],
+            listen: vec!["https://0.0.0.0:8443".into()],
+            tls_fingerprint: Some("ab12".into()),
         };
         // Column widths follow the longest key; compare with single spaces.
         let text = host_details(&host)
@@ -157,6 +169,10 @@ mod tests {
         assert!(text.contains("KVM guest hung"), "{text}");
         assert!(text.contains("probed at 1970-01-01 00:00:00"), "{text}");
         assert!(text.contains("3 total, 1 running"), "{text}");
+        assert!(
+            text.contains("Remote API: https://0.0.0.0:8443 (certificate sha256 ab12)"),
+            "{text}"
+        );
         assert!(
             text.contains("Network drivers: nat: available (dhcp, outbound, forwards, firewall)"),
             "{text}"

@@ -1,5 +1,6 @@
 //! One function per command; each asks corrald and prints through [`crate::output`].
 
+mod access;
 mod host;
 mod image;
 mod network;
@@ -19,7 +20,13 @@ use crate::console;
 
 /// Runs the parsed command line against the daemon at `--socket`.
 pub async fn run(cli: Cli) -> Result<()> {
-    let client = Client::new(&cli.socket);
+    if let Command::Remote(command) = &cli.command {
+        return access::remote(command).await;
+    }
+    let client = match crate::remote::RemoteConfig::load()?.pick(cli.remote.as_deref())? {
+        Some((name, remote)) => Client::remote(&name, remote)?,
+        None => Client::new(&cli.socket),
+    };
     match cli.command {
         Command::Create(args) => vm::create(&client, &args).await,
         Command::List(out) => vm::list(&client, out.output).await,
@@ -36,7 +43,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Console(args) => console::attach(&client, &args.name).await,
         Command::Pool(command) => pool::run(&client, &command).await,
         Command::Network(command) => network::run(&client, &command).await,
+        Command::Token(command) => access::token(&client, &command).await,
+        Command::User(command) => access::user(&client, &command).await,
+        Command::Audit(args) => access::audit(&client, &args).await,
+        Command::Whoami(out) => access::whoami(&client, out.output).await,
+        Command::Monitor(args) => operation::monitor(&client, &args).await,
+        Command::Remote(_) => unreachable!("handled before a client is made"),
         Command::Firewall(command) => network::firewall(&client, &command).await,
+        Command::Nic(command) => network::nic(&client, &command).await,
         Command::Volume(command) => volume::run(&client, &command).await,
         Command::Snapshot(command) => snapshot::run(&client, &command).await,
         Command::Image(command) => image::run(&client, &command).await,

@@ -10,7 +10,7 @@ use corral_api::{
 use crate::cli::{
     DirectionArg, FirewallActionArg, FirewallAddArgs, FirewallCommand, FirewallProtocolArg,
     ForwardAddArgs, ForwardCommand, ForwardRemoveArgs, NetworkCommand, NetworkCreateArgs,
-    NetworkTypeArg, ProtocolArg,
+    NetworkTypeArg, NicCommand, ProtocolArg,
 };
 use crate::client::{encode, vm_path, Client, API};
 use crate::output::{details, emit, or_dash, print_out, render, table, Format};
@@ -273,4 +273,31 @@ pub fn rules_table(rules: &[FirewallRule]) -> String {
         ]);
     }
     render(t)
+}
+
+/// `corral nic add|list|remove`.
+pub async fn nic(client: &Client, command: &NicCommand) -> Result<()> {
+    match command {
+        NicCommand::List(a) => {
+            let vm: Vm = client.get(&vm_path(&a.vm)).await?;
+            emit(a.output.output, &vm.spec.nics, |n| {
+                super::vm_view::nics_table(n)
+            })
+        }
+        NicCommand::Add(a) => {
+            let Some(req) = &a.network.0 else {
+                anyhow::bail!(crate::error::CliError::new(
+                    "`--network none` adds no NIC".to_string()
+                ));
+            };
+            let path = format!("{}/nics", vm_path(&a.vm));
+            let nic: corral_api::Nic = client.post(&path, req).await?;
+            emit(a.output.output, &nic, |n| format!("added NIC {}\n", n.mac))
+        }
+        NicCommand::Remove(a) => {
+            let path = format!("{}/nics/{}", vm_path(&a.vm), encode(&a.mac));
+            let _: serde_json::Value = client.delete(&path).await?;
+            print_out(format!("removed NIC {}\n", a.mac).as_bytes())
+        }
+    }
 }

@@ -14,10 +14,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use corral_api::{Event, Operation, OperationState};
 
 use super::vm_view::events_table;
-use crate::cli::{EventsArgs, OperationArgs};
+use crate::cli::{EventsArgs, MonitorArgs, OperationArgs};
 use crate::client::{encode, Client, API};
 use crate::error::CliError;
-use crate::output::{details, emit, format_time_ms, or_dash, render, table, Format};
+use crate::output::{details, emit, format_time_ms, or_dash, print_out, render, table, Format};
 
 /// How long one `wait` long-poll may last: short with a spinner so progress stays fresh,
 /// long without one since nobody is watching.
@@ -142,6 +142,34 @@ pub async fn events(client: &Client, args: &EventsArgs) -> Result<()> {
             all_events_table(events)
         }
     })
+}
+
+/// Follows `/api/v1/events/stream`: one line per event, as it happens.
+pub async fn monitor(client: &Client, args: &MonitorArgs) -> Result<()> {
+    client
+        .follow(&format!("{API}/events/stream"), |line| {
+            let Some(data) = line.strip_prefix("data:") else {
+                return Ok(()); // event names, keep-alives, blank separators
+            };
+            let Ok(event) = serde_json::from_str::<Event>(data.trim()) else {
+                return Ok(());
+            };
+            if args.vm.is_some() && event.vm != args.vm {
+                return Ok(());
+            }
+            let text = match args.output.output {
+                Format::Table => format!(
+                    "{}  {:<16} {:<10} {}\n",
+                    format_time_ms(event.time_ms),
+                    event.vm.as_deref().unwrap_or("-"),
+                    event.kind,
+                    event.message
+                ),
+                _ => format!("{}\n", serde_json::to_string(&event)?),
+            };
+            print_out(text.as_bytes())
+        })
+        .await
 }
 
 fn operation_path(id: &str) -> String {

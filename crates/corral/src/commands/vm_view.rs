@@ -181,7 +181,7 @@ fn cloud_init_details(ci: &CloudInit, vm_name: &str) -> String {
     ])
 }
 
-fn nics_table(nics: &[Nic]) -> String {
+pub fn nics_table(nics: &[Nic]) -> String {
     let mut t = table(&["#", "KIND", "SOURCE", "MAC", "RESERVED IP", "VLAN"]);
     let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for (i, nic) in nics.iter().enumerate() {

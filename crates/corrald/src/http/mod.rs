@@ -1,11 +1,14 @@
 //! The REST API. Handlers only parse and check the request, then call the VM manager
 //! (STYLE.md: no logic in handlers). Paths follow DESIGN.md's REST conventions.
 
+mod auth;
 mod body;
+pub mod metrics;
 mod networks;
 pub mod openapi;
 mod storage;
 mod vms;
+mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +23,7 @@ use corral_api::{Event, HostInfo, Operation, VmState};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::vm::Manager;
 
 pub type AppState = Arc<Manager>;
@@ -29,6 +32,23 @@ pub fn router(mgr: Arc<Manager>) -> Router {
     Router::new()
         .route("/api/openapi.json", get(openapi::serve))
         .route("/api/v1/host", get(host_info))
+        .route("/api/v1/auth/login", post(auth::login))
+        .route("/api/v1/auth/logout", post(auth::logout))
+        .route("/api/v1/auth/whoami", get(auth::whoami))
+        .route(
+            "/api/v1/users",
+            get(auth::list_users).post(auth::create_user),
+        )
+        .route(
+            "/api/v1/users/{username}",
+            axum::routing::patch(auth::update_user).delete(auth::delete_user),
+        )
+        .route(
+            "/api/v1/tokens",
+            get(auth::list_tokens).post(auth::create_token),
+        )
+        .route("/api/v1/tokens/{id}", delete(auth::revoke_token))
+        .route("/api/v1/audit", get(auth::audit))
         .route("/api/v1/vms", get(vms::list).post(vms::create))
         .route(
             "/api/v1/vms/{name}",
@@ -42,6 +62,9 @@ pub fn router(mgr: Arc<Manager>) -> Router {
         .route("/api/v1/vms/{name}/resume", post(vms::resume))
         .route("/api/v1/vms/{name}/console", get(vms::console))
         .route("/api/v1/vms/{name}/console/log", get(vms::console_log))
+        .route("/api/v1/vms/{name}/vnc", get(vms::vnc))
+        .route("/api/v1/vms/{name}/nics", post(vms::add_nic))
+        .route("/api/v1/vms/{name}/nics/{mac}", delete(vms::remove_nic))
         .route(
             "/api/v1/vms/{name}/snapshots",
             get(vms::list_snapshots).post(vms::create_snapshot),
@@ -119,15 +142,17 @@ pub fn router(mgr: Arc<Manager>) -> Router {
         .route("/api/v1/operations/{id}/wait", get(wait_operation))
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/events/stream", get(stream_events))
-        .fallback(not_found)
+        // Live metrics (metrics.rs).
+        .route("/api/v1/host/metrics", get(metrics::host_metrics))
+        .route("/api/v1/vms/{name}/metrics", get(metrics::vm_metrics))
+        .route("/metrics", get(metrics::prometheus))
+        .fallback(web::fallback)
+        // Every route and the fallback pass the gate: identity, role, audit.
+        .layer(axum::middleware::from_fn_with_state(
+            mgr.clone(),
+            crate::auth::middleware::guard,
+        ))
         .with_state(mgr)
-}
-
-async fn not_found() -> ApiError {
-    ApiError::NotFound {
-        kind: "path",
-        name: "requested".into(),
-    }
 }
 
 #[utoipa::path(get, path = "/api/v1/host", responses((status = 200, body = HostInfo)))]
@@ -151,6 +176,13 @@ pub async fn host_info(State(mgr): State<AppState>) -> ApiResult<Json<HostInfo>>
             .count() as u32,
         storage_drivers: crate::storage::storage_drivers(),
         network_drivers: crate::network::network_drivers(),
+        listen: mgr
+            .cfg
+            .listen
+            .iter()
+            .map(|a| format!("https://{a}"))
+            .collect(),
+        tls_fingerprint: mgr.cfg.tls_fingerprint.clone(),
     }))
 }
 

@@ -6,7 +6,8 @@ use utoipa::OpenApi;
 
 use super::{
     __path_cancel_operation, __path_get_operation, __path_host_info, __path_list_events,
-    __path_list_operations, __path_stream_events, __path_wait_operation, networks, storage, vms,
+    __path_list_operations, __path_stream_events, __path_wait_operation, auth, metrics, networks,
+    storage, vms,
 };
 
 #[derive(OpenApi)]
@@ -17,6 +18,20 @@ use super::{
     ),
     paths(
         host_info,
+        metrics::host_metrics,
+        metrics::vm_metrics,
+        metrics::prometheus,
+        auth::login,
+        auth::logout,
+        auth::whoami,
+        auth::list_users,
+        auth::create_user,
+        auth::update_user,
+        auth::delete_user,
+        auth::list_tokens,
+        auth::create_token,
+        auth::revoke_token,
+        auth::audit,
         vms::list,
         vms::create,
         vms::show,
@@ -57,6 +72,9 @@ use super::{
         storage::attach_volume,
         storage::detach_volume,
         vms::console_log,
+        vms::vnc,
+        vms::add_nic,
+        vms::remove_nic,
         list_operations,
         get_operation,
         wait_operation,
@@ -64,9 +82,102 @@ use super::{
         list_events,
         stream_events,
     ),
-    components(schemas(corral_api::ErrorBody, corral_api::StopResult))
+    components(schemas(corral_api::ErrorBody, corral_api::StopResult)),
+    modifiers(&Credentials, &PathParameters),
+    security(("bearer" = []), ("session" = []))
 )]
 pub struct ApiDoc;
+
+/// How callers prove who they are over HTTPS (the Unix socket needs nothing).
+struct Credentials;
+
+impl utoipa::Modify for Credentials {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("an API token from `corral token create`"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(
+                crate::auth::SESSION_COOKIE,
+            ))),
+        );
+    }
+}
+
+/// Declares every `{param}` of every path, so clients and fuzzers know what to fill in
+/// (the handlers take them as `Path<String>`; names follow `validate_name`).
+struct PathParameters;
+
+impl utoipa::Modify for PathParameters {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::Required;
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let names: Vec<&str> = path
+                .split('/')
+                .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+                .collect();
+            let ops = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for op in ops.into_iter().flatten() {
+                let params = op.parameters.get_or_insert_with(Vec::new);
+                for name in &names {
+                    if params.iter().any(|p| p.name == *name) {
+                        continue;
+                    }
+                    params.push(
+                        ParameterBuilder::new()
+                            .name(*name)
+                            .parameter_in(ParameterIn::Path)
+                            .required(Required::True)
+                            .schema(Some(path_parameter_schema(name)))
+                            .build(),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn path_parameter_schema(name: &str) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let b = ObjectBuilder::new();
+    match name {
+        "host_port" => b
+            .schema_type(Type::Integer)
+            .minimum(Some(1))
+            .maximum(Some(65535)),
+        "protocol" => b
+            .schema_type(Type::String)
+            .enum_values(Some(["tcp", "udp"])),
+        "id" => b.schema_type(Type::String).description(Some(
+            "an operation's UUID, or an API token's 12-character id",
+        )),
+        "mac" => b
+            .schema_type(Type::String)
+            .description(Some("a NIC's MAC address")),
+        _ => b
+            .schema_type(Type::String)
+            .pattern(Some("^[a-z0-9][a-z0-9-]{0,62}$")),
+    }
+    .build()
+}
 
 pub fn document() -> String {
     ApiDoc::openapi().to_pretty_json().unwrap_or_default()

@@ -6,15 +6,16 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use corral_api::{
-    validate_name, CloneRequest, CreateSnapshotRequest, CreateVmRequest, Operation, SnapshotTree,
-    StartRequest, StopRequest, UpdateVmRequest, Vm, VmAction,
+    validate_name, CloneRequest, CreateSnapshotRequest, CreateVmRequest, Nic, NicRequest,
+    Operation, SnapshotTree, StartRequest, StopRequest, UpdateVmRequest, Vm, VmAction,
 };
 use serde::Deserialize;
 
 use super::body::{JsonBody, OptionalJsonBody};
 use super::{checked_name, AppState};
+use crate::auth::Identity;
 use crate::error::{ApiError, ApiResult};
 
 /// Most console output `console/log` returns.
@@ -125,6 +126,14 @@ pub async fn console_log(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
 }
 
+/// A running VM whose consoles may be opened (serial or graphical).
+fn console_target(mgr: &AppState, name: &str) -> ApiResult<std::sync::Arc<crate::vm::Running>> {
+    let record = mgr.record(name)?;
+    crate::vm::check_allowed(&record, VmAction::Console)?;
+    mgr.running(name)
+        .ok_or_else(|| ApiError::conflict(format!("VM '{name}' is not running")))
+}
+
 #[utoipa::path(get, path = "/api/v1/vms/{name}/console",
     responses((status = 101, description = "websocket: binary frames carry serial bytes both ways"),
               (status = 409, body = corral_api::ErrorBody)))]
@@ -134,11 +143,7 @@ pub async fn console(
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     let name = checked_name(&name)?;
-    let record = mgr.record(name)?;
-    crate::vm::check_allowed(&record, VmAction::Console)?;
-    let running = mgr
-        .running(name)
-        .ok_or_else(|| ApiError::conflict(format!("VM '{name}' is not running")))?;
+    let running = console_target(&mgr, name)?;
     if running.console_busy.swap(true, Ordering::SeqCst) {
         return Err(ApiError::Conflict {
             message: format!("another console is attached to VM '{name}'"),
@@ -147,6 +152,54 @@ pub async fn console(
     }
     mgr.events.emit(Some(name), "console", "console attached");
     Ok(ws.on_upgrade(move |socket| crate::console::proxy(socket, running)))
+}
+
+#[utoipa::path(get, path = "/api/v1/vms/{name}/vnc",
+    responses((status = 101, description = "websocket (subprotocol `binary`, as noVNC asks): binary frames carry the RFB stream of the VM's VNC server both ways"),
+              (status = 409, body = corral_api::ErrorBody)))]
+pub async fn vnc(
+    State(mgr): State<AppState>,
+    Path(name): Path<String>,
+    who: Option<Extension<Identity>>,
+    ws: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let name = checked_name(&name)?;
+    let running = console_target(&mgr, name)?;
+    if !running.paths.vnc_socket().exists() {
+        // Started by an older daemon, before every VM had a display.
+        return Err(ApiError::Conflict {
+            message: format!("VM '{name}' has no graphical console"),
+            hint: Some("restart the VM to give it one".into()),
+        });
+    }
+    let who = who.map_or_else(|| "local".to_string(), |Extension(id)| id.name);
+    let vm = name.to_string();
+    Ok(ws
+        .protocols(["binary"])
+        .on_upgrade(move |socket| crate::vnc::proxy(socket, mgr, running, vm, who)))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/nics", request_body = NicRequest,
+    responses((status = 201, body = Nic), (status = 400, body = corral_api::ErrorBody),
+              (status = 409, body = corral_api::ErrorBody)))]
+pub async fn add_nic(
+    State(mgr): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<NicRequest>,
+) -> ApiResult<(StatusCode, Json<Nic>)> {
+    let nic = mgr.add_nic(checked_name(&name)?, req).await?;
+    Ok((StatusCode::CREATED, Json(nic)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/vms/{name}/nics/{mac}",
+    responses((status = 204), (status = 404, body = corral_api::ErrorBody),
+              (status = 409, body = corral_api::ErrorBody)))]
+pub async fn remove_nic(
+    State(mgr): State<AppState>,
+    Path((name, mac)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    mgr.remove_nic(checked_name(&name)?, &mac).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/api/v1/vms/{name}/snapshots", responses((status = 200, body = SnapshotTree)))]

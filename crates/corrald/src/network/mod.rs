@@ -4,6 +4,7 @@
 //! store whenever one of them changes; NICs are resolved at create and plugged at start
 //! ([`nics`]).
 
+mod nic_changes;
 mod nics;
 mod rules;
 
@@ -79,7 +80,7 @@ impl Manager {
             return;
         };
         for record in records.iter().filter(|r| r.status.state.has_process()) {
-            for (i, nic) in record.spec.nics.iter().enumerate() {
+            for nic in &record.spec.nics {
                 let bridge = match (nic.kind, nic.source.as_deref()) {
                     (corral_api::NetworkKind::Network, Some(net)) => match self.network_spec(net) {
                         Ok(n) => n.bridge,
@@ -88,7 +89,7 @@ impl Manager {
                     (corral_api::NetworkKind::Bridge, Some(b)) => b.to_string(),
                     _ => continue,
                 };
-                let tap = corral_net::tap::tap_name(&record.spec.uuid, i);
+                let tap = corral_net::tap::tap_name(&nic.mac);
                 if matches!(link::link_kind(&tap).await, Ok(Some(_))) {
                     if let Err(e) = link::attach(&tap, &bridge, nic.vlan).await {
                         tracing::warn!(vm = %record.spec.name, "tap {tap} not re-attached to {bridge}: {e}");

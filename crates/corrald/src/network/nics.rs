@@ -34,12 +34,17 @@ impl PluggedNics {
     /// Undo for a start that failed before QEMU connected.
     pub fn abandon(self) {
         for pid in self.passt_pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            stop_passt(pid);
         }
     }
+}
+
+/// Stops a passt whose QEMU end never came (best effort: it may be gone already).
+pub(crate) fn stop_passt(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
 }
 
 impl Manager {
@@ -322,7 +327,7 @@ impl Manager {
             passt_pids: Vec::new(),
         };
         for (i, nic) in spec.nics.iter().enumerate() {
-            match self.plug_one(spec, paths, i, nic, &mut plugged).await {
+            match self.plug_one(paths, i, nic, &mut plugged).await {
                 Ok(backend) => plugged.backends.push(backend),
                 Err(e) => {
                     plugged.abandon();
@@ -335,23 +340,26 @@ impl Manager {
 
     async fn plug_one(
         &self,
-        spec: &VmSpec,
         paths: &VmPaths,
         index: usize,
         nic: &Nic,
         plugged: &mut PluggedNics,
     ) -> ApiResult<NicBackend> {
+        if nic.kind == NetworkKind::User {
+            let cfg = passt::PasstConfig::for_nic(&paths.dir, &nic.mac);
+            let pid = passt::spawn(&cfg).await?;
+            plugged.passt_pids.push(pid);
+            return Ok(NicBackend::Stream { socket: cfg.socket });
+        }
+        let fd = self.open_nic_tap(nic, index).await?;
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        plugged.taps.push(fd);
+        Ok(NicBackend::Tap { fd: raw })
+    }
+
+    /// Opens a bridged NIC's tap and puts it on its bridge (with its VLAN tag).
+    pub(crate) async fn open_nic_tap(&self, nic: &Nic, index: usize) -> ApiResult<OwnedFd> {
         let bridge = match (nic.kind, nic.source.as_deref()) {
-            (NetworkKind::User, _) => {
-                let cfg = passt::PasstConfig {
-                    socket: paths.dir.join(format!("passt-{index}.sock")),
-                    pidfile: paths.dir.join(format!("passt-{index}.pid")),
-                    forwards: Vec::new(),
-                };
-                let pid = passt::spawn(&cfg).await?;
-                plugged.passt_pids.push(pid);
-                return Ok(NicBackend::Stream { socket: cfg.socket });
-            }
             (NetworkKind::Bridge, Some(bridge)) => {
                 if link::link_kind(bridge).await?.as_deref() != Some("bridge") {
                     return Err(ApiError::Conflict {
@@ -364,14 +372,12 @@ impl Manager {
                 bridge.to_string()
             }
             (NetworkKind::Network, Some(net)) => self.network_spec(net)?.bridge,
-            (_, None) => return Err(ApiError::Internal(format!("NIC {index} has no source"))),
+            _ => return Err(ApiError::Internal(format!("NIC {index} has no bridge"))),
         };
-        let name = tap::tap_name(&spec.uuid, index);
+        let name = tap::tap_name(&nic.mac);
         let fd = tap::open_tap(&name)?;
         link::attach(&name, &bridge, nic.vlan).await?;
-        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-        plugged.taps.push(fd);
-        Ok(NicBackend::Tap { fd: raw })
+        Ok(fd)
     }
 
     /// Every managed network's current DHCP leases, by MAC (read once per listing).
@@ -424,4 +430,16 @@ fn no_vlans(field: &str) -> ApiError {
     )
     .hint("leave vlan out, or use a host with CONFIG_BRIDGE_VLAN_FILTERING")
     .into()
+}
+
+/// Errors from [`Manager::resolve_nics`] name `networks[0]...`; a single-NIC request
+/// names its own fields.
+pub(crate) fn rename_field(e: ApiError, from: &str, to: &str) -> ApiError {
+    match e {
+        ApiError::Invalid(mut v) => {
+            v.field = v.field.replacen(from, to, 1);
+            ApiError::Invalid(v)
+        }
+        other => other,
+    }
 }

@@ -242,9 +242,8 @@ impl Manager {
 fn tap_names(spec: &VmSpec) -> Vec<String> {
     spec.nics
         .iter()
-        .enumerate()
-        .filter(|(_, n)| n.kind != NetworkKind::User)
-        .map(|(i, _)| tap::tap_name(&spec.uuid, i))
+        .filter(|n| n.kind != NetworkKind::User)
+        .map(|n| tap::tap_name(&n.mac))
         .collect()
 }
 

@@ -323,6 +323,7 @@ impl Manager {
                 format: v.format,
                 read_only: req.read_only,
                 bus: HotBus::VirtioBlk,
+                ports: corral_qemu::argv::hotplug_ports(record.spec.machine),
             };
             hotplug::attach_disk(&running.qmp, &hot).await?;
         }

@@ -118,6 +118,7 @@ impl Manager {
         self.store
             .delete_vm(name)
             .map_err(|e| self.linked_refusal(name, None, e))?;
+        self.metrics.forget(name);
         for disk in record.spec.disks.iter().filter(|d| d.owned) {
             self.delete_owned_disk(name, disk).await;
             // An owned disk's snapshot images go with it; a volume the VM did not own

@@ -453,7 +453,13 @@ fn prepare_runtime_dir(dir: &std::path::Path) -> ApiResult<()> {
     let io = |e: std::io::Error| ApiError::Internal(format!("{}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(io)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
-    for stale in ["qmp.sock", "console.sock", "qga.sock", "qemu.pid"] {
+    for stale in [
+        "qmp.sock",
+        "console.sock",
+        "vnc.sock",
+        "qga.sock",
+        "qemu.pid",
+    ] {
         let _ = std::fs::remove_file(dir.join(stale));
     }
     Ok(())

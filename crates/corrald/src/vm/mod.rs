@@ -95,6 +95,8 @@ pub struct Manager {
     pub store: Arc<dyn Store>,
     pub events: EventLog,
     pub ops: Operations,
+    pub auth: crate::auth::Auth,
+    pub metrics: crate::metrics::Metrics,
     running: Mutex<HashMap<String, Arc<Running>>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Names whose create is in flight (so concurrent creates of one name: one wins).
@@ -107,8 +109,11 @@ impl Manager {
     pub fn new(cfg: Arc<Config>, host: Arc<HostFacts>, store: Arc<dyn Store>) -> Arc<Self> {
         let events = EventLog::new(store.clone());
         let ops = Operations::new(store.clone(), events.clone());
+        let auth = crate::auth::Auth::new(store.clone(), cfg.session_ttl);
         Arc::new_cyclic(|me| Manager {
             me: me.clone(),
+            auth,
+            metrics: crate::metrics::Metrics::default(),
             cfg,
             host,
             store,

@@ -144,7 +144,13 @@ impl Manager {
             // Removal may wait for the kernel to let go of the exited process.
             let _ = tokio::task::spawn_blocking(move || c.remove()).await;
         }
-        for f in ["qmp.sock", "console.sock", "qga.sock", "qemu.pid"] {
+        for f in [
+            "qmp.sock",
+            "console.sock",
+            "vnc.sock",
+            "qga.sock",
+            "qemu.pid",
+        ] {
             let _ = std::fs::remove_file(running.paths.dir.join(f));
         }
         self.set_running(name, None);

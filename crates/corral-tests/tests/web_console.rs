@@ -1,0 +1,104 @@
+//! The web console in a real browser: Debian's headless chromium, driven by
+//! playwright-core scripts in web/e2e, against a real corrald serving the embedded app
+//! over HTTPS. Screenshots of each step go to target/web-artifacts (or $CORRAL_ARTIFACTS).
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use corral_tests::{guest, workspace, Daemon, GUEST_CMDLINE};
+
+const PASSWORD: &str = "correct horse battery";
+
+fn admin(d: &Daemon) {
+    let body = format!(r#"{{"username":"webadmin","password":"{PASSWORD}","role":"admin"}}"#);
+    let (status, reply) = d.http("POST", "/api/v1/users", &body);
+    assert_eq!(status, 201, "{reply}");
+}
+
+fn run_script(url: &str, script: &str) {
+    let (kernel, _) = guest();
+    let artifacts = std::env::var("CORRAL_ARTIFACTS").unwrap_or_else(|_| {
+        workspace()
+            .join("target/web-artifacts")
+            .display()
+            .to_string()
+    });
+    let out = Command::new("node")
+        .arg(workspace().join("web/e2e").join(script))
+        .current_dir(workspace())
+        .env("CORRAL_URL", url)
+        .env("CORRAL_USER", "webadmin")
+        .env("CORRAL_PASSWORD", PASSWORD)
+        .env("CORRAL_TEST_GUEST", kernel.parent().unwrap())
+        .env("CORRAL_GUEST_CMDLINE", GUEST_CMDLINE)
+        .env("CORRAL_ARTIFACTS", artifacts)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn browser_journey_create_console_snapshot_stop_delete() {
+    let (d, url) = Daemon::start_remote(&[]);
+    admin(&d);
+    run_script(&url, "journey.mjs");
+    let (status, _) = d.http("GET", "/api/v1/vms/web1", "");
+    assert_eq!(status, 404, "the journey deletes its VM");
+}
+
+#[test]
+fn server_validation_error_shows_next_to_its_field() {
+    let (d, url) = Daemon::start_remote(&[]);
+    admin(&d);
+    run_script(&url, "field_error.mjs");
+}
+
+#[test]
+fn admin_pages_make_users_and_tokens_and_show_the_audit_log() {
+    let (d, url) = Daemon::start_remote(&[]);
+    admin(&d);
+    run_script(&url, "admin.mjs");
+    let (_, users) = d.http("GET", "/api/v1/users", "");
+    assert!(users.to_string().contains("\"ops1\""), "{users}");
+}
+
+#[test]
+fn nics_and_disks_are_added_and_removed_on_the_vm_page() {
+    let (d, url) = Daemon::start_remote(&[]);
+    admin(&d);
+    d.define("nicvm", &["--network", "none"]);
+    d.ok(&["volume", "create", "webvol", "--size", "16M"]);
+    run_script(&url, "nics.mjs");
+    let (_, vm) = d.http("GET", "/api/v1/vms/nicvm", "");
+    assert_eq!(vm["spec"]["nics"], serde_json::json!([]), "{vm}");
+    assert!(!vm["spec"]["disks"].to_string().contains("webvol"), "{vm}");
+}
+
+#[test]
+fn a_throttled_login_counts_down() {
+    let (d, url) = Daemon::start_remote(&[]);
+    admin(&d);
+    run_script(&url, "throttle.mjs");
+}
+
+#[test]
+fn unknown_paths_serve_the_app_but_api_paths_stay_json() {
+    let (d, url) = Daemon::start_remote(&[]);
+    let page = d.https(&url, "GET", "/vms/some/route", &[], None, None);
+    assert_eq!(page.status, 200);
+    assert!(page
+        .headers
+        .to_lowercase()
+        .contains("content-type: text/html"));
+    // Unknown API paths are refused without credentials and a JSON 404 with them.
+    let anon = d.https(&url, "GET", "/api/v1/nope", &[], None, None);
+    assert_eq!(anon.status, 401, "{anon:?}");
+    let (status, body) = d.http("GET", "/api/v1/nope", "");
+    assert_eq!(status, 404);
+    assert!(body.get("error").is_some(), "{body}");
+}

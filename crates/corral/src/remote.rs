@@ -1,0 +1,288 @@
+//! Remotes: other hosts' corrald over HTTPS (`corrald --listen`), like `incus remote`.
+//!
+//! Each remote is a URL, the SHA-256 fingerprint of the certificate the user accepted
+//! (pinned: nothing else is trusted, no CA involved) and an API token. They live in
+//! `remotes.yaml` (mode 0600: it holds tokens) in `$CORRAL_CONFIG_DIR`, else
+//! `$XDG_CONFIG_HOME/corral`, else `~/.config/corral`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::error::CliError;
+
+/// The name of the Unix socket "remote", which always exists.
+pub const LOCAL: &str = "local";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Remote {
+    /// `https://host:port`.
+    pub url: String,
+    /// Lowercase hex SHA-256 of the server's certificate (DER).
+    pub fingerprint: String,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteConfig {
+    /// The remote commands go to without `--remote`; `local` (or none) is the socket.
+    #[serde(default)]
+    pub default: Option<String>,
+    #[serde(default)]
+    pub remotes: BTreeMap<String, Remote>,
+}
+
+pub fn config_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CORRAL_CONFIG_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME") {
+        return PathBuf::from(dir).join("corral");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".config/corral")
+}
+
+impl RemoteConfig {
+    fn path() -> PathBuf {
+        config_dir().join("remotes.yaml")
+    }
+
+    pub fn load() -> Result<Self> {
+        let path = Self::path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                serde_yaml::from_str(&text).with_context(|| format!("reading {}", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Written to a temporary file (0600) and renamed: never half-written, never readable
+    /// by others.
+    pub fn save(&self) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = Self::path();
+        let dir = config_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = dir.join(".remotes.yaml.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(serde_yaml::to_string(self)?.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    /// The remote a command goes to: `--remote`/`CORRAL_REMOTE`, else the default.
+    /// `None` means the local socket.
+    pub fn pick(&self, asked: Option<&str>) -> Result<Option<(String, Remote)>> {
+        let name = match asked.or(self.default.as_deref()) {
+            None | Some(LOCAL) => return Ok(None),
+            Some(name) => name,
+        };
+        match self.remotes.get(name) {
+            Some(r) => Ok(Some((name.to_string(), r.clone()))),
+            None => Err(CliError::new(format!("no remote named '{name}'"))
+                .with_hint("`corral remote list` shows them; `corral remote add` makes one")
+                .into()),
+        }
+    }
+}
+
+/// `https://host:port` → (host, port); the port defaults to 8443.
+pub fn parse_url(url: &str) -> Result<(String, u16)> {
+    let Some(rest) = url.strip_prefix("https://") else {
+        bail!(CliError::new(format!("'{url}' is not an https:// URL"))
+            .with_hint("remotes are reached over HTTPS, e.g. https://host:8443"));
+    };
+    let authority = rest.trim_end_matches('/');
+    if authority.contains('/') || authority.is_empty() {
+        bail!(CliError::new(format!(
+            "'{url}' should be just https://HOST:PORT"
+        )));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            let port = p
+                .parse()
+                .map_err(|_| CliError::new(format!("bad port in '{url}'")))?;
+            (h, port)
+        }
+        _ => (authority, 8443),
+    };
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+pub fn fingerprint(cert: &[u8]) -> String {
+    Sha256::digest(cert)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Accepts exactly one certificate, by fingerprint; with `None`, accepts any and
+/// remembers what it saw (for `remote add` to show the user before trusting it).
+#[derive(Debug)]
+struct Pinned {
+    expected: Option<String>,
+    seen: Mutex<Option<String>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let got = fingerprint(end_entity);
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(got.clone());
+        }
+        match &self.expected {
+            Some(want) if *want != got => Err(rustls::Error::General(format!(
+                "certificate fingerprint {got} is not the trusted {want}"
+            ))),
+            _ => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A TLS connection to `host:port`, and the fingerprint of the certificate it showed.
+/// With `expected`, any other certificate is refused.
+pub async fn connect(
+    host: &str,
+    port: u16,
+    expected: Option<&str>,
+) -> Result<(TlsStream<TcpStream>, String)> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(Pinned {
+        expected: expected.map(str::to_string),
+        seen: Mutex::new(None),
+        provider: provider.clone(),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    let tcp = TcpStream::connect((host, port)).await.map_err(|e| {
+        CliError::new(format!("cannot connect to https://{host}:{port}: {e}"))
+            .with_hint("is corrald started there with --listen, and is the port open?")
+    })?;
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|_| CliError::new(format!("'{host}' is not a host name or address")))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await;
+    let seen = verifier
+        .seen
+        .lock()
+        .ok()
+        .and_then(|s| s.clone())
+        .unwrap_or_default();
+    match tls {
+        Ok(stream) => Ok((stream, seen)),
+        Err(_) if expected.is_some_and(|want| want != seen) && !seen.is_empty() => {
+            Err(CliError::new(format!(
+                "https://{host}:{port} showed a different certificate (sha256 {seen}) than the one trusted"
+            ))
+            .with_hint(
+                "if the server's certificate really changed, check the new fingerprint on the host \
+                 (`corral host info`), then `corral remote remove NAME` and `corral remote add` again",
+            )
+            .into())
+        }
+        Err(e) => Err(CliError::new(format!("TLS with https://{host}:{port} failed: {e}")).into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn urls_give_host_and_port() {
+        assert_eq!(parse_url("https://h:9443").unwrap(), ("h".into(), 9443));
+        assert_eq!(parse_url("https://h/").unwrap(), ("h".into(), 8443));
+        assert_eq!(
+            parse_url("https://[::1]:8443").unwrap(),
+            ("::1".into(), 8443)
+        );
+        assert!(parse_url("http://h:1").is_err());
+        assert!(parse_url("https://h:1/api").is_err());
+    }
+
+    #[test]
+    fn picking_a_remote() {
+        let mut c = RemoteConfig::default();
+        assert!(c.pick(None).unwrap().is_none());
+        c.remotes.insert(
+            "lab".into(),
+            Remote {
+                url: "https://h:1".into(),
+                fingerprint: "ab".into(),
+                token: "t".into(),
+            },
+        );
+        c.default = Some("lab".into());
+        assert_eq!(c.pick(None).unwrap().unwrap().0, "lab");
+        assert!(c.pick(Some("local")).unwrap().is_none());
+        assert!(c.pick(Some("nope")).is_err());
+    }
+}

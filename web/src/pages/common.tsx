@@ -1,0 +1,104 @@
+import { useEffect, useState } from "preact/hooks";
+import { api, del, get, Operation, VmEvent } from "../api";
+
+/** Loads `path` and reloads it every `everyMs` (0: once); an empty path loads nothing. */
+export function usePoll<T>(path: string, everyMs = 0): [T | undefined, string, () => void] {
+  const [data, setData] = useState<T>();
+  const [err, setErr] = useState("");
+  const load = () => path
+    ? get<T>(path).then((d) => { setData(d); setErr(""); }, (e) => setErr((e as Error).message))
+    : Promise.resolve();
+  useEffect(() => {
+    if (!path) return;
+    load();
+    if (!everyMs) return;
+    const t = setInterval(load, everyMs);
+    return () => clearInterval(t);
+  }, [path, everyMs]);
+  return [data, err, load];
+}
+
+export function Err(p: { msg: string }) {
+  return p.msg ? <p class="error" role="alert">{p.msg}</p> : null;
+}
+
+export function Badge(p: { state: string }) {
+  return <span class={`badge ${p.state}`}>{p.state}</span>;
+}
+
+/** Live events from the SSE stream, newest first, optionally for one VM. */
+export function useEvents(vm?: string, max = 50): VmEvent[] {
+  const [events, setEvents] = useState<VmEvent[]>([]);
+  useEffect(() => {
+    const es = new EventSource("/api/v1/events/stream");
+    es.onmessage = (m) => {
+      try {
+        const ev = JSON.parse(m.data) as VmEvent;
+        if (!vm || ev.vm === vm) setEvents((old) => [ev, ...old].slice(0, max));
+      } catch { /* keep-alive comments */ }
+    };
+    return () => es.close();
+  }, [vm]);
+  return events;
+}
+
+export function EventList(p: { events: VmEvent[] }) {
+  return (
+    <table data-testid="events">
+      <tbody>
+        {p.events.map((e) => (
+          <tr key={e.id}><td>{new Date(e.time_ms).toLocaleTimeString()}</td><td>{e.vm ?? ""}</td><td>{e.kind}</td><td>{e.message}</td></tr>
+        ))}
+      </tbody>
+    </table>
+  );
+}
+
+const active = (op: Operation) => !op.state || ["pending", "running", "queued"].includes(op.state);
+
+/** Runs a request that may answer 202 + operation, and follows the operation: its progress
+ *  from the event stream's `progress` events (at most two a second, not stored), its end
+ *  by long-polling `/operations/{id}/wait` — no polling loop. */
+export async function runOp(method: string, path: string, body?: unknown, onOp?: (op: Operation) => void): Promise<unknown> {
+  const r = await api<{ id?: string; operation?: Operation } & Record<string, unknown>>(method, path, body);
+  const op = (r && (r.operation ?? (typeof r.id === "string" && "state" in r ? (r as unknown as Operation) : undefined))) as Operation | undefined;
+  if (!op) return r;
+  let cur = op;
+  onOp?.(cur);
+  const es = active(cur) ? new EventSource("/api/v1/events/stream") : undefined;
+  if (es) es.onmessage = (m) => {
+    try {
+      const ev = JSON.parse(m.data) as VmEvent;
+      if (ev.kind !== "progress") return;
+      const p = JSON.parse(ev.message) as Operation;
+      if (p.id === op.id && active(cur)) { cur = { ...cur, ...p }; onOp?.(cur); }
+    } catch { /* keep-alive comments */ }
+  };
+  try {
+    while (active(cur)) {
+      cur = await get<Operation>(`/api/v1/operations/${cur.id}/wait?timeout_secs=20`);
+      onOp?.(cur);
+    }
+  } finally { es?.close(); }
+  if (cur.error) throw new Error(String(cur.error));
+  return cur;
+}
+
+export function OpProgress(p: { op?: Operation }) {
+  if (!p.op) return null;
+  const running = !p.op.state || ["pending", "running", "queued"].includes(p.op.state);
+  return (
+    <div class="row" data-testid="operation">
+      <span>Operation {p.op.kind ?? ""} {p.op.state}{p.op.progress != null ? ` ${Math.round(Number(p.op.progress))}%` : ""}</span>
+      {running && <button onClick={() => del(`/api/v1/operations/${p.op!.id}`).catch(() => {})}>Cancel</button>}
+    </div>
+  );
+}
+
+export function fmtBytes(n?: number) {
+  if (n == null) return "–";
+  const u = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(i ? 1 : 0)} ${u[i]}`;
+}
