@@ -318,6 +318,28 @@ impl Daemon {
         self.wait_console(name, &format!("DONE-{tag}-42"), Duration::from_secs(30));
     }
 
+    /// Runs `command` in the running test guest until it prints `want` (the guest polls
+    /// every half second, at most `timeout`) and returns its last output. Hot-plugged
+    /// devices and resizes reach a TCG guest with a delay that grows with host load, so
+    /// a single look after a fixed sleep is not enough.
+    pub fn guest_poll(&self, name: &str, command: &str, want: &str, timeout: Duration) -> String {
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("OUT-{:x}-{run}-", std::process::id());
+        let tries = timeout.as_millis().div_ceil(500);
+        let line = format!(
+            "i=0; while [ \"$({command} 2>&1)\" != '{want}' ] && [ $i -lt {tries} ]; \
+             do sleep 0.5; i=$((i+1)); done; echo \"{tag}$((6*7)):$({command} 2>&1)\"\n"
+        );
+        self.wait_for_shell(name);
+        self.console_session(name, line.as_bytes(), Duration::from_millis(500));
+        let marker = format!("{tag}42:");
+        self.wait_console(name, &marker, timeout + Duration::from_secs(30));
+        let log = self.console_log(name);
+        let start = log.rfind(&marker).map_or(0, |i| i + marker.len());
+        log[start..].lines().next().unwrap_or("").trim().to_string()
+    }
+
     /// Waits until the guest's shell reads lines: right after boot, ash may still be
     /// setting up its line editor (which drops what was typed before), so an empty line
     /// is sent until a new prompt answers it.
@@ -506,3 +528,6 @@ pub fn qemu_img_check(path: &str) {
         .unwrap();
     assert!(ok.success(), "qemu-img check {path}");
 }
+
+/// How long a running TCG guest may take to notice a hot-plug, unplug or resize.
+pub const SEEN: Duration = Duration::from_secs(20);

@@ -14,9 +14,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use corral_tests::{Daemon, BOOT};
+use corral_tests::{Daemon, BOOT, SEEN};
 
 const NO_DM: &str = "lvm-thin needs the kernel's device-mapper (dm-thin-pool); this host has none";
 
@@ -245,21 +244,14 @@ fn thin_pool_end_to_end(d: &Daemon) {
     d.wait_console("lv", "CORRAL-GUEST-READY", BOOT);
     assert!(d.console_log("lv").contains("disk /dev/vda 65536 sectors"));
     d.ok(&["volume", "resize", "data", "--size", "48M"]);
-    let out = d.console_session("lv", b"cat /sys/block/vda/size\n", Duration::from_secs(2));
-    assert!(out.contains("98304"), "guest should see 48M: {out}");
+    let out = d.guest_poll("lv", "cat /sys/block/vda/size", "98304", SEEN);
+    assert_eq!(out, "98304", "guest should see 48M");
 
     // Hot attach and detach of a second thin LV.
     d.ok(&["volume", "create", "hot", "--size", "16M", "--pool", "thin"]);
     d.ok(&["volume", "attach", "hot", "lv"]);
-    let out = d.console_session(
-        "lv",
-        b"sleep 1; cat /sys/block/vdb/size\n",
-        Duration::from_secs(3),
-    );
-    assert!(
-        out.contains("32768"),
-        "guest should see the 16M disk: {out}"
-    );
+    let out = d.guest_poll("lv", "cat /sys/block/vdb/size", "32768", SEEN);
+    assert_eq!(out, "32768", "guest should see the 16M disk");
     d.ok(&["volume", "detach", "hot", "lv"]);
     d.ok(&["volume", "delete", "hot"]);
     assert!(!t.lvs().contains("hot"), "{}", t.lvs());
