@@ -66,7 +66,15 @@ run(async () => {
   if (errs.length) throw new Error(`revert failed: ${errs.join("; ")}`);
   await shot("snapshot-reverted");
 
+  // The dashboard's events come only from the live stream (it never polls them):
+  // the delete made in the other tab must show up there.
+  const dash = await b.newPage();
+  await dash.goto(URL + "/");
+  await dash.waitForSelector("[data-testid=host-cpu]", { timeout: 15000 });
+  await page.bringToFront();
   await page.click("button:has-text('delete')");
+  await dash.waitForSelector("[data-testid=events] tr:has-text('web1'):has-text('deleted')", { timeout: 30000 });
+  await dash.close();
   await page.waitForURL(/\/vms$/, { timeout: 60000 });
   await page.waitForTimeout(500);
   if (await page.$("a:has-text('web1')")) throw new Error("web1 still listed after delete");

@@ -274,10 +274,9 @@ pub async fn stream_events(
             match rx.recv().await {
                 Ok(ev) => {
                     let data = serde_json::to_string(&ev).unwrap_or_default();
-                    return Some((
-                        Ok(SseEvent::default().event(ev.kind.clone()).data(data)),
-                        rx,
-                    ));
+                    // Unnamed messages: a browser's EventSource hands only those to
+                    // `onmessage` and cannot listen for "any name"; the kind is in the JSON.
+                    return Some((Ok(SseEvent::default().data(data)), rx));
                 }
                 // A slow reader skips what it missed rather than stalling everyone.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
