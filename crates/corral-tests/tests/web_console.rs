@@ -5,7 +5,8 @@
 
 use std::process::Command;
 
-use corral_tests::{guest, workspace, Daemon, GUEST_CMDLINE};
+use corral_tests::remote::free_port;
+use corral_tests::{guest, workspace, Daemon, NetNs, GUEST_CMDLINE};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -16,6 +17,11 @@ fn admin(d: &Daemon) {
 }
 
 fn run_script(url: &str, script: &str) {
+    run_node(Command::new("node"), url, script);
+}
+
+/// Runs `script` with `node`, a command that may run it elsewhere (in a namespace).
+fn run_node(mut node: Command, url: &str, script: &str) {
     let (kernel, _) = guest();
     let artifacts = std::env::var("CORRAL_ARTIFACTS").unwrap_or_else(|_| {
         workspace()
@@ -23,7 +29,7 @@ fn run_script(url: &str, script: &str) {
             .display()
             .to_string()
     });
-    let out = Command::new("node")
+    let out = node
         .arg(workspace().join("web/e2e").join(script))
         .current_dir(workspace())
         .env("CORRAL_URL", url)
@@ -101,4 +107,34 @@ fn unknown_paths_serve_the_app_but_api_paths_stay_json() {
     let (status, body) = d.http("GET", "/api/v1/nope", "");
     assert_eq!(status, 404);
     assert!(body.get("error").is_some(), "{body}");
+}
+
+#[test]
+fn storage_and_network_pages_make_and_delete_volumes_and_networks() {
+    // Networks are made for real: the daemon, and so the browser, live in a namespace.
+    let ns = NetNs::new("webstor");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start_in(&ns, &["--accel", "tcg", "--listen", &listen]);
+    admin(&d);
+    d.define("storvm", &["--network", "none"]);
+    d.ok(&["volume", "create", "civol", "--size", "16M"]);
+    run_node(
+        ns.command("node"),
+        &format!("https://{listen}"),
+        "storage.mjs",
+    );
+    let (status, _) = d.http("GET", "/api/v1/volumes/webvol2", "");
+    assert_eq!(status, 404, "the page deletes its volume");
+    let (status, _) = d.http("GET", "/api/v1/networks/webnet", "");
+    assert_eq!(status, 404, "the page deletes its network");
+    let (_, net) = d.http("GET", "/api/v1/networks/default", "");
+    assert_eq!(net["used_by"], serde_json::json!(["civm"]), "{net}");
+    let vm = d.vm("civm");
+    assert!(vm["spec"]["disks"].to_string().contains("civol"), "{vm}");
+    assert!(
+        vm["spec"]["cloud_init"]["user_data"]
+            .as_str()
+            .is_some_and(|u| u.contains("echo hi")),
+        "{vm}"
+    );
 }
