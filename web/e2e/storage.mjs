@@ -83,6 +83,9 @@ run(async () => {
   await page.click("button[type=submit]");
   await page.waitForURL(/\/vms\/civm$/, { timeout: 60000 });
   await shot("vm-created");
+  // The VM page's NIC form offers the host's networks by name.
+  await page.selectOption("select[name=nic-kind]", "network");
+  await page.locator("select[name=nic-source] option[value=default]").waitFor({ state: "attached", ...T });
 
   // Networks.
   await page.goto(URL + "/networks");

@@ -8,7 +8,7 @@ interface Nic { kind: string; source?: string; mac: string; ip?: string; vlan?: 
  *  take a NIC but must be resumed to let one go (the server says so, with a hint). */
 export function Nics(p: { vm: string; nics: Nic[]; onChange: () => void }) {
   const base = `/api/v1/vms/${enc(p.vm)}/nics`;
-  const [nets] = usePoll<{ spec: { name: string } }[]>("/api/v1/networks");
+  const [nets] = usePoll<{ name: string }[]>("/api/v1/networks");
   const [f, setF] = useState({ kind: "network", source: "", mac: "", ip: "" });
   const [fieldErr, setFieldErr] = useState<{ field: string; msg: string }>();
   const [msg, setMsg] = useState(""), [busy, setBusy] = useState(false);
@@ -28,7 +28,7 @@ export function Nics(p: { vm: string; nics: Nic[]; onChange: () => void }) {
   const add = (e: Event) => {
     e.preventDefault();
     const body: Record<string, unknown> = { kind: f.kind };
-    if (f.kind !== "user") body.source = f.source || (f.kind === "network" ? nets?.[0]?.spec.name : "");
+    if (f.kind !== "user") body.source = f.source || (f.kind === "network" ? nets?.[0]?.name : "");
     if (f.mac) body.mac = f.mac;
     if (f.ip) body.ip = f.ip;
     return run(() => post(base, body));
@@ -49,7 +49,7 @@ export function Nics(p: { vm: string; nics: Nic[]; onChange: () => void }) {
           <option value="network">network</option><option value="bridge">host bridge</option><option value="user">user (passt)</option>
         </select></label>
         {f.kind === "network" && <label>Network <select name="nic-source" value={f.source} onChange={set("source")}>
-          {(nets ?? []).map((n) => <option key={n.spec.name} value={n.spec.name}>{n.spec.name}</option>)}
+          {(nets ?? []).map((n) => <option key={n.name} value={n.name}>{n.name}</option>)}
         </select>{errFor("source")}</label>}
         {f.kind === "bridge" && <label>Bridge <input name="nic-source" value={f.source} onInput={set("source")} />{errFor("source")}</label>}
         <label>MAC <input name="nic-mac" placeholder="automatic" value={f.mac} onInput={set("mac")} />{errFor("mac")}</label>
