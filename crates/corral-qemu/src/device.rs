@@ -49,6 +49,26 @@ pub(crate) async fn wait_deleted(
     }
 }
 
+/// `device_del` of `device`, then wait until the guest has released it. `Ok(false)`:
+/// QEMU had no such device. A request still pending from an earlier timed-out unplug
+/// is waited for again rather than failed.
+pub(crate) async fn unplug(qmp: &Qmp, device: &str, timeout: Duration) -> Result<bool, WaitError> {
+    // Subscribe first: the event may arrive before device_del's reply.
+    let mut events = qmp.events();
+    match qmp
+        .execute_raw("device_del", Some(json!({ "id": device })))
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if e.is_class("DeviceNotFound") => return Ok(false),
+        Err(QmpError::Command { desc, .. })
+            if desc.contains("already in the process of unplug") => {}
+        Err(e) => return Err(WaitError::Qmp("device_del", e)),
+    }
+    wait_deleted(qmp, &mut events, device, timeout).await?;
+    Ok(true)
+}
+
 pub(crate) fn is_deleted(ev: &Event, device: &str) -> bool {
     ev.name == "DEVICE_DELETED" && ev.data.get("device").and_then(Value::as_str) == Some(device)
 }

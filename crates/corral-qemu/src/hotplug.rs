@@ -336,31 +336,11 @@ async fn attach(qmp: &Qmp, spec: &HotDisk) -> Result<(), HotplugError> {
 
 async fn detach(qmp: &Qmp, node: &str, timeout: Duration) -> Result<(), HotplugError> {
     let device = device_id(node);
-    // Subscribe first: the event may arrive before device_del's reply.
-    let mut events = qmp.events();
-    let device_found = match qmp
-        .execute_raw("device_del", Some(json!({ "id": device })))
-        .await
-    {
-        Ok(_) => true,
-        Err(e) if e.is_class("DeviceNotFound") => false,
-        // An earlier detach timed out and the guest still has not answered: keep waiting.
-        Err(QmpError::Command { desc, .. })
-            if desc.contains("already in the process of unplug") =>
-        {
-            true
-        }
-        Err(e) => return Err(qmp_err("device_del", node)(e)),
+    let device_found = match crate::device::unplug(qmp, &device, timeout).await {
+        Ok(found) => found,
+        Err(WaitError::TimedOut) => return Err(HotplugError::UnplugTimeout { device, timeout }),
+        Err(WaitError::Qmp(command, e)) => return Err(qmp_err(command, node)(e)),
     };
-    if device_found {
-        match crate::device::wait_deleted(qmp, &mut events, &device, timeout).await {
-            Ok(()) => {}
-            Err(WaitError::TimedOut) => {
-                return Err(HotplugError::UnplugTimeout { device, timeout })
-            }
-            Err(WaitError::Qmp(command, e)) => return Err(qmp_err(command, node)(e)),
-        }
-    }
 
     // The disk is its node, plus the overlays live snapshots put on top of it.
     let owned = |nodes: Vec<BlockNode>| {

@@ -133,33 +133,16 @@ async fn attach(qmp: &Qmp, nic: HotNic) -> Result<(), NicHotplugError> {
 }
 
 async fn detach(qmp: &Qmp, mac: &str, timeout: Duration) -> Result<(), NicHotplugError> {
-    let device = nic_device_id(mac);
-    let mut events = qmp.events();
-    let device_found = match qmp
-        .execute_raw("device_del", Some(json!({ "id": device })))
-        .await
-    {
-        Ok(_) => true,
-        Err(e) if e.is_class("DeviceNotFound") => false,
-        Err(QmpError::Command { desc, .. })
-            if desc.contains("already in the process of unplug") =>
-        {
-            true
+    let device_found = match crate::device::unplug(qmp, &nic_device_id(mac), timeout).await {
+        Ok(found) => found,
+        Err(WaitError::TimedOut) => {
+            return Err(NicHotplugError::UnplugTimeout {
+                mac: mac.to_owned(),
+                timeout,
+            })
         }
-        Err(e) => return Err(qmp_err("device_del", mac)(e)),
+        Err(WaitError::Qmp(command, e)) => return Err(qmp_err(command, mac)(e)),
     };
-    if device_found {
-        match crate::device::wait_deleted(qmp, &mut events, &device, timeout).await {
-            Ok(()) => {}
-            Err(WaitError::TimedOut) => {
-                return Err(NicHotplugError::UnplugTimeout {
-                    mac: mac.to_owned(),
-                    timeout,
-                })
-            }
-            Err(WaitError::Qmp(command, e)) => return Err(qmp_err(command, mac)(e)),
-        }
-    }
     let netdev_found = match netdev_del(qmp, &nic_netdev_id(mac)).await {
         Ok(()) => true,
         // QEMU 7.2 says "Device '…' not found" as a GenericError for netdevs.
