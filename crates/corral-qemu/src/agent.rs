@@ -75,6 +75,18 @@ pub struct GuestInterface {
     pub mac: Option<String>,
     /// Addresses with their prefix length.
     pub addresses: Vec<(IpAddr, u8)>,
+    /// Bytes received and sent, as the guest counts them (since its boot); absent
+    /// from agents older than 2.11.
+    pub traffic: Option<Traffic>,
+}
+
+/// An interface's byte counters, from the guest's side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Traffic {
+    #[serde(rename = "rx-bytes")]
+    pub rx_bytes: u64,
+    #[serde(rename = "tx-bytes")]
+    pub tx_bytes: u64,
 }
 
 /// A connection to one guest's agent.
@@ -135,6 +147,7 @@ impl Agent {
             mac: Option<String>,
             #[serde(rename = "ip-addresses", default)]
             addresses: Vec<Addr>,
+            statistics: Option<Traffic>,
         }
         #[derive(Deserialize)]
         struct Addr {
@@ -157,6 +170,7 @@ impl Agent {
                         Some((ip, a.prefix))
                     })
                     .collect(),
+                traffic: i.statistics,
             })
             .collect())
     }

@@ -155,3 +155,36 @@ fn metrics_move_and_scrape_is_valid() {
     d.ok(&["delete", "idle", "--force"]);
     wait_scrape(&d, "deleted VM gone", |t| !t.contains("vm=\"idle\""));
 }
+
+/// A user-mode (passt) NIC has no host device to count on: its traffic comes from the
+/// guest agent's counters, as separate series, and into the JSON rates.
+#[test]
+fn user_nic_traffic_is_counted_by_the_guest_agent() {
+    let w = corral_tests::World::new("metuser");
+    let d = Daemon::start_in(&w.host, &["--accel", "tcg", "--metrics-interval", "1s"]);
+    d.boot("pu", &["--network", "user"]);
+    d.wait_console("pu", "CORRAL-GUEST-READY", corral_tests::BOOT);
+    let series = "corral_vm_user_network_transmit_bytes_total{vm=\"pu\"}";
+    let text = wait_scrape(&d, "the agent's counters", |t| t.contains(series));
+    promtool_accepts(&text);
+    let before = value(&text, series).unwrap();
+
+    // 20 pings of 1000 bytes leave the guest whether or not anything answers them.
+    d.guest_run(
+        "pu",
+        "ping -c 20 -i 0.2 -s 1000 -W 1 198.51.100.2 >/dev/null",
+    );
+    wait_scrape(&d, "the pings counted", |t| {
+        value(t, series).unwrap_or(0.0) >= before + 20_000.0
+    });
+    let (_, m) = d.http("GET", "/api/v1/vms/pu/metrics", "");
+    assert!(
+        m["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["net_tx_bytes_per_sec"].as_f64().unwrap() > 1000.0),
+        "{m}"
+    );
+    d.ok(&["delete", "pu", "--force"]);
+}

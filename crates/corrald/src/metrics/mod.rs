@@ -14,7 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use corral_api::{HostMetrics, HostSample, MemorySource, PoolUsage, VmMetrics, VmSample};
+use corral_api::{
+    HostMetrics, HostSample, MemorySource, NetworkKind, Nic, PoolUsage, VmMetrics, VmSample,
+};
+use corral_qemu::agent::Traffic;
 use serde_json::Value;
 
 use crate::clock::now_ms;
@@ -33,8 +36,12 @@ pub struct Counters {
     pub wr_bytes: u64,
     pub rd_ops: u64,
     pub wr_ops: u64,
+    /// Tap NICs, from the host's side (turned around: the tap's rx is the guest's tx).
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// User-mode (passt) NICs have no host device to count on: the guest agent's
+    /// counters for their MACs, when it answers. Reset by a guest reboot.
+    pub user_net: Option<Traffic>,
 }
 
 #[derive(Default)]
@@ -163,7 +170,6 @@ pub async fn run(mgr: Arc<Manager>) {
 /// What one running VM gave this round.
 struct Probe {
     name: String,
-    vcpus: u32,
     memory_total: u64,
     rss: u64,
     guest_memory: Option<balloon::GuestMemory>,
@@ -188,27 +194,42 @@ async fn collect(mgr: &Arc<Manager>) {
         let Some(running) = mgr.running(&r.spec.name) else {
             continue;
         };
-        let taps: Vec<String> = r
+        let (user_macs, taps): (Vec<&Nic>, Vec<&Nic>) = r
             .spec
             .nics
             .iter()
+            .partition(|n| n.kind == NetworkKind::User);
+        let taps: Vec<String> = taps
+            .iter()
             .map(|n| corral_net::tap::tap_name(&n.mac))
             .collect();
-        let (name, vcpus, memory_total) = (
-            r.spec.name.clone(),
-            r.spec.vcpus,
-            r.spec.memory_mib * 1024 * 1024,
-        );
+        let user_macs: Vec<String> = user_macs
+            .iter()
+            .map(|n| n.mac.to_ascii_lowercase())
+            .collect();
+        let (name, memory_total) = (r.spec.name.clone(), r.spec.memory_mib * 1024 * 1024);
         probes.push(async move {
-            let (blocks, guest_memory) = tokio::join!(
+            let user_net = async {
+                if user_macs.is_empty() {
+                    return None;
+                }
+                let asked = running.agent.traffic(&user_macs, QMP_TIMEOUT);
+                tokio::time::timeout(QMP_TIMEOUT, asked)
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            let (blocks, guest_memory, user_net) = tokio::join!(
                 tokio::time::timeout(
                     QMP_TIMEOUT,
                     running.qmp.execute_raw("query-blockstats", None),
                 ),
                 tokio::time::timeout(QMP_TIMEOUT, balloon::guest_memory(&running.qmp)),
+                user_net,
             );
             let mut c = Counters {
                 cpu_ticks: probe::process_cpu_ticks(running.pid).unwrap_or(0),
+                user_net,
                 ..Counters::default()
             };
             if let Ok(Ok(v)) = blocks {
@@ -223,7 +244,6 @@ async fn collect(mgr: &Arc<Manager>) {
             }
             Probe {
                 name,
-                vcpus,
                 memory_total,
                 rss: probe::process_rss(running.pid).unwrap_or(0),
                 guest_memory: guest_memory.ok().flatten(),
@@ -266,12 +286,13 @@ async fn collect(mgr: &Arc<Manager>) {
                 disk_write_bytes_per_sec: rate(p.counters.wr_bytes, prev.wr_bytes),
                 disk_read_ops_per_sec: rate(p.counters.rd_ops, prev.rd_ops),
                 disk_write_ops_per_sec: rate(p.counters.wr_ops, prev.wr_ops),
-                net_rx_bytes_per_sec: rate(p.counters.rx_bytes, prev.rx_bytes),
-                net_tx_bytes_per_sec: rate(p.counters.tx_bytes, prev.tx_bytes),
+                net_rx_bytes_per_sec: rate(p.counters.rx_bytes, prev.rx_bytes)
+                    + user_bytes(p.counters.user_net, prev.user_net, |t| t.rx_bytes) / secs,
+                net_tx_bytes_per_sec: rate(p.counters.tx_bytes, prev.tx_bytes)
+                    + user_bytes(p.counters.user_net, prev.user_net, |t| t.tx_bytes) / secs,
             };
             push(&mut h.samples, sample);
         }
-        let _ = p.vcpus;
         h.last = Some((now, p.counters));
     }
     if let (Some((busy, total)), Some((pb, pt))) = (host_cpu, st.host_cpu) {
@@ -286,6 +307,16 @@ async fn collect(mgr: &Arc<Manager>) {
         push(&mut st.host, sample);
     }
     st.host_cpu = host_cpu;
+}
+
+/// Bytes moved on user-mode NICs since the last round. The agent's counters only
+/// count when it answered both times: the first answer after a gap holds everything
+/// since the guest booted, not one interval.
+fn user_bytes(now: Option<Traffic>, prev: Option<Traffic>, bytes: fn(&Traffic) -> u64) -> f64 {
+    match (now, prev) {
+        (Some(a), Some(b)) => bytes(&a).saturating_sub(bytes(&b)) as f64,
+        _ => 0.0,
+    }
 }
 
 /// Sum `query-blockstats` over the VM's drives.

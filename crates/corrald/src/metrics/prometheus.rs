@@ -16,8 +16,9 @@ pub struct Snapshot {
     pub ticks_per_sec: u64,
 }
 
-/// A per-VM counter: metric name, help text, and which raw counter it shows.
-type CounterDef = (&'static str, &'static str, fn(&Counters) -> u64);
+/// A per-VM counter: metric name, help text, and which raw counter it shows (a VM
+/// without one has no series).
+type CounterDef = (&'static str, &'static str, fn(&Counters) -> Option<u64>);
 
 /// Label values escape `\`, `"` and newlines.
 fn esc(v: &str) -> String {
@@ -95,36 +96,46 @@ pub fn render(snap: &Snapshot) -> String {
     let mut vms: Vec<_> = snap.vms.iter().collect();
     vms.sort_by(|a, b| a.0.cmp(&b.0));
     let tps = snap.ticks_per_sec.max(1) as f64;
-    let counters: [CounterDef; 6] = [
+    let counters: [CounterDef; 8] = [
         (
             "corral_vm_disk_read_bytes_total",
             "Bytes read from the VM's disks.",
-            |c| c.rd_bytes,
+            |c| Some(c.rd_bytes),
         ),
         (
             "corral_vm_disk_written_bytes_total",
             "Bytes written to the VM's disks.",
-            |c| c.wr_bytes,
+            |c| Some(c.wr_bytes),
         ),
         (
             "corral_vm_disk_read_ops_total",
             "Read operations on the VM's disks.",
-            |c| c.rd_ops,
+            |c| Some(c.rd_ops),
         ),
         (
             "corral_vm_disk_write_ops_total",
             "Write operations on the VM's disks.",
-            |c| c.wr_ops,
+            |c| Some(c.wr_ops),
         ),
         (
             "corral_vm_network_receive_bytes_total",
             "Bytes the guest received on tap NICs.",
-            |c| c.rx_bytes,
+            |c| Some(c.rx_bytes),
         ),
         (
             "corral_vm_network_transmit_bytes_total",
             "Bytes the guest sent on tap NICs.",
-            |c| c.tx_bytes,
+            |c| Some(c.tx_bytes),
+        ),
+        (
+            "corral_vm_user_network_receive_bytes_total",
+            "Bytes the guest received on user-mode (passt) NICs, as its guest agent counts them (reset by a guest reboot).",
+            |c| c.user_net.map(|t| t.rx_bytes),
+        ),
+        (
+            "corral_vm_user_network_transmit_bytes_total",
+            "Bytes the guest sent on user-mode (passt) NICs, as its guest agent counts them (reset by a guest reboot).",
+            |c| c.user_net.map(|t| t.tx_bytes),
         ),
     ];
     head(
@@ -144,7 +155,9 @@ pub fn render(snap: &Snapshot) -> String {
     for (metric, help, get) in counters {
         head(&mut out, metric, "counter", help);
         for (name, c, _) in &vms {
-            let _ = writeln!(out, "{metric}{{vm=\"{}\"}} {}", esc(name), get(c));
+            if let Some(v) = get(c) {
+                let _ = writeln!(out, "{metric}{{vm=\"{}\"}} {v}", esc(name));
+            }
         }
     }
     head(

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corral_api::{AddressSource, VmAddress};
-use corral_qemu::agent::{Agent, AgentError, GuestInterface};
+use corral_qemu::agent::{Agent, AgentError, GuestInterface, Traffic};
 use tokio::sync::{watch, OwnedMutexGuard};
 
 use super::{Manager, Running};
@@ -115,6 +115,17 @@ impl GuestAgent {
         Ok(Session { agent, _turn: turn })
     }
 
+    /// Bytes received and sent by the guest's interfaces with these (lower-case) MACs,
+    /// as the guest counts them; `None` without a connected agent or its counters.
+    pub async fn traffic(&self, macs: &[String], timeout: Duration) -> Option<Traffic> {
+        if !self.is_connected() {
+            return None;
+        }
+        let mut session = self.session(timeout).await.ok()?;
+        let interfaces = session.network_interfaces().await.ok()?;
+        traffic_of(&interfaces, macs)
+    }
+
     /// Asks the agent for the guest's interfaces and keeps their addresses.
     pub async fn refresh_addresses(&self) -> Result<(), AgentError> {
         let mut session = self.session(SESSION_TIMEOUT).await?;
@@ -201,6 +212,18 @@ impl Drop for Frozen {
 async fn thaw(socket: &std::path::Path) -> Result<u32, AgentError> {
     let mut agent = Agent::connect(socket, THAW_TIMEOUT).await?;
     agent.fsthaw().await
+}
+
+/// The summed counters of the interfaces with these MACs; `None` if none reported any.
+pub fn traffic_of(interfaces: &[GuestInterface], macs: &[String]) -> Option<Traffic> {
+    interfaces
+        .iter()
+        .filter(|i| i.mac.as_ref().is_some_and(|m| macs.contains(m)))
+        .filter_map(|i| i.traffic)
+        .reduce(|a, b| Traffic {
+            rx_bytes: a.rx_bytes + b.rx_bytes,
+            tx_bytes: a.tx_bytes + b.tx_bytes,
+        })
 }
 
 /// The addresses worth showing: not loopback, not link-local (every NIC has those).
@@ -351,7 +374,45 @@ mod tests {
                 .iter()
                 .map(|(a, p)| (a.parse().unwrap(), *p))
                 .collect(),
+            traffic: None,
         }
+    }
+
+    #[test]
+    fn traffic_sums_the_asked_macs_only() {
+        let counted = |rx, tx, mac: &str| GuestInterface {
+            traffic: Some(Traffic {
+                rx_bytes: rx,
+                tx_bytes: tx,
+            }),
+            ..iface("eth", Some(mac), &[])
+        };
+        let ifaces = [
+            counted(10, 1, "52:54:00:00:00:01"),
+            counted(20, 2, "52:54:00:00:00:02"),
+            counted(400, 4, "52:54:00:00:00:03"),
+            iface("lo", None, &[]),
+        ];
+        let macs = [
+            "52:54:00:00:00:01".to_string(),
+            "52:54:00:00:00:02".to_string(),
+        ];
+        assert_eq!(
+            traffic_of(&ifaces, &macs),
+            Some(Traffic {
+                rx_bytes: 30,
+                tx_bytes: 3
+            })
+        );
+        // An agent without counters, or no interface of ours: nothing to report.
+        assert_eq!(
+            traffic_of(&[iface("eth0", Some("52:54:00:00:00:01"), &[])], &macs),
+            None
+        );
+        assert_eq!(
+            traffic_of(&ifaces, &["52:54:00:00:00:09".to_string()]),
+            None
+        );
     }
 
     #[test]
