@@ -47,14 +47,11 @@ const corral = {
   },
   async list(page) {
     await page.goto(URL + "/vms");
-    // The list renders 200 rows at a time and a "Show more (N left)" button: all VMs
-    // are represented once the first page is drawn and the button counts the rest.
-    await page.waitForFunction(([n, first]) => {
-      const rows = document.querySelectorAll("tbody tr").length;
-      const more = [...document.querySelectorAll("button")].find((b) => b.textContent.startsWith("Show more"));
-      return rows > 0 && document.querySelector("tbody").textContent.includes(first) &&
-        (n <= rows ? rows === n : more && more.textContent.includes(`(${n - rows} left)`));
-    }, [NVMS, `${PREFIX}0000`], { timeout: TIMEOUT, polling: "raf" });
+    // Every VM is a row: done when all N are drawn, the first and the last among them.
+    await page.waitForFunction(([n, first, last]) => {
+      const body = document.querySelector("tbody");
+      return !!body && body.rows.length === n && body.textContent.includes(first) && body.textContent.includes(last);
+    }, [NVMS, `${PREFIX}0000`, LAST], { timeout: TIMEOUT, polling: "raf" });
     const listed = await since(page);
     const fc = await fcp(page);
     const t0 = Date.now();

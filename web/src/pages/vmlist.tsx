@@ -3,13 +3,10 @@ import { enc, post, Vm } from "../api";
 import { Link } from "../main";
 import { Badge, Err, usePoll } from "./common";
 
-const PAGE = 200; // rows rendered at once: keeps 1000+ VMs cheap
-
 export function VmList() {
   const [vms, err, reload] = usePoll<Vm[]>("/api/v1/vms", 5000);
   const [q, setQ] = useState(""), [state, setState] = useState("");
   const [sel, setSel] = useState<Set<string>>(new Set());
-  const [limit, setLimit] = useState(PAGE);
   const [msg, setMsg] = useState("");
   const rows = (vms ?? []).filter((v) => v.spec.name.includes(q) && (!state || v.status.state === state));
   const toggle = (n: string) => { const s = new Set(sel); s.has(n) ? s.delete(n) : s.add(n); setSel(s); };
@@ -36,7 +33,7 @@ export function VmList() {
       <table>
         <thead><tr><th></th><th>Name</th><th>State</th><th>vCPUs</th><th>Memory</th><th>IPs</th></tr></thead>
         <tbody>
-          {rows.slice(0, limit).map((v) => (
+          {rows.map((v) => (
             <tr key={v.spec.name}>
               <td><input type="checkbox" checked={sel.has(v.spec.name)} onChange={() => toggle(v.spec.name)} /></td>
               <td><Link href={`/vms/${enc(v.spec.name)}`}>{v.spec.name}</Link></td>
@@ -47,7 +44,6 @@ export function VmList() {
           ))}
         </tbody>
       </table>
-      {rows.length > limit && <button onClick={() => setLimit(limit + PAGE)}>Show more ({rows.length - limit} left)</button>}
     </div>
   );
 }
