@@ -21,7 +21,9 @@ pub use cloud_init::{CloudInit, SshPublicKey};
 pub use error::{ErrorBody, ValidationError};
 pub use event::Event;
 pub use host::{Accel, AccelInfo, HostInfo, StorageDriverInfo};
-pub use metrics::{HostMetrics, HostSample, MemorySource, PoolUsage, VmMetrics, VmSample};
+pub use metrics::{
+    HostMetrics, HostSample, MemorySource, PoolUsage, VmLatest, VmMetrics, VmSample, VmsMetrics,
+};
 pub use network::*;
 pub use operation::{Operation, OperationState};
 pub use size::{format_size, parse_duration_secs, parse_size};

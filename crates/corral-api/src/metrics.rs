@@ -75,7 +75,8 @@ pub struct VmSample {
     pub disk_write_bytes_per_sec: f64,
     pub disk_read_ops_per_sec: f64,
     pub disk_write_ops_per_sec: f64,
-    /// From the tap devices' kernel counters (passt NICs have none and count as 0).
+    /// Tap NICs from their kernel counters; user-mode (passt) NICs from the guest
+    /// agent's counters while it answers (0 without one).
     pub net_rx_bytes_per_sec: f64,
     pub net_tx_bytes_per_sec: f64,
 }
@@ -86,4 +87,18 @@ pub struct VmMetrics {
     pub interval_ms: u64,
     /// Oldest first; empty while the VM has not run since the daemon started.
     pub samples: Vec<VmSample>,
+}
+
+/// The newest sample of every running VM (`corral top`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VmsMetrics {
+    pub interval_ms: u64,
+    /// By VM name; VMs that have not been sampled since they started are absent.
+    pub vms: Vec<VmLatest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VmLatest {
+    pub vm: String,
+    pub sample: VmSample,
 }

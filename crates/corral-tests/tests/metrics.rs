@@ -77,6 +77,16 @@ fn metrics_move_and_scrape_is_valid() {
     });
     promtool_accepts(&text);
     assert!(value(&text, "corral_vms{state=\"running\"}").unwrap() >= 2.0);
+    // `corral top`: the same newest samples, one row per running VM.
+    let top = d.ok(&["top", "--once", "--sort", "name"]);
+    let rows: Vec<&str> = top.lines().skip(1).collect();
+    assert!(
+        rows.len() == 2 && rows[0].starts_with("idle") && rows[1].starts_with("io"),
+        "{top}"
+    );
+    let top = d.json(&["top", "--once"]);
+    assert_eq!(top["vms"].as_array().unwrap().len(), 2, "{top}");
+    assert!(top["vms"][0]["sample"]["cpu_percent"].is_number(), "{top}");
     assert!(value(&text, "corral_host_memory_total_bytes").unwrap() > 0.0);
     let cpu = value(&text, "corral_vm_cpu_seconds_total{vm=\"io\"}").unwrap();
     assert!(cpu > 0.0, "{text}");

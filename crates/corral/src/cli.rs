@@ -127,6 +127,8 @@ pub enum Command {
     Events(EventsArgs),
     /// Follow events as they happen (state changes, operations, consoles); Ctrl-C ends
     Monitor(MonitorArgs),
+    /// Running VMs' CPU, memory, disk and network, refreshed live (like virt-top)
+    Top(TopArgs),
     /// API tokens for scripts, the CLI on other machines and Prometheus
     #[command(subcommand)]
     Token(TokenCommand),
@@ -404,6 +406,28 @@ pub struct MonitorArgs {
     /// `json`: one JSON event per line.
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// `corral top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Print one table and exit (a script's or a log's view).
+    #[arg(long)]
+    pub once: bool,
+    /// Which column orders the VMs, biggest first.
+    #[arg(long, value_enum, default_value_t = TopSort::Cpu)]
+    pub sort: TopSort,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TopSort {
+    Cpu,
+    Memory,
+    Disk,
+    Net,
+    Name,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ mod operation;
 mod pool;
 mod snapshot;
 mod storage_view;
+mod top;
 mod vm;
 mod vm_view;
 mod volume;
@@ -48,6 +49,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Audit(args) => access::audit(&client, &args).await,
         Command::Whoami(out) => access::whoami(&client, out.output).await,
         Command::Monitor(args) => operation::monitor(&client, &args).await,
+        Command::Top(args) => top::top(&client, &args).await,
         Command::Remote(_) => unreachable!("handled before a client is made"),
         Command::Firewall(command) => network::firewall(&client, &command).await,
         Command::Nic(command) => network::nic(&client, &command).await,

@@ -4,7 +4,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
-use corral_api::{HostMetrics, VmMetrics};
+use corral_api::{HostMetrics, VmMetrics, VmsMetrics};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -25,6 +25,13 @@ pub async fn host_metrics(
     Query(q): Query<SinceQuery>,
 ) -> Json<HostMetrics> {
     Json(mgr.metrics.host(q.since_ms))
+}
+
+/// `GET /api/v1/metrics/vms`: the newest sample of every running VM, by name.
+#[utoipa::path(get, path = "/api/v1/metrics/vms",
+    responses((status = 200, body = VmsMetrics)))]
+pub async fn vms_metrics(State(mgr): State<AppState>) -> Json<VmsMetrics> {
+    Json(mgr.metrics.latest())
 }
 
 #[utoipa::path(get, path = "/api/v1/vms/{name}/metrics",

@@ -149,6 +149,7 @@ pub fn router(mgr: Arc<Manager>) -> Router {
         // Live metrics (metrics.rs).
         .route("/api/v1/host/metrics", get(metrics::host_metrics))
         .route("/api/v1/vms/{name}/metrics", get(metrics::vm_metrics))
+        .route("/api/v1/metrics/vms", get(metrics::vms_metrics))
         .route("/metrics", get(metrics::prometheus))
         .fallback(web::fallback)
         // Every route and the fallback pass the gate: identity, role, audit.

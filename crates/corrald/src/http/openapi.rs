@@ -20,6 +20,7 @@ use super::{
         host_info,
         metrics::host_metrics,
         metrics::vm_metrics,
+        metrics::vms_metrics,
         metrics::prometheus,
         auth::login,
         auth::logout,

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corral_api::{
-    HostMetrics, HostSample, MemorySource, NetworkKind, Nic, PoolUsage, VmMetrics, VmSample,
+    HostMetrics, HostSample, MemorySource, NetworkKind, Nic, PoolUsage, VmLatest, VmMetrics,
+    VmSample, VmsMetrics,
 };
 use corral_qemu::agent::Traffic;
 use serde_json::Value;
@@ -127,6 +128,27 @@ impl Metrics {
             vm: name.to_string(),
             interval_ms: self.interval_ms.load(Ordering::Relaxed),
             samples,
+        }
+    }
+
+    /// The newest sample of every VM that has one and still runs, by name.
+    pub fn latest(&self) -> VmsMetrics {
+        let st = self.lock();
+        let mut vms: Vec<VmLatest> = st
+            .vms
+            .iter()
+            .filter(|(_, h)| h.last.is_some())
+            .filter_map(|(name, h)| {
+                Some(VmLatest {
+                    vm: name.clone(),
+                    sample: h.samples.back()?.clone(),
+                })
+            })
+            .collect();
+        vms.sort_by(|a, b| a.vm.cmp(&b.vm));
+        VmsMetrics {
+            interval_ms: self.interval_ms.load(Ordering::Relaxed),
+            vms,
         }
     }
 
