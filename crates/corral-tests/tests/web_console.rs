@@ -138,3 +138,17 @@ fn storage_and_network_pages_make_and_delete_volumes_and_networks() {
         "{vm}"
     );
 }
+
+#[test]
+fn wizard_picks_images_and_nic_rows_and_names_a_bad_nic_row() {
+    let (d, url) = Daemon::start_remote(&[]);
+    admin(&d);
+    d.ok(&["volume", "create", "webimgvol", "--size", "16M"]);
+    d.ok(&["image", "create", "webimg", "--from-volume", "webimgvol"]);
+    run_script(&url, "wizard.mjs");
+    let vm = d.vm("wizvm");
+    assert_eq!(vm["status"]["state"], "stopped", "{vm}");
+    let nics = vm["spec"]["nics"].as_array().unwrap();
+    assert_eq!(nics.len(), 2, "{vm}");
+    assert!(nics.iter().all(|n| n["kind"] == "user"), "{vm}");
+}
