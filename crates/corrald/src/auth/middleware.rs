@@ -28,15 +28,7 @@ pub async fn guard(State(mgr): State<AppState>, mut req: Request, next: Next) ->
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| req.uri().path().to_string());
-    // A websocket over HTTP/2 is an extended CONNECT where HTTP/1.1 sends a GET with
-    // Upgrade: the same request, so it is judged and audited as that GET.
-    let websocket_h2 = *req.method() == Method::CONNECT;
-    let method = if websocket_h2 {
-        Method::GET
-    } else {
-        req.method().clone()
-    };
-    let http1 = req.version() < axum::http::Version::HTTP_2;
+    let method = req.method().clone();
     let has_body = req.headers().contains_key(header::CONTENT_LENGTH)
         || req.headers().contains_key(header::TRANSFER_ENCODING);
     let access = policy::required(&method, &route);
@@ -67,7 +59,7 @@ pub async fn guard(State(mgr): State<AppState>, mut req: Request, next: Next) ->
             }
             let mut response = next.run(req).await;
             let note = response.extensions_mut().remove::<AuditNote>();
-            if should_audit(&method, &route, response.status(), websocket_h2) {
+            if should_audit(&method, &route, response.status()) {
                 let mut entry = audit.entry(response.status(), None);
                 if let Some(note) = note {
                     entry.actor = note.actor.unwrap_or(entry.actor);
@@ -75,12 +67,12 @@ pub async fn guard(State(mgr): State<AppState>, mut req: Request, next: Next) ->
                 }
                 mgr.auth.record(&entry);
             }
-            close_if_body_unread(response, has_body && http1)
+            close_if_body_unread(response, has_body)
         }
         Err(e) => {
             let (status, body) = e.to_parts();
             mgr.auth.record(&audit.entry(status, Some(body.error)));
-            close_if_body_unread(e.into_response(), has_body && http1)
+            close_if_body_unread(e.into_response(), has_body)
         }
     }
 }
@@ -88,7 +80,7 @@ pub async fn guard(State(mgr): State<AppState>, mut req: Request, next: Next) ->
 /// A request refused before its body was read (by this gate, or a 404 of the fallback)
 /// leaves that body on the connection, which cannot then carry another request: say so
 /// (`Connection: close`), or a client that reuses the connection sees it cut under its
-/// next request. (HTTP/2 streams end on their own; it has no such header.) Unauthenticated bodies are not drained: that would let anyone make the
+/// next request. Unauthenticated bodies are not drained: that would let anyone make the
 /// daemon read gigabytes.
 fn close_if_body_unread(mut response: Response, has_body: bool) -> Response {
     if has_body && response.status().as_u16() >= 400 {
@@ -150,13 +142,12 @@ fn same_origin(req: &Request) -> bool {
     matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
-/// Changes, console sessions, and every refusal are audited; plain reads are not. A
-/// websocket opens with 101 on HTTP/1.1 and with 200 to an HTTP/2 extended CONNECT.
-fn should_audit(method: &Method, route: &str, status: StatusCode, websocket_h2: bool) -> bool {
+/// Changes, console sessions, and every refusal are audited; plain reads are not.
+fn should_audit(method: &Method, route: &str, status: StatusCode) -> bool {
     let read = *method == Method::GET || *method == Method::HEAD;
-    let opened =
-        status == StatusCode::SWITCHING_PROTOCOLS || (websocket_h2 && status == StatusCode::OK);
-    !read || (policy::is_console(route) && opened) || matches!(status.as_u16(), 401 | 403 | 429)
+    !read
+        || (policy::is_console(route) && status == StatusCode::SWITCHING_PROTOCOLS)
+        || matches!(status.as_u16(), 401 | 403 | 429)
 }
 
 struct Audit {
@@ -214,33 +205,17 @@ mod tests {
     #[test]
     fn reads_are_not_audited_but_refusals_and_consoles_are() {
         let ok = StatusCode::OK;
-        let console = "/api/v1/vms/{name}/console";
-        assert!(!should_audit(&Method::GET, "/api/v1/vms", ok, false));
+        assert!(!should_audit(&Method::GET, "/api/v1/vms", ok));
         assert!(should_audit(
             &Method::GET,
             "/api/v1/vms",
-            StatusCode::UNAUTHORIZED,
-            false
+            StatusCode::UNAUTHORIZED
         ));
-        assert!(should_audit(
-            &Method::POST,
-            "/api/v1/vms/{name}/stop",
-            ok,
-            false
-        ));
+        assert!(should_audit(&Method::POST, "/api/v1/vms/{name}/stop", ok));
         assert!(should_audit(
             &Method::GET,
-            console,
-            StatusCode::SWITCHING_PROTOCOLS,
-            false
-        ));
-        // HTTP/2: the websocket opens with 200; reading the console log is still a read.
-        assert!(should_audit(&Method::GET, console, ok, true));
-        assert!(!should_audit(
-            &Method::GET,
-            "/api/v1/vms/{name}/console/log",
-            ok,
-            false
+            "/api/v1/vms/{name}/console",
+            StatusCode::SWITCHING_PROTOCOLS
         ));
     }
 }

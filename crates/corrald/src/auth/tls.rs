@@ -66,10 +66,8 @@ pub fn load_or_make(
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .context("the certificate and key do not go together")?;
-    // HTTP/2 first: a browser keeps one connection for all of a console's tabs, event
-    // streams and long polls (over HTTP/1.1 it stops at six per host, and a few open
-    // pages with their event streams would leave new requests waiting).
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only: browsers then open websockets (consoles) on plain upgrades.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsSetup {
         config: Arc::new(config),
         fingerprint,
@@ -143,10 +141,7 @@ async fn serve_connection(
             req.extensions_mut().insert(ConnectInfo(Peer::Tcp(addr)));
             router.clone().oneshot(req.map(axum::body::Body::new))
         });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // Websockets over HTTP/2 (RFC 8441: an extended CONNECT) for the consoles.
-    builder.http2().enable_connect_protocol();
-    if let Err(e) = builder
+    if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection_with_upgrades(TokioIo::new(tls), service)
         .await
     {

@@ -60,13 +60,9 @@ pub fn router(mgr: Arc<Manager>) -> Router {
         .route("/api/v1/vms/{name}/restart", post(vms::restart))
         .route("/api/v1/vms/{name}/pause", post(vms::pause))
         .route("/api/v1/vms/{name}/resume", post(vms::resume))
-        // Websockets: GET + Upgrade on HTTP/1.1, an extended CONNECT on HTTP/2.
-        .route(
-            "/api/v1/vms/{name}/console",
-            get(vms::console).connect(vms::console),
-        )
+        .route("/api/v1/vms/{name}/console", get(vms::console))
         .route("/api/v1/vms/{name}/console/log", get(vms::console_log))
-        .route("/api/v1/vms/{name}/vnc", get(vms::vnc).connect(vms::vnc))
+        .route("/api/v1/vms/{name}/vnc", get(vms::vnc))
         .route("/api/v1/vms/{name}/nics", post(vms::add_nic))
         .route("/api/v1/vms/{name}/nics/{mac}", delete(vms::remove_nic))
         .route(
