@@ -33,6 +33,8 @@ export async function browser(testName) {
   const page = b.pages()[0] ?? (await b.newPage());
   page.on("dialog", (d) => d.accept());
   page.on("pageerror", (e) => console.error("page error:", e.message));
+  // A request that never got an answer says nothing on the page: log it for the failure report.
+  page.on("requestfailed", (r) => console.error("request failed:", r.method(), r.url(), r.failure()?.errorText));
   let n = 0;
   const shot = async (step) => {
     n += 1;

@@ -26,19 +26,34 @@ export function Badge(p: { state: string }) {
   return <span class={`badge ${p.state}`}>{p.state}</span>;
 }
 
-/** Live events from the SSE stream, newest first, optionally for one VM. */
+/** One event stream per tab, shared by every listener (pages, running operations):
+ *  over HTTP/1.1 a browser opens at most six connections to a host, and a stream per
+ *  listener would soon leave other requests waiting. Opened with the first listener,
+ *  closed with the last. Returns the function that stops listening. */
+const listeners = new Set<(ev: VmEvent) => void>();
+let stream: EventSource | undefined;
+export function onEvent(listener: (ev: VmEvent) => void): () => void {
+  listeners.add(listener);
+  if (!stream) {
+    stream = new EventSource("/api/v1/events/stream");
+    stream.onmessage = (m) => {
+      let ev: VmEvent;
+      try { ev = JSON.parse(m.data) as VmEvent; } catch { return; /* keep-alive comments */ }
+      listeners.forEach((l) => l(ev));
+    };
+  }
+  return () => {
+    listeners.delete(listener);
+    if (!listeners.size) { stream?.close(); stream = undefined; }
+  };
+}
+
+/** Live events, newest first, optionally for one VM. */
 export function useEvents(vm?: string, max = 50): VmEvent[] {
   const [events, setEvents] = useState<VmEvent[]>([]);
-  useEffect(() => {
-    const es = new EventSource("/api/v1/events/stream");
-    es.onmessage = (m) => {
-      try {
-        const ev = JSON.parse(m.data) as VmEvent;
-        if (!vm || ev.vm === vm) setEvents((old) => [ev, ...old].slice(0, max));
-      } catch { /* keep-alive comments */ }
-    };
-    return () => es.close();
-  }, [vm]);
+  useEffect(() => onEvent((ev) => {
+    if (!vm || ev.vm === vm) setEvents((old) => [ev, ...old].slice(0, max));
+  }), [vm]);
   return events;
 }
 
@@ -65,21 +80,19 @@ export async function runOp(method: string, path: string, body?: unknown, onOp?:
   if (!op) return r;
   let cur = op;
   onOp?.(cur);
-  const es = active(cur) ? new EventSource("/api/v1/events/stream") : undefined;
-  if (es) es.onmessage = (m) => {
+  const stop = active(cur) ? onEvent((ev) => {
+    if (ev.kind !== "progress") return;
     try {
-      const ev = JSON.parse(m.data) as VmEvent;
-      if (ev.kind !== "progress") return;
       const p = JSON.parse(ev.message) as Operation;
       if (p.id === op.id && active(cur)) { cur = { ...cur, ...p }; onOp?.(cur); }
-    } catch { /* keep-alive comments */ }
-  };
+    } catch { /* not an operation's progress */ }
+  }) : undefined;
   try {
     while (active(cur)) {
       cur = await get<Operation>(`/api/v1/operations/${cur.id}/wait?timeout_secs=20`);
       onOp?.(cur);
     }
-  } finally { es?.close(); }
+  } finally { stop?.(); }
   if (cur.error) throw new Error(String(cur.error));
   return cur;
 }

@@ -66,7 +66,10 @@ pub fn load_or_make(
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .context("the certificate and key do not go together")?;
-    // HTTP/1.1 only: browsers then open websockets (consoles) on plain upgrades.
+    // HTTP/1.1 only. Not HTTP/2: Chrome ends every HTTP/2 session when the host's
+    // addresses change (ERR_NETWORK_CHANGED), so a browser on the corrald host lost its
+    // requests, event streams and consoles each time a network's bridge came up (seen in
+    // the storage e2e test). The console keeps to one event stream per tab instead.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsSetup {
         config: Arc::new(config),
