@@ -477,3 +477,55 @@ fn firewall_rules_filter_a_vms_traffic() {
     d.ok(&["firewall", "clear", "web"]);
     assert_eq!(http_get(&w.host, &url(81)).as_deref(), Some("fw-ok\n"));
 }
+
+/// A client that hangs up while its change is under way (a script killed, a browser tab
+/// closed) must not cut that change short halfway: each network is whole (listed, its
+/// bridge up with its address, its dnsmasq running) — or, had it never started, absent
+/// with nothing left behind.
+#[test]
+fn a_change_runs_to_completion_when_the_client_hangs_up() {
+    use std::io::Write;
+    let ns = corral_tests::NetNs::new("hangup");
+    let d = Daemon::start_in(&ns, &["--accel", "tcg", "--no-default-network"]);
+    for i in 0..6u64 {
+        let body = format!(r#"{{"name":"hu{i}","type":"nat","subnet":"10.77.{i}.1/24"}}"#);
+        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+        write!(
+            s,
+            "POST /api/v1/networks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        // Hang up at different moments of the work.
+        std::thread::sleep(Duration::from_millis(i * 15));
+        drop(s);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let listed = d.json(&["network", "list"]);
+    for i in 0..6 {
+        let name = format!("hu{i}");
+        let net = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name.as_str());
+        let addr = format!("10.77.{i}.1/24");
+        let on_host = ns.exec_ok(&["ip", "-o", "addr"]).contains(&addr);
+        match net {
+            Some(net) => {
+                assert!(
+                    on_host,
+                    "{name} is listed but its bridge has no {addr}: {net}"
+                );
+                let bridge = net["bridge"].as_str().unwrap();
+                let dnsmasq = ns.exec_ok(&["sh", "-c", "pgrep -a dnsmasq || true"]);
+                assert!(
+                    dnsmasq.contains(bridge) || dnsmasq.contains(&name),
+                    "{name}: no dnsmasq: {dnsmasq}"
+                );
+            }
+            None => assert!(!on_host, "{name} is not listed but {addr} is on a bridge"),
+        }
+    }
+}

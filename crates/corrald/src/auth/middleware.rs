@@ -57,7 +57,11 @@ pub async fn guard(State(mgr): State<AppState>, mut req: Request, next: Next) ->
             if let Some(id) = id {
                 req.extensions_mut().insert(id);
             }
-            let mut response = next.run(req).await;
+            let mut response = if method == Method::GET || method == Method::HEAD {
+                next.run(req).await
+            } else {
+                run_to_completion(next, req).await
+            };
             let note = response.extensions_mut().remove::<AuditNote>();
             if should_audit(&method, &route, response.status()) {
                 let mut entry = audit.entry(response.status(), None);
@@ -74,6 +78,18 @@ pub async fn guard(State(mgr): State<AppState>, mut req: Request, next: Next) ->
             mgr.auth.record(&audit.entry(status, Some(body.error)));
             close_if_body_unread(e.into_response(), has_body)
         }
+    }
+}
+
+/// Runs a change in a task of its own. Hyper drops a request's future when its client
+/// hangs up, and a change dropped halfway leaves half-made things (a bridge up with its
+/// address but no network recorded); a task runs on whatever the connection does.
+async fn run_to_completion(next: Next, req: Request) -> Response {
+    match tokio::spawn(next.run(req)).await {
+        Ok(response) => response,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only when the runtime shuts down.
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
 }
 
