@@ -254,6 +254,9 @@ fn bad_network_requests_name_the_field_and_make_nothing() {
         ("lab,ip=10.0.8.5", "not a free host address"),
         ("lab,ip=10.0.7.1", "not a free host address"),
         ("lab,vlan=10", "VLAN"),
+        ("bridge=nosuchbr", "bridge nosuchbr does not exist"),
+        ("bridge=lo", "lo is not a bridge"),
+        ("bridge=../../x", "not a usable interface name"),
     ];
     for (spec, expected) in nic_cases {
         let out = create(&d, "v", spec);

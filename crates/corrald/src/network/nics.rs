@@ -144,6 +144,7 @@ impl Manager {
             NetworkKind::User => Ok(None),
             NetworkKind::Bridge => {
                 self.need_taps(field)?;
+                check_host_bridge(&source, field)?;
                 if req.vlan.is_some()
                     && !network_driver(corral_api::NetworkType::Bridge)?
                         .capabilities()
@@ -421,6 +422,27 @@ pub(crate) fn lease_addresses(spec: &VmSpec, leases: &LeasesByMac) -> Vec<VmAddr
         });
     }
     out
+}
+
+/// A `bridge=NAME` NIC needs a Linux bridge that exists now (a bridge has
+/// /sys/class/net/NAME/bridge/); one removed later fails that VM's start instead.
+fn check_host_bridge(name: &str, field: &str) -> ApiResult<()> {
+    let bad = |message: String| -> ApiError {
+        ValidationError::new(format!("{field}.source"), message)
+            .hint("name a Linux bridge (`ip -d link show type bridge` lists them), or use a nat network")
+            .into()
+    };
+    if link::check_ifname(name, "bridge").is_err() {
+        return Err(bad(format!("{name:?} is not a usable interface name")));
+    }
+    let dev = std::path::Path::new("/sys/class/net").join(name);
+    if dev.join("bridge").is_dir() {
+        Ok(())
+    } else if dev.exists() {
+        Err(bad(format!("{name} is not a bridge")))
+    } else {
+        Err(bad(format!("bridge {name} does not exist on this host")))
+    }
 }
 
 fn no_vlans(field: &str) -> ApiError {
