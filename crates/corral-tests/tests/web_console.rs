@@ -152,3 +152,39 @@ fn wizard_picks_images_and_nic_rows_and_names_a_bad_nic_row() {
     assert_eq!(nics.len(), 2, "{vm}");
     assert!(nics.iter().all(|n| n["kind"] == "user"), "{vm}");
 }
+
+#[test]
+fn a_long_operation_shows_on_the_vm_page_and_can_be_cancelled() {
+    let (d, url) = Daemon::start_remote(&[]);
+    admin(&d);
+    // A guest that ignores the power button and has no agent: a graceful stop waits.
+    let (kernel, initrd) = guest();
+    let cmdline = format!("{GUEST_CMDLINE} corral.noacpi corral.noagent");
+    d.ok(&[
+        "create",
+        "deaf",
+        "--memory",
+        "128M",
+        "--network",
+        "none",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+        "--start",
+    ]);
+    d.wait_console("deaf", "CORRAL-GUEST-READY", corral_tests::BOOT);
+    run_script(&url, "cancel.mjs");
+    assert_eq!(d.state("deaf"), "running");
+    let ops = d.json(&["operation", "list"]);
+    assert!(
+        ops.as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["kind"] == "vm.stop" && o["state"] == "cancelled"),
+        "{ops}"
+    );
+    d.ok(&["delete", "deaf", "--force"]);
+}
