@@ -123,6 +123,7 @@ impl Daemon {
     }
 
     fn spawn(&mut self) {
+        let ready_before = self.log().matches("corrald ready").count();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -152,7 +153,12 @@ impl Daemon {
             .unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+        // Up when this daemon says so and its socket answers. The socket alone is not
+        // enough after a kill -9: a connect to the old path can still succeed for a moment
+        // (seen once in CI: the next command then met a dead socket).
+        while self.log().matches("corrald ready").count() <= ready_before
+            || std::os::unix::net::UnixStream::connect(&self.socket).is_err()
+        {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("corrald exited ({status}):\n{}", self.log());
             }
