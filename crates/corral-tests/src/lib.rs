@@ -374,6 +374,16 @@ impl Daemon {
         self.ok(&a);
     }
 
+    /// The VM's events, oldest first, as "kind: message" lines.
+    pub fn events(&self, name: &str) -> String {
+        self.json(&["events", "--vm", name])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| format!("{}: {}\n", e["kind"], e["message"]))
+            .collect()
+    }
+
     pub fn vm(&self, name: &str) -> Value {
         self.json(&["show", name])
     }

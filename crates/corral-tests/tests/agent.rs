@@ -58,23 +58,13 @@ fn agent_connected(d: &Daemon, name: &str, connected: bool) {
     });
 }
 
-/// The VM's events, oldest first, as "kind: message" lines.
-fn events(d: &Daemon, name: &str) -> String {
-    d.json(&["events", "--vm", name])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| format!("{}: {}\n", e["kind"], e["message"]))
-        .collect()
-}
-
 fn wait_event(d: &Daemon, name: &str, text: &str) {
     let deadline = Instant::now() + AGENT;
-    while !events(d, name).contains(text) {
+    while !d.events(name).contains(text) {
         assert!(
             Instant::now() < deadline,
             "no event '{text}':\n{}",
-            events(d, name)
+            d.events(name)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -101,7 +91,7 @@ fn agent_reports_addresses_quiesces_snapshots_and_shuts_down() {
     let mut d = Daemon::start_in(&w.host, &["--accel", "tcg", "--no-default-network"]);
     boot_with_disk(&d, "ga", "");
     agent_connected(&d, "ga", true);
-    assert!(events(&d, "ga").contains("guest agent connected"));
+    assert!(d.events("ga").contains("guest agent connected"));
 
     // passt hands the guest's udhcpc the namespace's address; the agent reports it.
     let address = |vm: &Value| {
@@ -139,9 +129,10 @@ fn agent_reports_addresses_quiesces_snapshots_and_shuts_down() {
     let s1 = snapshot(&d, "ga", "s1", &[]);
     assert_eq!(s1["quiesced"], true, "{s1}");
     assert!(
-        events(&d, "ga").contains("froze 1 file system(s) around the switch and thawed them"),
+        d.events("ga")
+            .contains("froze 1 file system(s) around the switch and thawed them"),
         "{}",
-        events(&d, "ga")
+        d.events("ga")
     );
     // Thawed: the guest writes to the file system again (a frozen one would block).
     d.guest_run("ga", "echo two >/mnt/b && sync && echo WROTE-$((40+2))");

@@ -178,15 +178,6 @@ impl Rfb {
     }
 }
 
-fn events(d: &Daemon, name: &str) -> String {
-    d.json(&["events", "--vm", name])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| format!("{}: {}\n", e["kind"], e["message"]))
-        .collect()
-}
-
 fn wait_screen_drawn(rfb: &mut Rfb) -> usize {
     let deadline = Instant::now() + BOOT;
     loop {
@@ -237,16 +228,18 @@ fn the_vga_screen_is_readable_over_the_websocket_by_several_viewers() {
     let deadline = Instant::now() + Duration::from_secs(10);
     // The Unix socket's caller is named by its uid.
     let closed = |d: &Daemon| {
-        events(d, "g1")
+        d.events("g1")
             .lines()
             .filter(|l| l.contains("graphical console of uid:0 closed"))
             .count()
     };
     while closed(&d) < 2 {
-        assert!(Instant::now() < deadline, "{}", events(&d, "g1"));
+        assert!(Instant::now() < deadline, "{}", d.events("g1"));
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(events(&d, "g1").contains("\"console\": \"graphical console opened by uid:0\""));
+    assert!(d
+        .events("g1")
+        .contains("\"console\": \"graphical console opened by uid:0\""));
 
     // A VM re-attached by a restarted daemon keeps its graphical console.
     d.restart();
