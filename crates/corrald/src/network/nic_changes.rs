@@ -27,6 +27,7 @@ impl Manager {
         let running = self.nic_target(&record, "add a NIC to", false)?;
         let mut nic = self
             .resolve_nics(Some(std::slice::from_ref(&req)))
+            .await
             .map_err(|e| rename_field(e, "networks[0]", "nic"))?;
         let nic = nic.remove(0);
         let mut spec = record.spec.clone();

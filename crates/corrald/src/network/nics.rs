@@ -50,7 +50,7 @@ pub(crate) fn stop_passt(pid: u32) {
 impl Manager {
     /// The NICs of a new VM. `None` is the host's default: one NIC on the `default`
     /// network when it exists (and the daemon may make taps), else one user NIC.
-    pub(crate) fn resolve_nics(&self, reqs: Option<&[NicRequest]>) -> ApiResult<Vec<Nic>> {
+    pub(crate) async fn resolve_nics(&self, reqs: Option<&[NicRequest]>) -> ApiResult<Vec<Nic>> {
         let default;
         let reqs = match reqs {
             Some(r) => r,
@@ -89,7 +89,7 @@ impl Manager {
                 }
                 None => self.free_mac(&nics)?,
             };
-            let ip = self.check_nic_target(req, &field, &nics)?;
+            let ip = self.check_nic_target(req, &field, &nics).await?;
             nics.push(Nic {
                 kind: req.kind,
                 source: req.source.clone(),
@@ -102,7 +102,7 @@ impl Manager {
     }
 
     /// New NICs for a copy of a VM (a clone): same networks, new MACs and addresses.
-    pub(crate) fn copy_nics(&self, nics: &[Nic]) -> ApiResult<Vec<Nic>> {
+    pub(crate) async fn copy_nics(&self, nics: &[Nic]) -> ApiResult<Vec<Nic>> {
         let reqs: Vec<NicRequest> = nics
             .iter()
             .map(|n| NicRequest {
@@ -113,7 +113,7 @@ impl Manager {
                 vlan: n.vlan,
             })
             .collect();
-        self.resolve_nics(Some(&reqs))
+        self.resolve_nics(Some(&reqs)).await
     }
 
     /// Random locally administered MACs in QEMU's 52:54:00 prefix, unique on the host.
@@ -133,7 +133,7 @@ impl Manager {
 
     /// Checks the network or bridge a NIC names, and picks (or checks) its reserved
     /// address on a managed network with DHCP.
-    fn check_nic_target(
+    async fn check_nic_target(
         &self,
         req: &NicRequest,
         field: &str,
@@ -144,7 +144,7 @@ impl Manager {
             NetworkKind::User => Ok(None),
             NetworkKind::Bridge => {
                 self.need_taps(field)?;
-                check_host_bridge(&source, field)?;
+                check_host_bridge(&source, field).await?;
                 if req.vlan.is_some()
                     && !network_driver(corral_api::NetworkType::Bridge)?
                         .capabilities()
@@ -424,9 +424,9 @@ pub(crate) fn lease_addresses(spec: &VmSpec, leases: &LeasesByMac) -> Vec<VmAddr
     out
 }
 
-/// A `bridge=NAME` NIC needs a Linux bridge that exists now (a bridge has
-/// /sys/class/net/NAME/bridge/); one removed later fails that VM's start instead.
-fn check_host_bridge(name: &str, field: &str) -> ApiResult<()> {
+/// A `bridge=NAME` NIC needs a Linux bridge that exists now; one removed later fails
+/// that VM's start instead.
+async fn check_host_bridge(name: &str, field: &str) -> ApiResult<()> {
     let bad = |message: String| -> ApiError {
         ValidationError::new(format!("{field}.source"), message)
             .hint("name a Linux bridge (`ip -d link show type bridge` lists them), or use a nat network")
@@ -435,13 +435,10 @@ fn check_host_bridge(name: &str, field: &str) -> ApiResult<()> {
     if link::check_ifname(name, "bridge").is_err() {
         return Err(bad(format!("{name:?} is not a usable interface name")));
     }
-    let dev = std::path::Path::new("/sys/class/net").join(name);
-    if dev.join("bridge").is_dir() {
-        Ok(())
-    } else if dev.exists() {
-        Err(bad(format!("{name} is not a bridge")))
-    } else {
-        Err(bad(format!("bridge {name} does not exist on this host")))
+    match link::link_kind(name).await? {
+        Some(kind) if kind == "bridge" => Ok(()),
+        Some(kind) => Err(bad(format!("{name} is not a bridge (it is a {kind} link)"))),
+        None => Err(bad(format!("bridge {name} does not exist on this host"))),
     }
 }
 

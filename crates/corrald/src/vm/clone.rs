@@ -120,7 +120,7 @@ impl Manager {
                 uuid,
                 nvram,
                 disks,
-                nics: self.copy_nics(&source.spec.nics)?,
+                nics: self.copy_nics(&source.spec.nics).await?,
                 firewall: source.spec.firewall.clone(),
                 ..source.spec.clone()
             },

@@ -41,7 +41,7 @@ impl Manager {
         // Held until the VM is recorded: addresses reserved for its NICs are picked from
         // what the store holds, so no other create may pick the same ones meanwhile.
         let net_lock = self.lock(crate::network::NETWORKS_LOCK).await;
-        let nics = self.resolve_nics(req.networks.as_deref())?;
+        let nics = self.resolve_nics(req.networks.as_deref()).await?;
         let mut revert = Reverter::new();
         let disks = self.prepare_disks(&req, &mut revert).await?;
         let uuid = Uuid::new_v4();

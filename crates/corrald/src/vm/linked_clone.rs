@@ -141,7 +141,7 @@ impl Manager {
                 uuid,
                 nvram,
                 disks,
-                nics: self.copy_nics(&record.spec.nics)?,
+                nics: self.copy_nics(&record.spec.nics).await?,
                 firewall: record.spec.firewall.clone(),
                 ..record.spec.clone()
             },
