@@ -315,9 +315,7 @@ impl Daemon {
     /// the completion marker is computed by the guest, so the echo of the typed line
     /// cannot be mistaken for it.
     pub fn guest_run(&self, name: &str, command: &str) {
-        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tag = format!("{:x}-{run}", std::process::id());
+        let tag = unique_tag();
         let line = format!("{command}; echo DONE-{tag}-$((6*7))\n");
         self.wait_for_shell(name);
         self.console_session(name, line.as_bytes(), Duration::from_secs(1));
@@ -329,9 +327,7 @@ impl Daemon {
     /// devices and resizes reach a TCG guest with a delay that grows with host load, so
     /// a single look after a fixed sleep is not enough.
     pub fn guest_poll(&self, name: &str, command: &str, want: &str, timeout: Duration) -> String {
-        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tag = format!("OUT-{:x}-{run}-", std::process::id());
+        let tag = format!("OUT-{}-", unique_tag());
         let tries = timeout.as_millis().div_ceil(500);
         let line = format!(
             "i=0; while [ \"$({command} 2>&1)\" != '{want}' ] && [ $i -lt {tries} ]; \
@@ -505,6 +501,14 @@ impl Drop for Daemon {
 }
 
 /// Whether a process is alive (zombies count as dead).
+/// A tag no other guest command of this test process uses: markers on a console log
+/// that also holds earlier commands' output.
+fn unique_tag() -> String {
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:x}-{run}", std::process::id())
+}
+
 pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !stat
