@@ -32,7 +32,10 @@ done
 [[ -f /usr/lib/syslinux/mbr/mbr.bin ]] || need+=(syslinux-common)
 if ((${#need[@]})); then
     log "installing ${need[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
+    # A fresh machine may have no package lists yet (setup.sh updates them only when
+    # it installs something itself).
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null ||
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null; }
 fi
 
 work=$(mktemp -d /var/tmp/corral-debimg.XXXXXX)

@@ -97,7 +97,10 @@ install -D -m 0644 "$BUILD/guest/initrd.img" /usr/share/corral/guest/initrd.img
 SCHEMATHESIS_VERSION=4.32.5
 if ! "$BUILD/venv/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
     log "installing schemathesis $SCHEMATHESIS_VERSION into $BUILD/venv"
-    python3 -m venv "$BUILD/venv" >&2 || { apt-get install -y -qq python3-venv >&2 && python3 -m venv "$BUILD/venv" >&2; }
+    python3 -m venv "$BUILD/venv" >&2 || {
+        { apt-get install -y -qq python3-venv >&2 || { apt-get update -qq && apt-get install -y -qq python3-venv >&2; }; } &&
+            python3 -m venv "$BUILD/venv" >&2
+    }
     "$BUILD/venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >&2
 fi
 log "ready"
