@@ -1,6 +1,6 @@
 import { useState } from "preact/hooks";
 import { api, ApiError, del, enc, post, Vm } from "../api";
-import { Err, fmtBytes, usePoll } from "./common";
+import { Err, FieldError, fmtBytes, usePoll, withHint } from "./common";
 
 /** A table of chosen columns; `cell` renders one value. `id` keys the rows (and names
  *  them in `data-row`), so a long list re-renders only what changed. */
@@ -14,8 +14,6 @@ function Table<T>(p: { rows?: T[]; id?: (r: T) => string; cols: [string, (r: T) 
 
 type Any = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
-const withHint = (x: unknown) => (x as Error).message + (x instanceof ApiError && x.hint ? ` (${x.hint})` : "");
-
 /** A form posting to the API: an error naming one of `fields` shows next to it
  *  (`errFor`), any other error above the form. */
 function useForm<T extends Record<string, string | boolean>>(init: T, fields: string[]) {
@@ -26,7 +24,7 @@ function useForm<T extends Record<string, string | boolean>>(init: T, fields: st
     const el = e.currentTarget as HTMLInputElement;
     setF((old) => ({ ...old, [k]: el.type === "checkbox" ? el.checked : el.value }));
   };
-  const errFor = (field: string) => fieldErr?.field === field ? <span class="field-error" data-field={field}>{fieldErr.msg}</span> : null;
+  const errFor = (field: string) => fieldErr?.field === field ? <FieldError {...fieldErr} /> : null;
   const submit = (send: () => Promise<unknown>) => async (e: Event) => {
     e.preventDefault();
     setFieldErr(undefined); setMsg(""); setBusy(true);

@@ -1,5 +1,5 @@
 import { useEffect, useState } from "preact/hooks";
-import { api, del, get, Operation, VmEvent } from "../api";
+import { api, ApiError, del, get, Operation, VmEvent } from "../api";
 
 /** Loads `path` and reloads it every `everyMs` (0: once); an empty path loads nothing. */
 export function usePoll<T>(path: string, everyMs = 0): [T | undefined, string, () => void] {
@@ -16,6 +16,14 @@ export function usePoll<T>(path: string, everyMs = 0): [T | undefined, string, (
     return () => clearInterval(t);
   }, [path, everyMs]);
   return [data, err, load];
+}
+
+/** An error as the user should read it: the server's message and its hint. */
+export const withHint = (x: unknown) => (x as Error).message + (x instanceof ApiError && x.hint ? ` (${x.hint})` : "");
+
+/** The server's error about one input, shown next to it (`field` as the server named it). */
+export function FieldError(p: { field: string; msg: string }) {
+  return <span class="field-error" data-field={p.field}>{p.msg}</span>;
 }
 
 export function Err(p: { msg: string }) {

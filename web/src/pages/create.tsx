@@ -1,7 +1,7 @@
 import { useState } from "preact/hooks";
 import { ApiError, enc, Operation } from "../api";
 import { navigate } from "../main";
-import { Err, fmtBytes, OpProgress, runOp, usePoll } from "./common";
+import { Err, FieldError, fmtBytes, OpProgress, runOp, usePoll, withHint } from "./common";
 import { newNicRow, NicRow, nicRequests, NicRows } from "./wizard_nics";
 
 // The server names the bad input in `field` (e.g. `disks[0].size`, `memory_mib`); each
@@ -38,7 +38,7 @@ export function CreateVm() {
   const set = (k: string) => (e: Event) => setF({ ...f, [k]: (e.currentTarget as HTMLInputElement).value });
   const errFor = (...prefixes: string[]) =>
     fieldErr && prefixes.some((p) => fieldErr.field === p || fieldErr.field.startsWith(p + ".") || fieldErr.field.startsWith(p + "["))
-      ? <span class="field-error" data-field={fieldErr.field}>{fieldErr.msg}</span> : null;
+      ? <FieldError {...fieldErr} /> : null;
   const submit = async (e: Event) => {
     e.preventDefault();
     setMsg(""); setFieldErr(undefined);
@@ -59,7 +59,7 @@ export function CreateVm() {
       await runOp("POST", "/api/v1/vms", body, setOp);
       navigate(`/vms/${enc(f.name)}`);
     } catch (x) {
-      if (x instanceof ApiError && x.field) setFieldErr({ field: x.field, msg: x.message + (x.hint ? ` (${x.hint})` : "") });
+      if (x instanceof ApiError && x.field) setFieldErr({ field: x.field, msg: withHint(x) });
       else setMsg((x as Error).message);
     }
   };

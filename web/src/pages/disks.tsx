@@ -1,6 +1,6 @@
 import { useState } from "preact/hooks";
-import { ApiError, enc, post } from "../api";
-import { Err, fmtBytes, usePoll } from "./common";
+import { enc, post } from "../api";
+import { Err, fmtBytes, usePoll, withHint } from "./common";
 
 interface Disk { id: string; volume?: string; path: string; format: string; size_bytes: number; read_only?: boolean; owned?: boolean }
 interface Volume { name: string; pool: string; size_bytes: number; used_by?: string[] }
@@ -14,7 +14,7 @@ export function Disks(p: { vm: string; disks: Disk[]; onChange: () => void }) {
   const run = async (path: string) => {
     setMsg(""); setBusy(true);
     try { await post(path, { vm: p.vm }); p.onChange(); reloadVols(); }
-    catch (x) { setMsg((x as Error).message + (x instanceof ApiError && x.hint ? ` (${x.hint})` : "")); }
+    catch (x) { setMsg(withHint(x)); }
     finally { setBusy(false); }
   };
   const chosen = pick || free[0]?.name || "";

@@ -1,6 +1,6 @@
 import { useState } from "preact/hooks";
 import { ApiError, del, enc, post } from "../api";
-import { Err, usePoll } from "./common";
+import { Err, FieldError, usePoll, withHint } from "./common";
 
 interface Nic { kind: string; source?: string; mac: string; ip?: string; vlan?: number }
 
@@ -14,13 +14,12 @@ export function Nics(p: { vm: string; nics: Nic[]; onChange: () => void }) {
   const [msg, setMsg] = useState(""), [busy, setBusy] = useState(false);
   const set = (k: string) => (e: Event) => setF({ ...f, [k]: (e.currentTarget as HTMLInputElement).value });
   const fail = (x: unknown) => {
-    const hint = x instanceof ApiError && x.hint ? ` (${x.hint})` : "";
-    if (x instanceof ApiError && x.field) setFieldErr({ field: x.field, msg: x.message + hint });
-    else setMsg((x as Error).message + hint);
+    if (x instanceof ApiError && x.field) setFieldErr({ field: x.field, msg: withHint(x) });
+    else setMsg(withHint(x));
   };
   const errFor = (name: string) =>
     fieldErr && (fieldErr.field === `nic.${name}` || (name === "source" && fieldErr.field === "networks"))
-      ? <span class="field-error" data-field={fieldErr.field}>{fieldErr.msg}</span> : null;
+      ? <FieldError {...fieldErr} /> : null;
   const run = async (what: () => Promise<unknown>) => {
     setMsg(""); setFieldErr(undefined); setBusy(true);
     try { await what(); p.onChange(); } catch (x) { fail(x); } finally { setBusy(false); }
