@@ -33,6 +33,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 log() { echo "bench/run: $*" >&2; }
+# shellcheck source=../scripts/lib/host.sh
+source "$ROOT/scripts/lib/host.sh"
+HOST_LOG_TAG=bench/run
 
 setup=1
 build=1
@@ -88,10 +91,7 @@ storage=$([[ -z $only || $only == storage ]] && echo 1 || echo 0)
 # The storage section also compares with virt-clone (Debian's virtinst).
 if ((setup && storage)) && ! command -v virt-clone >/dev/null; then
     log "installing virtinst (virt-clone)"
-    get_virtinst() {
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends virtinst >&2
-    }
-    get_virtinst || { apt-get update -qq >&2 && get_virtinst; } ||
+    apt_install virtinst ||
         log "virtinst not installed: the storage table will have no virt-clone row"
 fi
 # The network section: virt-install, iperf3 on the host, a seed ISO maker and dnsmasq.
@@ -103,12 +103,7 @@ if ((setup && network)); then
     done
     if ((${#need[@]})); then
         log "installing ${need[*]}"
-        get_net() {
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-                "${need[@]}" >&2
-        }
-        get_net || { apt-get update -qq >&2 && get_net; } ||
-            { log "could not install ${need[*]}"; exit 1; }
+        apt_install "${need[@]}" || { log "could not install ${need[*]}"; exit 1; }
     fi
 fi
 

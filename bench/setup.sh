@@ -17,30 +17,28 @@ log() { echo "bench/setup: $*" >&2; }
 # Corral's own prerequisites: QEMU, the corral-qemu user, the test guest.
 bash "$ROOT/scripts/setup.sh"
 
-have() { command -v "$1" >/dev/null 2>&1; }
+# shellcheck source=../scripts/lib/host.sh
+source "$ROOT/scripts/lib/host.sh"
+HOST_LOG_TAG=bench/setup
+# Service start-up inside postinst fails without an init system; that is fine, run.sh
+# starts the daemon itself. policy-rc.d 101 tells invoke-rc.d not to try.
+apt_install_no_services() {
+    local policy=/usr/sbin/policy-rc.d made_policy=0 rc=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+    fi
+    apt_install "$@" || rc=$?
+    ((made_policy)) && rm -f "$policy"
+    return "$rc"
+}
 need=()
 have virsh || need+=(libvirt-clients)
 have libvirtd || [[ -x /usr/sbin/libvirtd ]] || need+=(libvirt-daemon-system)
 /usr/bin/python3 -c 'import libvirt' 2>/dev/null || need+=(python3-libvirt)
-if ((${#need[@]})); then
-    log "installing ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    # Service start-up inside postinst fails without an init system; that is fine,
-    # run.sh starts the daemon itself. policy-rc.d 101 tells invoke-rc.d not to try.
-    policy=/usr/sbin/policy-rc.d
-    made_policy=0
-    if [[ ! -e $policy ]]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
-    fi
-    apt_install() { apt-get install -y -qq --no-install-recommends "${need[@]}" >&2; }
-    apt_install || { apt-get update -qq >&2 && apt_install; } || {
-        ((made_policy)) && rm -f "$policy"
-        log "could not install ${need[*]}"; exit 1; }
-    ((made_policy)) && rm -f "$policy"
-fi
+apt_install_no_services "${need[@]}" || { log "could not install ${need[*]}"; exit 1; }
 
 # Optional: hyperfine is not used by run.sh's numbers, but is handy for ad-hoc checks.
-have hyperfine || apt-get install -y -qq --no-install-recommends hyperfine >&2 ||
+have hyperfine || apt_install hyperfine ||
     log "hyperfine not installed (optional)"
 
 # --web: the web console section's peer and browser: cockpit-ws + cockpit-machines
@@ -54,18 +52,10 @@ if [[ ${1:-} == --web ]]; then
     have sudo || webneed+=(sudo)
     have chromium || webneed+=(chromium)
     have node || webneed+=(nodejs npm)
-    if ((${#webneed[@]})); then
-        log "installing ${webneed[*]}"
-        policy=/usr/sbin/policy-rc.d
-        made_policy=0
-        if [[ ! -e $policy ]]; then
-            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
-        fi
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${webneed[@]}" >&2 ||
-            { ((made_policy)) && rm -f "$policy"; log "could not install ${webneed[*]}"; exit 1; }
-        ((made_policy)) && rm -f "$policy"
-    fi
+    apt_install_no_services "${webneed[@]}" || { log "could not install ${webneed[*]}"; exit 1; }
     (cd "$ROOT/bench/web" && npm install --no-audit --no-fund >&2)
 fi
 
+# libvirt's packages must not have taken any of Corral's tools away.
+verify_host
 log "ready: $(virsh --version 2>/dev/null | sed 's/^/libvirt /') $(qemu-system-x86_64 --version | head -1)"

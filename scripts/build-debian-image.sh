@@ -24,19 +24,24 @@ if [[ -f $cached ]]; then
 fi
 [[ $(id -u) == 0 ]] || { log "must run as root (loop device, mount)"; exit 1; }
 
+# shellcheck source=lib/host.sh
+source "$here/scripts/lib/host.sh"
+HOST_LOG_TAG=build-debian-image
+tools=(mmdebstrap:mmdebstrap extlinux:extlinux sfdisk:fdisk mkfs.ext4:e2fsprogs)
 need=()
-for tool in mmdebstrap:mmdebstrap extlinux:extlinux sfdisk:fdisk \
-            mkfs.ext4:e2fsprogs qemu-img:qemu-utils; do
-    command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
+for tool in "${tools[@]}"; do
+    have "${tool%%:*}" || need+=("${tool#*:}")
 done
 [[ -f /usr/lib/syslinux/mbr/mbr.bin ]] || need+=(syslinux-common)
-if ((${#need[@]})); then
-    log "installing ${need[*]}"
-    # A fresh machine may have no package lists yet (setup.sh updates them only when
-    # it installs something itself).
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null ||
-        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null; }
+# qemu-img only ever as part of QEMU's matching set.
+if ! have qemu-img; then
+    qemu_set_text=$(qemu_package_set) || exit 1
+    mapfile -t -O "${#need[@]}" need < <(printf '%s' "$qemu_set_text")
 fi
+apt_install "${need[@]}"
+for tool in "${tools[@]}" qemu-img:qemu-utils; do
+    have "${tool%%:*}" || { log "missing after install: ${tool%%:*} (Debian's ${tool#*:})"; exit 1; }
+done
 
 work=$(mktemp -d /var/tmp/corral-debimg.XXXXXX)
 loop=""

@@ -42,16 +42,21 @@ OUT=$(cd "$OUT" && pwd)
 exec 9>"$OUT/.lock"
 flock 9
 
-# Host tools; install only what's missing (needs root, like apt-get update).
+# Host tools; install only what's missing (needs root, like apt-get update), through
+# the one apt wrapper that refuses to remove anything (scripts/lib/host.sh).
+# shellcheck source=lib/host.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/host.sh"
+HOST_LOG_TAG=build-test-guest
+tools=(cpio:cpio depmod:kmod modprobe:kmod gzip:gzip dpkg-deb:dpkg
+    qemu-ga:qemu-guest-agent ldd:libc-bin)
 missing=()
-for t in cpio:cpio depmod:kmod modprobe:kmod gzip:gzip dpkg-deb:dpkg \
-    qemu-ga:qemu-guest-agent ldd:libc-bin; do
-    command -v "${t%%:*}" >/dev/null || missing+=("${t#*:}")
+for t in "${tools[@]}"; do
+    have "${t%%:*}" || missing+=("${t#*:}")
 done
-if ((${#missing[@]})); then
-    apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
-        die "missing host tools: ${missing[*]}"
-fi
+apt_install "${missing[@]}" || die "cannot install the missing host tools: ${missing[*]}"
+for t in "${tools[@]}"; do
+    have "${t%%:*}" || die "missing after install: ${t%%:*} (Debian's ${t#*:})"
+done
 
 # The metapackage pins the current ABI package exactly, e.g. "Depends:
 # linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)". One apt-cache call only:

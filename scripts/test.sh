@@ -13,6 +13,9 @@ bash scripts/setup.sh
 export CORRAL_DEBIAN_IMAGE=${CORRAL_DEBIAN_IMAGE:-$ROOT/build/debian-12.qcow2}
 bash scripts/build-debian-image.sh "$CORRAL_DEBIAN_IMAGE" >&2
 bash scripts/build-web.sh
+# Every apt step is behind us: prove this host has every tool the suite needs (a tool
+# installed by hand once and removed by a later install fails here, named).
+bash scripts/setup.sh --verify
 echo "test: cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "test: cargo clippy" >&2

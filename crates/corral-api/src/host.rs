@@ -69,6 +69,26 @@ pub struct HostInfo {
     /// SHA-256 of the HTTPS certificate (lowercase hex), for clients to pin.
     #[serde(default)]
     pub tls_fingerprint: Option<String>,
+    /// qemu-img's version, when it runs.
+    #[serde(default)]
+    pub qemu_img_version: Option<String>,
+    /// What this host lacks that part of Corral needs (a missing qemu-img or OVMF),
+    /// found when corrald started; empty when nothing is missing.
+    #[serde(default)]
+    pub problems: Vec<HostProblem>,
+}
+
+/// A program or file the host lacks, what it breaks, and what to install.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostProblem {
+    /// `qemu-img`, `ovmf`.
+    pub component: String,
+    /// What is wrong, in words.
+    pub error: String,
+    /// What cannot work until it is fixed.
+    pub affects: String,
+    /// What to install.
+    pub hint: String,
 }
 
 /// A pool driver and whether it works on this host (checked when asked, not cached).

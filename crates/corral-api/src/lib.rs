@@ -20,7 +20,7 @@ pub use auth::*;
 pub use cloud_init::{CloudInit, SshPublicKey};
 pub use error::{ErrorBody, ValidationError};
 pub use event::Event;
-pub use host::{Accel, AccelInfo, HostInfo, StorageDriverInfo};
+pub use host::{Accel, AccelInfo, HostInfo, HostProblem, StorageDriverInfo};
 pub use metrics::{
     HostMetrics, HostSample, MemorySource, PoolUsage, VmLatest, VmMetrics, VmSample, VmsMetrics,
 };

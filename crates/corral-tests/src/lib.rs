@@ -82,6 +82,8 @@ pub struct Daemon {
     /// The namespace the daemon (and so its networks) lives in; `None`: the host's,
     /// where it must make no networks.
     netns: Option<String>,
+    /// Environment the daemon gets on top of the test's (e.g. a PATH without a tool).
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -100,22 +102,39 @@ impl Daemon {
         Self::start_full(extra, Some(ns.name.clone()))
     }
 
+    /// Starts a daemon with these environment variables set (on TCG unless `extra` says
+    /// otherwise), e.g. a `PATH` that lacks a tool.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut d = Self::new_unstarted(extra, None);
+        d.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        d.spawn();
+        d
+    }
+
     fn start_full(extra: &[&str], netns: Option<String>) -> Daemon {
+        let mut d = Self::new_unstarted(extra, netns);
+        d.spawn();
+        d
+    }
+
+    fn new_unstarted(extra: &[&str], netns: Option<String>) -> Daemon {
         // Short paths: QEMU's socket paths must fit in 108 bytes.
         let dir = tempfile::Builder::new()
             .prefix("corral-")
             .tempdir_in("/tmp")
             .unwrap();
         let socket = dir.path().join("corral.sock");
-        let mut d = Daemon {
+        Daemon {
             dir,
             socket,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             netns,
-        };
-        d.spawn();
-        d
+            env: Vec::new(),
+        }
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -147,6 +166,7 @@ impl Daemon {
             .arg("--socket")
             .arg(&self.socket)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -117,3 +117,90 @@ fn openapi_document_is_served_and_matches_the_checked_in_copy() {
     assert_eq!(served, checked_in);
     assert!(served["paths"]["/api/v1/vms"]["post"].is_object());
 }
+
+/// A host without qemu-img (as a fresh machine was after apt removed its qemu-utils):
+/// corrald says so at start, `host info` names it with the package, and a VM that needs
+/// a disk is refused with that error instead of ENOENT, with nothing half-made.
+#[test]
+fn a_missing_qemu_img_is_named_with_its_package() {
+    let bin = tempfile::tempdir().unwrap();
+    let qemu = which("qemu-system-x86_64");
+    std::os::unix::fs::symlink(qemu, bin.path().join("qemu-system-x86_64")).unwrap();
+    let path = bin.path().display().to_string();
+    let d = Daemon::start_with_env(&["--accel", "tcg"], &[("PATH", &path)]);
+    assert!(
+        d.log().contains("qemu-img: cannot run qemu-img"),
+        "corrald names it at start:\n{}",
+        d.log()
+    );
+    let out = d.corral(&["host", "info"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("qemu-img:") && stdout.contains("not found"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("error: cannot run qemu-img") && stderr.contains("qemu-utils"),
+        "{stderr}"
+    );
+    let host = d.json(&["host", "info"]);
+    assert_eq!(host["problems"][0]["component"], "qemu-img");
+    assert!(host["qemu_img_version"].is_null());
+
+    let err = d.fails(&["create", "nodisk", "--memory", "128M", "--disk", "size=1G"]);
+    assert!(
+        err.contains("cannot run qemu-img") && err.contains("qemu-utils"),
+        "{err}"
+    );
+    let (status, _) = d.http(
+        "POST",
+        "/api/v1/volumes",
+        r#"{"name":"v1","size_bytes":1073741824}"#,
+    );
+    assert_eq!(status, 409, "a missing tool is the host's state, not a bug");
+    assert_eq!(d.json(&["list"]), serde_json::json!([]));
+    d.assert_pool_clean("default");
+}
+
+/// A host with every tool shows no problems and qemu-img's version next to QEMU's.
+#[test]
+fn a_complete_host_has_no_problems() {
+    let d = Daemon::start();
+    let host = d.json(&["host", "info"]);
+    assert_eq!(host["problems"], serde_json::json!([]), "{host}");
+    let img = host["qemu_img_version"].as_str().unwrap();
+    let qemu = host["qemu_version"].as_str().unwrap();
+    assert_eq!(
+        img.split('.').take(2).collect::<Vec<_>>(),
+        qemu.split('.').take(2).collect::<Vec<_>>(),
+        "qemu-img {img} matches QEMU {qemu}"
+    );
+}
+
+/// The check scripts/setup.sh runs after every apt step, run by the test suite too: a
+/// host that lacks a tool fails here, named, even where the tool was once installed by
+/// hand and CI's machine has kept it so far.
+#[test]
+fn setup_verification_passes_on_this_host() {
+    let script = corral_tests::workspace().join("scripts/setup.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg("--verify")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "setup.sh --verify:\n{stderr}");
+    assert!(stderr.contains("verified"), "{stderr}");
+}
+
+fn which(program: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(program))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("{program} is not on PATH"))
+}

@@ -227,6 +227,15 @@ impl ApiError {
             ApiError::Net(corral_net::NetError::Unsupported { message, hint }) => {
                 (StatusCode::CONFLICT, body(message.clone(), Some(hint)))
             }
+            // qemu-img missing (or not runnable) is the host's state, not a bug; `host
+            // info` and the daemon's log at start say the same with the exact package.
+            other if chain(other).contains("cannot run qemu-img") => (
+                StatusCode::CONFLICT,
+                body(
+                    format!("this host cannot run qemu-img: {}", chain(other)),
+                    Some("install Debian's qemu-utils of QEMU's version (`corral host info` shows the command), or run scripts/setup.sh"),
+                ),
+            ),
             // A full file system under a pool: the host's state, not a bug, and the
             // step that hit it has removed what it wrote.
             other if chain(other).contains("No space left on device") => (

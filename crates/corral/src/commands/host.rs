@@ -10,7 +10,15 @@ use crate::output::{details, emit, format_time, Format};
 
 pub async fn info(client: &Client, format: Format) -> Result<()> {
     let host: HostInfo = client.get(&format!("{API}/host")).await?;
-    emit(format, &host, host_details)
+    emit(format, &host, host_details)?;
+    // What the host lacks is an error to fix, said where errors go, whatever the format.
+    for p in &host.problems {
+        eprintln!(
+            "error: {}; {} cannot work (hint: {})",
+            p.error, p.affects, p.hint
+        );
+    }
+    Ok(())
 }
 
 fn host_details(host: &HostInfo) -> String {
@@ -22,6 +30,13 @@ fn host_details(host: &HostInfo) -> String {
             "QEMU",
             format!("{} ({})", host.qemu_version, host.qemu_binary),
         ),
+        (
+            "qemu-img",
+            host.qemu_img_version
+                .clone()
+                .unwrap_or_else(|| "not found".into()),
+        ),
+        ("Problems", problems(host)),
         ("Accelerator", host.accel.accel.as_str().to_string()),
         ("Accel reason", host.accel.reason.clone()),
         ("Accel chosen", accel_origin(host)),
@@ -36,6 +51,18 @@ fn host_details(host: &HostInfo) -> String {
         ("State dir", host.state_dir.clone()),
         ("corrald", host.corral_version.clone()),
     ])
+}
+
+/// `none`, or each problem on its own line with what it breaks and the fix.
+fn problems(host: &HostInfo) -> String {
+    if host.problems.is_empty() {
+        return "none".to_string();
+    }
+    host.problems
+        .iter()
+        .map(|p| format!("{} ({} cannot work; {})", p.error, p.affects, p.hint))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `dir: available; lvm-thin: unavailable (why)`.
@@ -157,6 +184,13 @@ mod tests {
             }],
             listen: vec!["https://0.0.0.0:8443".into()],
             tls_fingerprint: Some("ab12".into()),
+            qemu_img_version: None,
+            problems: vec![corral_api::HostProblem {
+                component: "qemu-img".into(),
+                error: "cannot run qemu-img: No such file or directory".into(),
+                affects: "disks".into(),
+                hint: "install Debian's qemu-utils".into(),
+            }],
         };
         // Column widths follow the longest key; compare with single spaces.
         let text = host_details(&host)
@@ -166,6 +200,11 @@ mod tests {
             .join("\n");
         assert!(text.contains("Memory: 24 GiB"), "{text}");
         assert!(text.contains("Accelerator: tcg"), "{text}");
+        assert!(text.contains("qemu-img: not found"), "{text}");
+        assert!(
+            text.contains("Problems: cannot run qemu-img: No such file or directory (disks cannot work; install Debian's qemu-utils)"),
+            "{text}"
+        );
         assert!(text.contains("KVM guest hung"), "{text}");
         assert!(text.contains("probed at 1970-01-01 00:00:00"), "{text}");
         assert!(text.contains("3 total, 1 running"), "{text}");

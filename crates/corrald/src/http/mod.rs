@@ -184,6 +184,8 @@ pub async fn host_info(State(mgr): State<AppState>) -> ApiResult<Json<HostInfo>>
             .map(|a| format!("https://{a}"))
             .collect(),
         tls_fingerprint: mgr.cfg.tls_fingerprint.clone(),
+        qemu_img_version: h.qemu_img_version.clone(),
+        problems: h.problems.clone(),
     }))
 }
 

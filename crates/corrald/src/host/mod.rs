@@ -1,9 +1,11 @@
 //! Facts about this host, found once at start-up: QEMU's version, the accelerator (probed
 //! and cached, or forced), and how QEMU processes are confined.
 
+mod tools;
+
 use std::path::{Path, PathBuf};
 
-use corral_api::{Accel, AccelInfo};
+use corral_api::{Accel, AccelInfo, HostProblem};
 use corral_qemu::argv::Confinement;
 use corral_qemu::probe::{self, ProbeOutcome};
 use serde::{Deserialize, Serialize};
@@ -19,6 +21,9 @@ pub struct HostFacts {
     pub accel: AccelInfo,
     pub confinement: Confinement,
     pub confinement_text: String,
+    pub qemu_img_version: Option<String>,
+    /// What the host lacks (qemu-img, OVMF), each logged as an error at start.
+    pub problems: Vec<HostProblem>,
 }
 
 impl HostFacts {
@@ -26,6 +31,16 @@ impl HostFacts {
         let qemu_version = qemu_version(&cfg.qemu_binary).await?;
         let accel = choose_accel(cfg, &qemu_version).await;
         let (confinement, confinement_text) = confinement(cfg);
+        let tools = tools::check(Path::new("qemu-img"), &qemu_version).await;
+        for p in &tools.problems {
+            tracing::error!(
+                "{}: {}; {} cannot work: {}",
+                p.component,
+                p.error,
+                p.affects,
+                p.hint
+            );
+        }
         Ok(HostFacts {
             hostname: nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
@@ -38,6 +53,8 @@ impl HostFacts {
             accel,
             confinement,
             confinement_text,
+            qemu_img_version: tools.qemu_img_version,
+            problems: tools.problems,
         })
     }
 }
@@ -49,7 +66,7 @@ async fn qemu_version(binary: &Path) -> anyhow::Result<String> {
         .await
         .map_err(|e| {
             anyhow::anyhow!(
-                "cannot run {}: {e} (install qemu-system-x86)",
+                "cannot run QEMU ({}): {e}; install Debian's qemu-system-x86 (scripts/setup.sh installs QEMU's packages as one matching set)",
                 binary.display()
             )
         })?;
