@@ -21,6 +21,8 @@ HOST_TOOLS=(
     passt:passt dnsmasq:dnsmasq-base nft:nftables ip:iproute2 ping:iputils-ping
     busybox:busybox-static
     node:nodejs npm:npm chromium:chromium promtool:prometheus
+    # A lifecycle test holds QEMU's exit back with strace's syscall fault injection.
+    strace:strace
 )
 # Files by the package that provides them.
 HOST_FILES=(

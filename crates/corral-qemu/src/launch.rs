@@ -233,8 +233,73 @@ pub fn process_alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Waits until process `pid` has exited, whoever its parent is (a re-attached QEMU is
+/// init's child, not ours), for at most `limit`. True once it is gone; a zombie counts as
+/// gone, since it holds no files and no image locks any more.
+pub async fn wait_exit(pid: u32, limit: Duration) -> bool {
+    match open_pidfd(pid) {
+        // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same
+        // descriptor until the AsyncFd is dropped.
+        Ok(fd) => match unsafe { tokio::io::unix::AsyncFd::register(fd) } {
+            // A pidfd becomes readable when its process exits.
+            Ok(fd) => tokio::time::timeout(limit, fd.readable()).await.is_ok(),
+            Err(_) => poll_exit(pid, limit).await,
+        },
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => true,
+        // Kernels before 5.3 have no pidfd: look at /proc instead.
+        Err(_) => poll_exit(pid, limit).await,
+    }
+}
+
+fn open_pidfd(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1;
+    // it touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+async fn poll_exit(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while process_alive(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
 /// Kills a QEMU process outright (when QMP `quit` cannot be delivered).
 pub fn kill(pid: u32) -> io::Result<()> {
     let pid = nix::unistd::Pid::from_raw(pid as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A process that is not our child (as a re-attached QEMU is not): its exit is seen
+    /// through its pidfd, and not before it happens.
+    #[tokio::test]
+    async fn wait_exit_sees_a_process_that_is_not_our_child_exit() {
+        // `sh` forks `sleep` into the background and exits: sleep's parent is init.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.6 >/dev/null 2>&1 & echo $!"])
+            .output()
+            .unwrap();
+        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        assert!(process_alive(pid));
+        assert!(!wait_exit(pid, Duration::from_millis(100)).await);
+        assert!(wait_exit(pid, Duration::from_secs(10)).await);
+        assert!(!process_alive(pid));
+        // Gone already (or never there): nothing to wait for.
+        assert!(wait_exit(pid, Duration::from_millis(10)).await);
+    }
 }

@@ -228,3 +228,43 @@ fn without_an_agent_stop_is_acpi_and_quiesce_is_refused() {
     let reason = d.vm("plain")["status"]["reason"].to_string();
     assert!(reason.contains("ACPI"), "{reason}");
 }
+
+/// A re-attached QEMU is not corrald's child: a graceful stop through the guest agent
+/// must still return only once that process has exited, so that a start right after
+/// never meets the image locks of a QEMU still on its way out.
+#[test]
+fn stop_after_reattach_returns_only_when_qemu_has_exited() {
+    let mut d = Daemon::start();
+    boot_with_disk(&d, "gr", "");
+    agent_connected(&d, "gr", true);
+    let pid = d.vm("gr")["status"]["pid"].as_u64().unwrap() as u32;
+    d.restart();
+    assert_eq!(d.state("gr"), "running");
+    agent_connected(&d, "gr", true);
+
+    // QEMU takes its time between closing its monitor and exiting (as a loaded host
+    // makes it): strace holds its exit_group(2) back by 4 s.
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=exit_group"])
+        .args(["-e", "inject=exit_group:delay_enter=4000000", "-p"])
+        .arg(pid.to_string())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let op = d.json(&["stop", "gr", "--timeout", "30"]);
+    let _ = strace.kill();
+    let _ = strace.wait();
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(op["result"]["method"], "agent", "{op}");
+    assert!(
+        !corral_tests::pid_alive(pid),
+        "stop returned while QEMU (pid {pid}) is alive:\n{}",
+        std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
+    );
+    assert_eq!(d.state("gr"), "stopped");
+    // Starting again at once works: no image lock of the old QEMU is in the way.
+    d.ok(&["start", "gr"]);
+    d.wait_console("gr", "CORRAL-GUEST-READY", BOOT);
+    d.op_succeeds(&["stop", "gr", "--force"]);
+}

@@ -14,6 +14,10 @@ use tokio::sync::{broadcast, watch};
 use super::{Manager, Running};
 use crate::error::ApiResult;
 
+/// How long a QEMU may take to exit once its monitor has closed before it is killed: a
+/// QEMU without its monitor can no longer be driven.
+const EXIT_AFTER_MONITOR_CLOSED: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Manager {
     pub(crate) fn spawn_monitor(
         &self,
@@ -129,12 +133,18 @@ impl Manager {
 
     async fn on_exit(&self, name: &str, running: &Running, shutdown: Option<String>) {
         let _lock = self.lock(name).await;
-        // Make sure the process is really gone before saying so.
-        for _ in 0..200 {
-            if !launch::process_alive(running.pid) {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        // The process is really gone before anyone hears it stopped: a start right
+        // after must not meet the image locks of a QEMU still on its way out (it closes
+        // its monitor before it exits, and a loaded host stretches the gap to seconds).
+        if !launch::wait_exit(running.pid, EXIT_AFTER_MONITOR_CLOSED).await {
+            tracing::warn!(
+                vm = name,
+                pid = running.pid,
+                "QEMU still runs {} s after its monitor closed; killing it",
+                EXIT_AFTER_MONITOR_CLOSED.as_secs()
+            );
+            let _ = launch::kill(running.pid);
+            launch::wait_exit(running.pid, EXIT_AFTER_MONITOR_CLOSED).await;
         }
         let reason = running.take_stop_reason().or(shutdown).unwrap_or_else(|| {
             let log = launch::read_log_since(&running.paths.qemu_log(), 0);
