@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Quick start: installs what is missing, builds Corral, starts corrald and boots
-# a small demo VM, then shows its serial console. Run as root on Debian 12.
+# Quick start: installs what is missing, builds and installs Corral (scripts/install.sh),
+# starts corrald and boots a small demo VM, then shows its serial console. Run as root
+# on Debian 12.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -8,12 +9,9 @@ cd "$ROOT"
 STATE=${CORRAL_STATE_DIR:-/var/lib/corral}
 export CORRAL_SOCKET=${CORRAL_SOCKET:-/run/corral/corral.sock}
 
-bash scripts/setup.sh
-bash scripts/build-web.sh   # the web console, embedded into corrald by its build
-echo "demo: building (cargo build)" >&2
-cargo build --quiet --bins
-BIN=$ROOT/target/debug
-install -m 0755 "$BIN/corral" "$BIN/corrald" /usr/local/bin/
+# What is missing, the web console, a release build with it embedded, installed into
+# /usr/local/bin (and checked to carry the console): the path users follow.
+bash scripts/install.sh
 
 if ! corral host info >/dev/null 2>&1; then
     mkdir -p /var/log/corral

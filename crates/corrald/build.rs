@@ -24,6 +24,18 @@ fn main() {
         );
     }
     out.push_str("];\n");
+    // `corrald --version` says whether the console is inside, so an installed binary can
+    // be checked (scripts/install.sh does); a build without it says how to get it.
+    let console = if files.iter().any(|(rel, _)| rel == "index.html") {
+        format!("web console embedded, {} files", files.len())
+    } else {
+        println!(
+            "cargo:warning=web/dist is not built: this corrald serves only a page saying so. \
+             Run scripts/build-web.sh before building, or scripts/install.sh, which does both"
+        );
+        "web console not built".to_string()
+    };
+    println!("cargo:rustc-env=CORRAL_WEB_CONSOLE={console}");
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
     if let Err(e) = std::fs::write(out_dir.join("web_assets.rs"), out) {
         panic!("cannot write web_assets.rs: {e}");

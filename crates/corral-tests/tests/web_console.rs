@@ -188,3 +188,31 @@ fn a_long_operation_shows_on_the_vm_page_and_can_be_cancelled() {
     );
     d.ok(&["delete", "deaf", "--force"]);
 }
+
+/// The corrald under test carries the console that scripts/build-web.sh built (test.sh
+/// builds it first, as install.sh and demo.sh do), and says so in `--version`; a
+/// binary built without it would say "not built" and fail here.
+#[test]
+fn the_built_corrald_embeds_the_console_and_says_so() {
+    let dist = corral_tests::workspace().join("web/dist/index.html");
+    assert!(
+        dist.is_file(),
+        "web/dist is not built: run scripts/build-web.sh (scripts/test.sh does)"
+    );
+    let out = Command::new(corral_tests::bin("corrald"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(version.contains("web console embedded"), "{version}");
+    let (d, url) = Daemon::start_remote(&[]);
+    let page = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(d.tls_cert())
+        .arg(format!("{url}/"))
+        .output()
+        .unwrap();
+    let html = String::from_utf8_lossy(&page.stdout);
+    assert!(html.contains("/assets/"), "the app's page:\n{html}");
+    assert!(!html.contains("not built"), "{html}");
+}

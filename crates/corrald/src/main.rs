@@ -32,7 +32,7 @@ use crate::config::Config;
 #[derive(Parser)]
 #[command(
     name = "corrald",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CORRAL_WEB_CONSOLE"), ")"),
     about = "Corral's per-host daemon: runs KVM/QEMU virtual machines"
 )]
 struct Args {

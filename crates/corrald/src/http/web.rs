@@ -13,7 +13,7 @@ include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
 
 const NOT_BUILT: &str = "<!doctype html><meta charset=utf-8><title>Corral</title>\
 <p>The web console is not built into this corrald: run <code>scripts/build-web.sh</code> \
-and rebuild corrald.</p>";
+and rebuild corrald, or install with <code>scripts/install.sh</code>, which does both.</p>";
 
 fn asset(path: &str) -> Option<&'static [u8]> {
     WEB_ASSETS
