@@ -10,6 +10,7 @@ pub mod error;
 pub mod event;
 pub mod host;
 pub mod metrics;
+pub mod migration;
 pub mod network;
 pub mod operation;
 pub mod size;
@@ -24,6 +25,7 @@ pub use host::{Accel, AccelInfo, HostInfo, HostProblem, StorageDriverInfo};
 pub use metrics::{
     HostMetrics, HostSample, MemorySource, PoolUsage, VmLatest, VmMetrics, VmSample, VmsMetrics,
 };
+pub use migration::*;
 pub use network::*;
 pub use operation::{Operation, OperationState};
 pub use size::{format_size, parse_duration_secs, parse_size};

@@ -7,14 +7,9 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context, Result};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -108,98 +103,19 @@ impl RemoteConfig {
 
 /// `https://host:port` → (host, port); the port defaults to 8443.
 pub fn parse_url(url: &str) -> Result<(String, u16)> {
-    let Some(rest) = url.strip_prefix("https://") else {
-        bail!(CliError::new(format!("'{url}' is not an https:// URL"))
-            .with_hint("remotes are reached over HTTPS, e.g. https://host:8443"));
-    };
-    let authority = rest.trim_end_matches('/');
-    if authority.contains('/') || authority.is_empty() {
-        bail!(CliError::new(format!(
-            "'{url}' should be just https://HOST:PORT"
-        )));
-    }
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            let port = p
-                .parse()
-                .map_err(|_| CliError::new(format!("bad port in '{url}'")))?;
-            (h, port)
+    corral_client::parse_url(url).map_err(|e| {
+        let hint = match e {
+            corral_client::UrlError::NotHttps(_) => {
+                Some("remotes are reached over HTTPS, e.g. https://host:8443")
+            }
+            _ => None,
+        };
+        let err = CliError::new(e.to_string());
+        match hint {
+            Some(h) => err.with_hint(h).into(),
+            None => err.into(),
         }
-        _ => (authority, 8443),
-    };
-    Ok((host.trim_matches(['[', ']']).to_string(), port))
-}
-
-pub fn fingerprint(cert: &[u8]) -> String {
-    Sha256::digest(cert)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Accepts exactly one certificate, by fingerprint; with `None`, accepts any and
-/// remembers what it saw (for `remote add` to show the user before trusting it).
-#[derive(Debug)]
-struct Pinned {
-    expected: Option<String>,
-    seen: Mutex<Option<String>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        let got = fingerprint(end_entity);
-        if let Ok(mut seen) = self.seen.lock() {
-            *seen = Some(got.clone());
-        }
-        match &self.expected {
-            Some(want) if *want != got => Err(rustls::Error::General(format!(
-                "certificate fingerprint {got} is not the trusted {want}"
-            ))),
-            _ => Ok(ServerCertVerified::assertion()),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    })
 }
 
 /// A TLS connection to `host:port`, and the fingerprint of the certificate it showed.
@@ -209,46 +125,24 @@ pub async fn connect(
     port: u16,
     expected: Option<&str>,
 ) -> Result<(TlsStream<TcpStream>, String)> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(Pinned {
-        expected: expected.map(str::to_string),
-        seen: Mutex::new(None),
-        provider: provider.clone(),
-    });
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_no_client_auth();
-    let tcp = TcpStream::connect((host, port)).await.map_err(|e| {
-        CliError::new(format!("cannot connect to https://{host}:{port}: {e}"))
-            .with_hint("is corrald started there with --listen, and is the port open?")
-    })?;
-    let name = ServerName::try_from(host.to_string())
-        .map_err(|_| CliError::new(format!("'{host}' is not a host name or address")))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await;
-    let seen = verifier
-        .seen
-        .lock()
-        .ok()
-        .and_then(|s| s.clone())
-        .unwrap_or_default();
-    match tls {
-        Ok(stream) => Ok((stream, seen)),
-        Err(_) if expected.is_some_and(|want| want != seen) && !seen.is_empty() => {
-            Err(CliError::new(format!(
-                "https://{host}:{port} showed a different certificate (sha256 {seen}) than the one trusted"
-            ))
-            .with_hint(
-                "if the server's certificate really changed, check the new fingerprint on the host \
-                 (`corral host info`), then `corral remote remove NAME` and `corral remote add` again",
-            )
-            .into())
-        }
-        Err(e) => Err(CliError::new(format!("TLS with https://{host}:{port} failed: {e}")).into()),
-    }
+    use corral_client::TlsError;
+    corral_client::connect(host, port, expected)
+        .await
+        .map_err(|e| {
+            let err = CliError::new(corral_client::peer_chain(&e));
+            match e {
+                TlsError::Connect { .. } => err
+                    .with_hint("is corrald started there with --listen, and is the port open?")
+                    .into(),
+                TlsError::Mismatch { .. } => err
+                    .with_hint(
+                        "if the server's certificate really changed, check the new fingerprint on the host \
+                         (`corral host info`), then `corral remote remove NAME` and `corral remote add` again",
+                    )
+                    .into(),
+                _ => err.into(),
+            }
+        })
 }
 
 #[cfg(test)]
