@@ -42,11 +42,11 @@ pub struct MigrateRequest {
     /// Cap on the migration stream, bytes per second (none: as fast as the link).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth_bytes: Option<u64>,
-    /// Switch to post-copy (the guest runs on the destination while the rest of its
-    /// memory follows) as soon as the first pass is done. See docs/migration.md for
-    /// the risk: a failure during post-copy loses the guest.
+    /// Whether and when to switch to post-copy (the guest runs on the destination while
+    /// the rest of its memory follows). See docs/migration.md for the risk: a failure
+    /// during post-copy loses the guest.
     #[serde(default)]
-    pub postcopy: bool,
+    pub postcopy: Postcopy,
     /// Slow the guest's vCPUs when it dirties memory faster than the link carries it
     /// (QEMU's auto-converge). On unless set to false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,6 +54,32 @@ pub struct MigrateRequest {
     /// Only run the pre-flight checks: nothing moves.
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// When a migration switches from pre-copy to post-copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Postcopy {
+    /// Never: pre-copy until it converges (auto-converge slows a busy guest).
+    #[default]
+    Off,
+    /// When pre-copy stops converging: several passes without the remaining memory
+    /// shrinking.
+    Auto,
+    /// Right after the first pass over memory.
+    Now,
+}
+
+impl std::str::FromStr for Postcopy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(Postcopy::Off),
+            "auto" => Ok(Postcopy::Auto),
+            "now" => Ok(Postcopy::Now),
+            other => Err(format!("'{other}' is not off, auto or now")),
+        }
+    }
 }
 
 impl MigrateRequest {
@@ -194,6 +220,12 @@ pub struct IncomingVm {
     pub qemu_version: String,
     /// The accelerator the guest runs on at the source (`tcg`, `kvm`).
     pub accel: String,
+    /// The address the source reaches the destination at (its URL's host): where the
+    /// destination's QEMU listens, and what its TLS certificate names.
+    pub destination_address: String,
+    /// Post-copy may be used: QEMU needs the capability on both ends from the start.
+    #[serde(default)]
+    pub postcopy: bool,
     /// Each disk's volume record (pool, format, …) when it has one, by disk id.
     pub volumes: Vec<Volume>,
     /// The pools those volumes live in, as the source knows them.
@@ -205,6 +237,13 @@ pub struct IncomingVm {
     /// (disk id, path on the source, size in bytes, SHA-256).
     #[serde(default)]
     pub chain_files: Vec<ChainFile>,
+    /// UEFI VMs: their variable store as it is now, base64 (QEMU needs the file to
+    /// start; the final copy comes with the finish).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvram_b64: Option<String>,
+    /// When the VM was created (Unix seconds), kept on the destination.
+    #[serde(default)]
+    pub created_at: u64,
 }
 
 /// A read-only image under a copied disk's top: sent whole before the mirror starts

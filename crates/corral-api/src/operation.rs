@@ -42,4 +42,8 @@ pub struct Operation {
     /// What the operation made, when it succeeded (e.g. an import's volumes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
+    /// What is happening now, when the work says more than a percentage (a migration's
+    /// phase, memory sent and remaining, dirty rate, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
 }

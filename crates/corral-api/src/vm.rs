@@ -241,6 +241,11 @@ pub enum VmState {
     Stopping,
     /// The guest reported a panic; QEMU is still there for inspection.
     Crashed,
+    /// Running here while it is being moved to another host (`corral migrate`).
+    Migrating,
+    /// Arriving from another host: QEMU here receives it and the guest does not run
+    /// here yet.
+    Incoming,
 }
 
 impl VmState {
@@ -252,6 +257,8 @@ impl VmState {
             VmState::Paused => "paused",
             VmState::Stopping => "stopping",
             VmState::Crashed => "crashed",
+            VmState::Migrating => "migrating",
+            VmState::Incoming => "incoming",
         }
     }
 
@@ -267,13 +274,18 @@ impl VmState {
         let ok = match action {
             A::Start => matches!(self, S::Stopped),
             A::Stop => matches!(self, S::Running),
-            A::ForceStop => self.has_process(),
+            // A migration is cancelled through its operation, not by pulling the plug.
+            A::ForceStop => self.has_process() && !matches!(self, S::Migrating | S::Incoming),
             A::Restart => matches!(self, S::Running | S::Paused | S::Crashed),
             A::Pause => matches!(self, S::Running),
             A::Resume => matches!(self, S::Paused),
             A::Delete => matches!(self, S::Stopped),
             A::Update => matches!(self, S::Stopped),
-            A::Console => matches!(self, S::Running | S::Paused | S::Stopping | S::Crashed),
+            A::Console => matches!(
+                self,
+                S::Running | S::Paused | S::Stopping | S::Crashed | S::Migrating
+            ),
+            A::Migrate => matches!(self, S::Running | S::Paused),
         };
         if ok {
             return Ok(());
@@ -288,6 +300,13 @@ impl VmState {
             (A::Start, S::Running | S::Paused | S::Starting | S::Stopping) => {
                 "it is already running"
             }
+            (_, S::Migrating) => {
+                "it is being migrated; cancel the migration (`corral operation cancel ID`) first"
+            }
+            (_, S::Incoming) => {
+                "it is arriving from another host; its source's migration decides what happens"
+            }
+            (A::Migrate, _) => "only a running or paused VM is migrated live; a stopped one has nothing to move but its disks",
             _ => "",
         };
         let mut msg = format!("cannot {} a VM that is {}", action.as_str(), self.as_str());
@@ -310,6 +329,7 @@ pub enum VmAction {
     Delete,
     Update,
     Console,
+    Migrate,
 }
 
 impl VmAction {
@@ -324,6 +344,7 @@ impl VmAction {
             VmAction::Delete => "delete",
             VmAction::Update => "update",
             VmAction::Console => "attach a console to",
+            VmAction::Migrate => "migrate",
         }
     }
 }

@@ -75,6 +75,10 @@ pub struct LaunchConfig<'a> {
     /// Start waiting for a saved memory/device state (`-incoming defer`): the daemon then
     /// passes the state file and runs `migrate-incoming` (reverting to a memory snapshot).
     pub incoming: bool,
+    /// The exact machine type to run (a migration's destination runs the source's
+    /// resolved `pc-i440fx-7.2`, whatever `pc` means to its own QEMU); `None`: the
+    /// spec's machine.
+    pub machine_type: Option<&'a str>,
     /// Ids of the disks whose image is a block device (an LV, a partition), found by
     /// the launcher from the descriptors it opened: QEMU opens those with `host_device`.
     pub block_devices: &'a BTreeSet<String>,
@@ -147,7 +151,7 @@ pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
     let mut a = Args::default();
     a.push2("-name", format!("guest={},debug-threads=on", spec.name));
     a.push2("-uuid", spec.uuid.to_string());
-    a.push2("-machine", machine_arg(spec.machine));
+    a.push2("-machine", machine_arg(spec.machine, cfg.machine_type));
     a.push2("-accel", cfg.accel.as_str());
     if cfg.accel == Accel::Kvm {
         a.push2("-cpu", "host");
@@ -250,12 +254,13 @@ pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
     a.0
 }
 
-fn machine_arg(machine: Machine) -> String {
+fn machine_arg(machine: Machine, exact: Option<&str>) -> String {
+    let name = exact.unwrap_or(match machine {
+        Machine::Pc => "pc",
+        Machine::Q35 => "q35",
+    });
     // vmport is an emulated VMware backdoor nobody here needs; off is less attack surface.
-    match machine {
-        Machine::Pc => "pc,vmport=off".to_string(),
-        Machine::Q35 => "q35,vmport=off".to_string(),
-    }
+    format!("{name},vmport=off")
 }
 
 fn serial_args(a: &mut Args, paths: &VmPaths) {

@@ -6,6 +6,7 @@
 //! - [`hotplug`], [`nic`]: disks and NICs plugged into (and out of) a running VM.
 //! - [`launch`]: start QEMU detached and confined, and find it again after a restart.
 //! - [`live`]: snapshots of a running VM: overlays, merges by block job, memory state.
+//! - [`migrate`]: live migration: TLS credentials, the stream, NBD + block mirror.
 //! - [`qmp`]: an async QMP client (id-matched replies, event stream, timeouts).
 //! - [`probe`]: which accelerator really works on this host.
 //! - [`cgroup`]: one cgroup per VM.
@@ -18,6 +19,7 @@ mod device;
 pub mod hotplug;
 pub mod launch;
 pub mod live;
+pub mod migrate;
 pub mod nic;
 pub mod probe;
 pub mod qmp;

@@ -38,11 +38,11 @@ const UNCONFINED: Confinement = Confinement {
 };
 
 fn check(case: &str, spec: &VmSpec, accel: Accel, confinement: Confinement) {
-    check_full(case, spec, accel, confinement, false, &[])
+    check_full(case, spec, accel, confinement, (false, None), &[])
 }
 
 fn check_with(case: &str, spec: &VmSpec, accel: Accel, confinement: Confinement, incoming: bool) {
-    check_full(case, spec, accel, confinement, incoming, &[])
+    check_full(case, spec, accel, confinement, (incoming, None), &[])
 }
 
 /// `block_devices`: the disks that are block devices on the host.
@@ -53,7 +53,7 @@ fn check_with_devices(
     confinement: Confinement,
     block_devices: &[&str],
 ) {
-    check_full(case, spec, accel, confinement, false, block_devices)
+    check_full(case, spec, accel, confinement, (false, None), block_devices)
 }
 
 fn check_full(
@@ -61,7 +61,7 @@ fn check_full(
     spec: &VmSpec,
     accel: Accel,
     confinement: Confinement,
-    incoming: bool,
+    (incoming, machine_type): (bool, Option<&str>),
     block_devices: &[&str],
 ) {
     // Disks whose id ends in "fd" are passed by descriptor (numbers as a launch would).
@@ -97,6 +97,7 @@ fn check_full(
         paths: &paths,
         confinement,
         incoming,
+        machine_type,
         disk_fds: &fds,
         block_devices: &block_devices,
         nics: &nics,
@@ -225,6 +226,30 @@ fn restore_from_memory_snapshot() {
         read_only: false,
     }];
     check_with("restore_memory", &spec, Accel::Tcg, UNCONFINED, true);
+}
+
+/// A live migration's destination: the source's exact machine type (not the `pc`
+/// alias, which a newer QEMU resolves to a newer machine), waiting for the stream.
+#[test]
+fn incoming_live_migration() {
+    let mut spec = base_spec();
+    spec.disks = vec![Disk {
+        id: "disk0fd".into(),
+        volume: Some("web-01-disk0".into()),
+        path: "/var/lib/corral/pools/default/web-01-disk0.qcow2".into(),
+        format: DiskFormat::Qcow2,
+        size_bytes: 2 << 30,
+        owned: true,
+        read_only: false,
+    }];
+    check_full(
+        "incoming_migration",
+        &spec,
+        Accel::Tcg,
+        UNCONFINED,
+        (true, Some("pc-i440fx-7.2")),
+        &[],
+    );
 }
 
 /// How the daemon starts VMs: each disk's top image passed in by descriptor, read-write

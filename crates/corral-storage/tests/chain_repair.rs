@@ -185,5 +185,10 @@ async fn a_half_done_delete_of_the_root_is_pointed_back_too() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(left, vec![disks[0].active.clone()], "vol was {}", vol.display());
+    assert_eq!(
+        left,
+        vec![disks[0].active.clone()],
+        "vol was {}",
+        vol.display()
+    );
 }

@@ -5,9 +5,11 @@
 //! migrations.
 
 mod access;
+mod migration;
 mod sqlite;
 
 pub use access::{AccessStore, SessionRecord, AUDIT_KEPT};
+pub use migration::{MigrationRecord, MigrationRole, MigrationStore};
 
 pub use sqlite::SqliteStore;
 
@@ -55,7 +57,7 @@ pub struct VmRecord {
 
 /// Where Corral keeps its state. Implementations must be safe to share between threads
 /// and must make each call atomic.
-pub trait Store: AccessStore + Send + Sync {
+pub trait Store: AccessStore + MigrationStore + Send + Sync {
     /// Adds a VM; fails with `AlreadyExists` if the name is taken (exactly one of several
     /// concurrent creates of a name wins).
     fn insert_vm(&self, record: &VmRecord) -> Result<()>;

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::{Result, Store, StoreError, VmRecord};
 
 mod access;
+mod migration;
 
 /// Schema history. Append only: a released migration is never edited.
 fn migrations() -> Migrations<'static> {
@@ -92,6 +93,16 @@ fn migrations() -> Migrations<'static> {
              CREATE TABLE audit (
                  id INTEGER PRIMARY KEY AUTOINCREMENT,
                  body TEXT NOT NULL
+             );",
+        ),
+        M::up(
+            "CREATE TABLE vm_migrations (
+                 id TEXT PRIMARY KEY,
+                 vm TEXT NOT NULL,
+                 role TEXT NOT NULL,
+                 phase TEXT NOT NULL,
+                 body TEXT NOT NULL,
+                 updated_ms INTEGER NOT NULL
              );",
         ),
     ])

@@ -7,6 +7,7 @@
 
 mod access;
 mod image;
+mod migrate;
 mod network;
 mod pool;
 mod snapshot;
@@ -23,6 +24,7 @@ use crate::output::OutputArgs;
 
 pub use access::*;
 pub use image::*;
+pub use migrate::*;
 pub use network::*;
 pub use pool::*;
 pub use snapshot::*;
@@ -94,6 +96,8 @@ pub enum Command {
     Update(UpdateArgs),
     /// Copy a stopped VM into a new one (own disks, new UUID and MACs)
     Clone(CloneArgs),
+    /// Move a running VM to another host live (shared or local disks, over TLS)
+    Migrate(MigrateArgs),
     /// Attach to a VM's serial console, or print its log with --log
     Console(ConsoleArgs),
     /// Storage pools: where volumes live

@@ -67,6 +67,12 @@ pub enum ApiError {
     /// Too many failed attempts from this address or for this user.
     #[error("too many failed attempts")]
     TooManyAttempts { retry_after_secs: u64 },
+    /// QEMU refused a step of a live migration (the VM runs on where it was).
+    #[error("migration")]
+    Migrate(#[from] corral_qemu::migrate::MigrateError),
+    /// Another corrald (a migration's destination) refused, or could not be reached.
+    #[error(transparent)]
+    Peer(#[from] corral_client::PeerError),
     /// Anything else that should not happen.
     #[error("{0}")]
     Internal(String),
@@ -227,6 +233,32 @@ impl ApiError {
             ApiError::Net(corral_net::NetError::Unsupported { message, hint }) => {
                 (StatusCode::CONFLICT, body(message.clone(), Some(hint)))
             }
+            ApiError::Migrate(e) => (
+                StatusCode::CONFLICT,
+                body(
+                    chain(e),
+                    Some("the VM runs on where it was; `corral show VM` and the daemon's log say more"),
+                ),
+            ),
+            // The other corrald's own refusal, passed on with its field and hint.
+            ApiError::Peer(corral_client::PeerError::Api { url, status, body: theirs }) => (
+                StatusCode::from_u16(*status)
+                    .ok()
+                    .filter(|s| s.is_client_error())
+                    .unwrap_or(StatusCode::BAD_GATEWAY),
+                ErrorBody {
+                    error: format!("{url}: {}", theirs.error),
+                    field: theirs.field.clone(),
+                    hint: theirs.hint.clone(),
+                },
+            ),
+            ApiError::Peer(e) => (
+                StatusCode::BAD_GATEWAY,
+                body(
+                    corral_client::peer_chain(e),
+                    Some("is corrald running there with --listen, reachable from this host, and is the token an admin's?"),
+                ),
+            ),
             // qemu-img missing (or not runnable) is the host's state, not a bug; `host
             // info` and the daemon's log at start say the same with the exact package.
             other if chain(other).contains("cannot run qemu-img") => (

@@ -10,6 +10,7 @@ mod events;
 mod host;
 mod http;
 mod metrics;
+mod migration;
 mod network;
 mod operations;
 mod revert;
@@ -135,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
     mgr.recover_interrupted_work(&interrupted).await?;
     mgr.reattach_all().await?;
     mgr.restore_networks().await?;
+    mgr.recover_migrations().await?;
     tokio::spawn(console::rotate_logs_forever(mgr.clone()));
     mgr.metrics.set_interval(args.metrics_interval);
     tokio::spawn(metrics::run(mgr.clone()));

@@ -90,6 +90,7 @@ impl Operations {
             cancellable,
             error: None,
             result: None,
+            detail: None,
         };
         self.store.put_operation(&op)?;
         let (tx, _) = watch::channel(op.clone());
@@ -150,7 +151,19 @@ impl Operations {
                 hint: Some("wait for it to finish".into()),
             });
         }
-        if let Some(live) = self.lock().get(&id) {
+        let live = self.lock();
+        if let Some(live) = live.get(&id) {
+            // Checked again under the lock a worker's commit point takes: once the work
+            // is past undoing, a cancel is refused rather than silently ignored.
+            if !live.tx.borrow().cancellable {
+                return Err(ApiError::Conflict {
+                    message: format!(
+                        "operation {id} ({}) is past the point of cancelling",
+                        op.kind
+                    ),
+                    hint: Some("wait for it to finish".into()),
+                });
+            }
             let _ = live.cancel.send(true);
         }
         Ok(op)
@@ -201,7 +214,7 @@ impl Operations {
     fn stream_progress(&self, op: &Operation) {
         let message = serde_json::json!({
             "id": op.id, "kind": op.kind, "target": op.target,
-            "progress": op.progress, "state": op.state,
+            "progress": op.progress, "state": op.state, "detail": op.detail,
         });
         self.events
             .stream_only(Some(&op.target), "progress", message.to_string());
@@ -216,6 +229,30 @@ impl OpHandle {
     pub fn progress(&self, percent: f32) {
         self.ops
             .update(self.id, |op| op.progress = percent.clamp(0.0, 100.0));
+    }
+
+    /// Progress with details of what is happening (shown by `corral operation show` and
+    /// streamed to followers).
+    pub fn detail(&self, percent: f32, detail: serde_json::Value) {
+        self.ops.update(self.id, |op| {
+            op.progress = percent.clamp(0.0, 100.0);
+            op.detail = Some(detail);
+        });
+    }
+
+    /// The point past which the work can no longer be undone: true, and from now on the
+    /// operation refuses cancels, unless a cancel came first (then false, and the work
+    /// must undo itself).
+    pub fn commit_point(&self) -> bool {
+        let live = self.ops.lock();
+        let Some(l) = live.get(&self.id) else {
+            return false;
+        };
+        if *l.cancel.borrow() {
+            return false;
+        }
+        l.tx.send_modify(|op| op.cancellable = false);
+        true
     }
 
     /// Whether a client has asked to cancel (for synchronous checks in long loops).

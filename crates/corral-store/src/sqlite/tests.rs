@@ -129,6 +129,7 @@ fn operations_upsert() {
         cancellable: false,
         error: None,
         result: None,
+        detail: None,
     };
     s.put_operation(&op).unwrap();
     op.state = OperationState::Succeeded;
@@ -381,4 +382,66 @@ fn snapshot_and_vm_a_clone_reads_through_cannot_go() {
     s.delete_volume("dst-disk0").unwrap();
     s.save_vm_and_snapshots(&src.spec, &tree(&[]), &[]).unwrap();
     s.delete_vm("src").unwrap();
+}
+
+fn migration(vm: &str, role: crate::MigrationRole, phase: &str) -> crate::MigrationRecord {
+    crate::MigrationRecord {
+        id: Uuid::new_v4(),
+        vm: vm.to_string(),
+        role,
+        phase: phase.to_string(),
+        body: serde_json::json!({"peer": "https://h:8443"}),
+        updated_ms: 7,
+    }
+}
+
+#[test]
+fn an_arriving_vm_is_recorded_whole_or_not_at_all() {
+    use crate::{MigrationRole, MigrationStore};
+    let (s, _) = store_with_snapshots();
+    let mut vm = record("moving");
+    vm.status.state = VmState::Running;
+    let m = migration("moving", MigrationRole::Incoming, "receiving");
+    let vol = volume("moving-disk0", None);
+    s.insert_incoming_vm(&vm, std::slice::from_ref(&vol), &[], &tree(&["a"]), &m)
+        .unwrap();
+    assert_eq!(s.get_vm("moving").unwrap().unwrap().spec, vm.spec);
+    assert!(s.get_volume("moving-disk0").unwrap().is_some());
+    assert_eq!(s.snapshot_tree("moving").unwrap().snapshots.len(), 1);
+    assert_eq!(s.get_migration(m.id).unwrap(), Some(m.clone()));
+
+    // A second arrival whose volume name is taken records nothing at all.
+    let other = record("other");
+    let m2 = migration("other", MigrationRole::Incoming, "receiving");
+    let err = s
+        .insert_incoming_vm(&other, &[vol], &[], &tree(&[]), &m2)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::AlreadyExists { kind: "volume", .. }
+    ));
+    assert!(s.get_vm("other").unwrap().is_none());
+    assert!(s.get_migration(m2.id).unwrap().is_none());
+}
+
+#[test]
+fn a_departed_vm_goes_with_its_volumes_in_the_phase_change() {
+    use crate::{MigrationRole, MigrationStore};
+    let (s, _) = store_with_snapshots();
+    let vm = record("gone");
+    s.insert_vm(&vm).unwrap();
+    s.insert_volume(&volume("gone-disk0", None)).unwrap();
+    s.append_event(Some("gone"), "state", "running", 1).unwrap();
+    let mut m = migration("gone", MigrationRole::Outgoing, "switching");
+    s.put_migration(&m).unwrap();
+    m.phase = "cleanup".into();
+    s.remove_migrated_vm("gone", &["gone-disk0".to_string()], &m)
+        .unwrap();
+    assert!(s.get_vm("gone").unwrap().is_none());
+    assert!(s.get_volume("gone-disk0").unwrap().is_none());
+    assert!(s.events(Some("gone"), 0, 10).unwrap().is_empty());
+    assert_eq!(s.get_migration(m.id).unwrap().unwrap().phase, "cleanup");
+    assert_eq!(s.list_migrations().unwrap().len(), 1);
+    s.delete_migration(m.id).unwrap();
+    assert!(s.list_migrations().unwrap().is_empty());
 }

@@ -3,6 +3,7 @@
 mod access;
 mod host;
 mod image;
+mod migrate;
 mod network;
 mod operation;
 mod pool;
@@ -40,6 +41,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Delete(args) => vm::delete(&client, &args).await,
         Command::Update(args) => vm::update(&client, &args).await,
         Command::Clone(args) => vm::clone(&client, &args).await,
+        Command::Migrate(args) => migrate::migrate(&client, &args).await,
         Command::Console(args) if args.log => console::print_log(&client, &args.name).await,
         Command::Console(args) => console::attach(&client, &args.name).await,
         Command::Pool(command) => pool::run(&client, &command).await,

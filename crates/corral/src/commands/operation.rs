@@ -52,7 +52,12 @@ async fn wait_until_final(client: &Client, mut op: Operation, what: &str) -> Res
         let path = format!("{API}/operations/{}/wait?timeout_secs={poll}", op.id);
         let wait = client.get::<Operation>(&path);
         op = match spinner.as_mut() {
-            Some(spinner) => spinner.spin_until(wait, op.progress).await?,
+            Some(spinner) => {
+                if let Some(line) = super::migrate::progress_line(&op) {
+                    spinner.bar.set_message(format!("{what}: {line}"));
+                }
+                spinner.spin_until(wait, op.progress).await?
+            }
             None => wait.await?,
         };
     }
@@ -253,6 +258,7 @@ mod tests {
             cancellable: false,
             error,
             result: None,
+            detail: None,
         }
     }
 

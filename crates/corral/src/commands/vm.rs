@@ -275,6 +275,7 @@ mod tests {
             cancellable: true,
             error: None,
             result,
+            detail: None,
         }
     }
 

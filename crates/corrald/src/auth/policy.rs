@@ -28,9 +28,15 @@ pub fn required(method: &Method, route: &str) -> Access {
         "/api/v1/auth/logout" | "/api/v1/auth/whoami" => return Access::Authenticated,
         _ => {}
     }
-    if ["/api/v1/users", "/api/v1/tokens", "/api/v1/audit"]
-        .iter()
-        .any(|p| route == *p || route.starts_with(&format!("{p}/")))
+    // Host-to-host migration calls carry the arriving VM and its TLS keys: admins only.
+    if [
+        "/api/v1/users",
+        "/api/v1/tokens",
+        "/api/v1/audit",
+        "/api/v1/migrations",
+    ]
+    .iter()
+    .any(|p| route == *p || route.starts_with(&format!("{p}/")))
     {
         return Access::Role(Role::Admin);
     }
@@ -55,7 +61,7 @@ pub fn is_console(route: &str) -> bool {
 }
 
 fn is_operator_action(method: &Method, route: &str) -> bool {
-    const POWER: [&str; 5] = ["start", "stop", "restart", "pause", "resume"];
+    const POWER: [&str; 6] = ["start", "stop", "restart", "pause", "resume", "migrate"];
     if *method == Method::POST {
         if let Some(action) = route.strip_prefix("/api/v1/vms/{name}/") {
             return POWER.contains(&action)

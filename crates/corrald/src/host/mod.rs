@@ -22,6 +22,9 @@ pub struct HostFacts {
     pub confinement: Confinement,
     pub confinement_text: String,
     pub qemu_img_version: Option<String>,
+    /// Machine types this QEMU runs, aliases included (`pc`, `pc-i440fx-7.2`, …): a
+    /// migration's destination must run the source's exact one.
+    pub machine_types: std::collections::BTreeSet<String>,
     /// What the host lacks (qemu-img, OVMF), each logged as an error at start.
     pub problems: Vec<HostProblem>,
 }
@@ -32,6 +35,7 @@ impl HostFacts {
         let accel = choose_accel(cfg, &qemu_version).await;
         let (confinement, confinement_text) = confinement(cfg);
         let tools = tools::check(Path::new("qemu-img"), &qemu_version).await;
+        let machine_types = machine_types(&cfg.qemu_binary).await;
         for p in &tools.problems {
             tracing::error!(
                 "{}: {}; {} cannot work: {}",
@@ -54,6 +58,7 @@ impl HostFacts {
             confinement,
             confinement_text,
             qemu_img_version: tools.qemu_img_version,
+            machine_types,
             problems: tools.problems,
         })
     }
@@ -80,17 +85,72 @@ async fn qemu_version(binary: &Path) -> anyhow::Result<String> {
         .to_string())
 }
 
+/// `qemu-system-x86_64 -machine help`: one machine per line after the header, an alias
+/// naming its target in "(alias of pc-i440fx-7.2)".
+async fn machine_types(binary: &Path) -> std::collections::BTreeSet<String> {
+    let out = tokio::process::Command::new(binary)
+        .args(["-machine", "help"])
+        .output()
+        .await;
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    parse_machine_types(&text)
+}
+
+fn parse_machine_types(text: &str) -> std::collections::BTreeSet<String> {
+    let mut types = std::collections::BTreeSet::new();
+    for line in text
+        .lines()
+        .skip_while(|l| !l.starts_with("Supported machines"))
+        .skip(1)
+    {
+        if let Some(name) = line.split_whitespace().next() {
+            types.insert(name.to_string());
+        }
+        if let Some((_, target)) = line.split_once("(alias of ") {
+            types.insert(target.trim_end_matches(')').to_string());
+        }
+    }
+    types
+}
+
+/// Memory the kernel could give a new process now without swapping (MemAvailable).
+pub fn available_memory() -> u64 {
+    meminfo_kib("MemAvailable:").map_or(0, |kb| kb * 1024)
+}
+
+fn meminfo_kib(key: &str) -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+    })
+}
+
 fn total_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
+    meminfo_kib("MemTotal:").map_or(0, |kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_types_include_aliases_and_their_targets() {
+        let text = "Supported machines are:\n\
+microvm              microvm (i386)\n\
+pc                   Standard PC (i440FX + PIIX, 1996) (alias of pc-i440fx-7.2)\n\
+pc-i440fx-7.2        Standard PC (i440FX + PIIX, 1996) (default)\n\
+q35                  Standard PC (Q35 + ICH9, 2009) (alias of pc-q35-7.2)\n\
+pc-q35-7.2           Standard PC (Q35 + ICH9, 2009)\n";
+        let types = parse_machine_types(text);
+        for t in ["pc", "pc-i440fx-7.2", "q35", "pc-q35-7.2", "microvm"] {
+            assert!(types.contains(t), "{t}: {types:?}");
+        }
+        assert!(!types.contains("Supported"));
+    }
 }
 
 /// A probe result, cached in the state dir for as long as its key holds: same QEMU,

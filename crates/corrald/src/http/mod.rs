@@ -4,6 +4,7 @@
 mod auth;
 mod body;
 pub mod metrics;
+mod migrations;
 mod networks;
 pub mod openapi;
 mod storage;
@@ -55,6 +56,12 @@ pub fn router(mgr: Arc<Manager>) -> Router {
             get(vms::show).patch(vms::update).delete(vms::delete),
         )
         .route("/api/v1/vms/{name}/start", post(vms::start))
+        .route("/api/v1/vms/{name}/migrate", post(migrations::migrate))
+        .route("/api/v1/migrations/preflight", post(migrations::preflight))
+        .route("/api/v1/migrations/incoming", post(migrations::prepare))
+        .route("/api/v1/migrations/{id}", get(migrations::status))
+        .route("/api/v1/migrations/{id}/finish", post(migrations::finish))
+        .route("/api/v1/migrations/{id}/abort", post(migrations::abort))
         .route("/api/v1/vms/{name}/clone", post(vms::clone))
         .route("/api/v1/vms/{name}/stop", post(vms::stop))
         .route("/api/v1/vms/{name}/restart", post(vms::restart))

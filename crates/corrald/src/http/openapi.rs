@@ -6,8 +6,8 @@ use utoipa::OpenApi;
 
 use super::{
     __path_cancel_operation, __path_get_operation, __path_host_info, __path_list_events,
-    __path_list_operations, __path_stream_events, __path_wait_operation, auth, metrics, networks,
-    storage, vms,
+    __path_list_operations, __path_stream_events, __path_wait_operation, auth, metrics, migrations,
+    networks, storage, vms,
 };
 
 #[derive(OpenApi)]
@@ -76,6 +76,12 @@ use super::{
         vms::vnc,
         vms::add_nic,
         vms::remove_nic,
+        migrations::migrate,
+        migrations::preflight,
+        migrations::prepare,
+        migrations::status,
+        migrations::finish,
+        migrations::abort,
         list_operations,
         get_operation,
         wait_operation,

@@ -51,8 +51,57 @@ impl Manager {
                     .map_err(|e| ApiError::Internal(format!("memory state {}: {e}", m.display())))
             })
             .transpose()?;
-        let spec = record.spec;
-        let paths = self.vm_paths(&spec);
+        let running = self
+            .launch_qemu(&record.spec, memory.is_some(), None)
+            .await?;
+        let started_at = now_secs();
+        let status = |state| VmStatus {
+            state,
+            pid: Some(running.pid),
+            started_at: Some(started_at),
+            reason: None,
+            accel: Some(self.host.accel.accel.as_str().to_string()),
+        };
+        self.set_status(name, status(VmState::Starting))?;
+        // Set-up that needs a paused, fully built machine goes here.
+        let result = async {
+            if let Some(state) = &memory {
+                corral_qemu::live::load_memory(&running.qmp, state)
+                    .await
+                    .map_err(|e| ApiError::Internal(crate::error::chain(&e)))?;
+            }
+            if !paused {
+                running.qmp.cont().await?;
+            }
+            Ok::<(), ApiError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            running.set_stop_reason("start failed");
+            let _ = running.qmp.quit().await;
+            let _ = launch::kill(running.pid);
+            return Err(e);
+        }
+        let state = if paused {
+            VmState::Paused
+        } else {
+            VmState::Running
+        };
+        self.set_status(name, status(state))?;
+        Ok(())
+    }
+
+    /// Spawns QEMU for `spec`, paused (`-S`), with its monitor task watching from the
+    /// first event on, and records it as the VM's running process. With `incoming`,
+    /// QEMU waits for a state to load (`-incoming defer`): a memory snapshot's file or
+    /// a live migration's stream, the latter on the source's exact `machine_type`.
+    pub(crate) async fn launch_qemu(
+        &self,
+        spec: &VmSpec,
+        incoming: bool,
+        machine_type: Option<&str>,
+    ) -> ApiResult<Arc<Running>> {
+        let paths = self.vm_paths(spec);
         prepare_runtime_dir(&paths.dir)?;
         let cgroup = VmCgroup::create(&self.cfg.cgroup_root, &format!("vm-{}", spec.uuid));
         let ovmf = corral_qemu::argv::ovmf_files();
@@ -63,16 +112,17 @@ impl Manager {
         }
         let ovmf_code = ovmf.map(|(code, _)| code).unwrap_or_default();
         // Rebuilt only if the config changed; renamed into place, so never half-written.
-        let seed = self.sync_seed(&spec).await?;
-        let (opened, disk_fds, block_devices) = open_disks(&spec)?;
-        let nics = self.plug_nics(&spec, &paths).await?;
+        let seed = self.sync_seed(spec).await?;
+        let (opened, disk_fds, block_devices) = open_disks(spec)?;
+        let nics = self.plug_nics(spec, &paths).await?;
         let argv = build_argv(&LaunchConfig {
-            spec: &spec,
+            spec,
             ovmf_code: &ovmf_code,
             accel: self.host.accel.accel,
             paths: &paths,
             confinement: self.host.confinement,
-            incoming: memory.is_some(),
+            incoming,
+            machine_type,
             disk_fds: &disk_fds,
             block_devices: &block_devices,
             nics: &nics.backends,
@@ -109,53 +159,19 @@ impl Manager {
                     let _ = c.remove();
                 }
                 self.events.emit(
-                    Some(name),
+                    Some(&spec.name),
                     "error",
                     format!("start failed: {}", crate::error::chain(&e)),
                 );
                 return Err(e.into());
             }
         };
-        let started_at = now_secs();
         let (running, exited_tx) = Running::new(launched.pid, launched.qmp, paths, cgroup);
         let running = Arc::new(running);
         // Watch events from before `cont`, so no transition is missed.
-        self.spawn_monitor(name, running.clone(), exited_tx);
-        self.set_running(name, Some(running.clone()));
-        let status = |state| VmStatus {
-            state,
-            pid: Some(running.pid),
-            started_at: Some(started_at),
-            reason: None,
-            accel: Some(self.host.accel.accel.as_str().to_string()),
-        };
-        self.set_status(name, status(VmState::Starting))?;
-        // Set-up that needs a paused, fully built machine goes here.
-        let result = async {
-            if let Some(state) = &memory {
-                corral_qemu::live::load_memory(&running.qmp, state)
-                    .await
-                    .map_err(|e| ApiError::Internal(crate::error::chain(&e)))?;
-            }
-            if !paused {
-                running.qmp.cont().await?;
-            }
-            Ok::<(), ApiError>(())
-        }
-        .await;
-        if let Err(e) = result {
-            running.set_stop_reason("start failed");
-            let _ = running.qmp.quit().await;
-            let _ = launch::kill(running.pid);
-            return Err(e);
-        }
-        let state = if paused {
-            VmState::Paused
-        } else {
-            VmState::Running
-        };
-        self.set_status(name, status(state))?;
-        Ok(())
+        self.spawn_monitor(&spec.name, running.clone(), exited_tx);
+        self.set_running(&spec.name, Some(running.clone()));
+        Ok(running)
     }
 
     pub async fn pause(&self, name: &str) -> ApiResult<Vm> {

@@ -71,7 +71,7 @@ impl Running {
         (running, exited_tx)
     }
 
-    fn set_stop_reason(&self, reason: &str) {
+    pub(crate) fn set_stop_reason(&self, reason: &str) {
         *self.stop_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
     }
 

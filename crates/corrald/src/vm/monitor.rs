@@ -164,8 +164,16 @@ impl Manager {
             let _ = std::fs::remove_file(running.paths.dir.join(f));
         }
         self.set_running(name, None);
-        if self.store.get_vm(name).ok().flatten().is_some() {
+        let record = self.store.get_vm(name).ok().flatten();
+        if record.is_some() {
             let _ = self.set_status(name, VmStatus::stopped(Some(reason)));
+        }
+        // An arrival whose QEMU died is given up (after this lock is released).
+        if record.is_some_and(|r| r.status.state == VmState::Incoming) {
+            if let Some(mgr) = self.self_arc() {
+                let name = name.to_string();
+                tokio::spawn(async move { mgr.arrival_died(&name).await });
+            }
         }
     }
 
@@ -233,6 +241,9 @@ impl Manager {
             (VmState::Starting, _) => {
                 return Err("start was interrupted by a daemon restart".into())
             }
+            // A migration's phase, not QEMU's run state, says what these are; the
+            // migration's recovery decides.
+            (s @ (VmState::Migrating | VmState::Incoming), _) => s,
             (_, "running") => VmState::Running,
             (_, "guest-panicked") => VmState::Crashed,
             _ => VmState::Paused,

@@ -1,0 +1,92 @@
+//! Live migration: `POST /api/v1/vms/{name}/migrate` on the source, and the
+//! `/api/v1/migrations/...` routes one corrald calls on another (the destination).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use corral_api::{
+    FinishIncoming, IncomingReady, IncomingStatus, IncomingVm, MigrateRequest, Operation,
+    PreflightCheck, PreflightReport,
+};
+use uuid::Uuid;
+
+use super::body::{JsonBody, OptionalJsonBody};
+use super::{checked_name, AppState};
+use crate::error::{ApiError, ApiResult};
+use crate::migration::Migration;
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/migrate", request_body = MigrateRequest,
+    responses((status = 202, body = Operation, description = "the migration; result: destination, downtime_ms, total_ms, ram_bytes, disk_bytes"),
+              (status = 200, body = PreflightReport, description = "dry_run: the pre-flight's findings"),
+              (status = 400, body = corral_api::ErrorBody, description = "a pre-flight check failed: its field and a hint"),
+              (status = 409, body = corral_api::ErrorBody)))]
+pub async fn migrate(
+    State(mgr): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<MigrateRequest>,
+) -> ApiResult<Response> {
+    Ok(match mgr.migrate(checked_name(&name)?, req).await? {
+        Migration::Report(report) => (StatusCode::OK, Json(report)).into_response(),
+        Migration::Started(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
+    })
+}
+
+#[utoipa::path(post, path = "/api/v1/migrations/preflight", request_body = IncomingVm,
+    responses((status = 200, body = [PreflightCheck], description = "this host's checks of an arriving VM")))]
+pub async fn preflight(
+    State(mgr): State<AppState>,
+    JsonBody(vm): JsonBody<IncomingVm>,
+) -> ApiResult<Json<Vec<PreflightCheck>>> {
+    corral_api::validate_name("spec.name", &vm.spec.name)?;
+    Ok(Json(mgr.incoming_preflight(&vm).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/migrations/incoming", request_body = IncomingVm,
+    responses((status = 201, body = IncomingReady), (status = 400, body = corral_api::ErrorBody)))]
+pub async fn prepare(
+    State(mgr): State<AppState>,
+    JsonBody(vm): JsonBody<IncomingVm>,
+) -> ApiResult<Response> {
+    corral_api::validate_name("spec.name", &vm.spec.name)?;
+    let ready = mgr.incoming_prepare(vm).await?;
+    Ok((StatusCode::CREATED, Json(ready)).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/migrations/{id}",
+    responses((status = 200, body = IncomingStatus), (status = 404, body = corral_api::ErrorBody)))]
+pub async fn status(
+    State(mgr): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<IncomingStatus>> {
+    Ok(Json(mgr.incoming_status(migration_id(&id)?).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/migrations/{id}/finish", request_body = FinishIncoming,
+    responses((status = 200, body = IncomingStatus), (status = 409, body = corral_api::ErrorBody)))]
+pub async fn finish(
+    State(mgr): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<FinishIncoming>,
+) -> ApiResult<Json<IncomingStatus>> {
+    Ok(Json(mgr.incoming_finish(migration_id(&id)?, req).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/migrations/{id}/abort",
+    responses((status = 200, body = IncomingStatus), (status = 409, body = corral_api::ErrorBody)))]
+pub async fn abort(
+    State(mgr): State<AppState>,
+    Path(id): Path<String>,
+    OptionalJsonBody(_): OptionalJsonBody<serde_json::Value>,
+) -> ApiResult<Json<IncomingStatus>> {
+    Ok(Json(mgr.incoming_abort(migration_id(&id)?).await?))
+}
+
+fn migration_id(id: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(id).map_err(|_| {
+        ApiError::from(
+            corral_api::ValidationError::new("id", format!("'{id}' is not a migration id"))
+                .hint("migration ids are UUIDs, chosen by the source"),
+        )
+    })
+}

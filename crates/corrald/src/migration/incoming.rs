@@ -1,0 +1,608 @@
+//! The destination's half: pre-flight against this host, the arriving VM prepared (its
+//! records, empty images for copied disks, QEMU waiting with `-incoming defer` on the
+//! source's machine type, TLS, NBD exports), then the source's word: `finish` (resume
+//! the guest here) or `abort` (nothing of it left here, and it never ran here).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use corral_api::{
+    DiskTransfer, FinishIncoming, IncomingPhase, IncomingReady, IncomingStatus, IncomingVm,
+    NetworkKind, PreflightCheck, ValidationError, VmState, VmStatus, Volume,
+};
+use corral_qemu::migrate::{self, Endpoint, Tuning};
+use corral_store::{MigrationRole, VmRecord};
+use uuid::Uuid;
+
+use super::preflight::{self, DestFacts};
+use super::{body_of, phase, record, tls, IncomingBody};
+use crate::clock::now_secs;
+use crate::error::{ApiError, ApiResult};
+use crate::revert::Reverter;
+use crate::vm::Manager;
+
+/// How long the source may take between `finish` and QEMU's state being complete
+/// here (it calls `finish` only once its side has completed).
+const RESUME_WAIT: Duration = Duration::from_secs(10);
+
+impl Manager {
+    /// `POST /api/v1/migrations/preflight`: would this host take the VM?
+    pub async fn incoming_preflight(&self, vm: &IncomingVm) -> ApiResult<Vec<PreflightCheck>> {
+        let facts = self.destination_facts(vm).await?;
+        Ok(preflight::check(vm, &facts))
+    }
+
+    async fn destination_facts(&self, vm: &IncomingVm) -> ApiResult<DestFacts> {
+        let vms = self.store.list_vms()?;
+        let mut reserved: BTreeMap<String, BTreeSet<std::net::Ipv4Addr>> = BTreeMap::new();
+        for nic in vms.iter().flat_map(|v| &v.spec.nics) {
+            if let (NetworkKind::Network, Some(net), Some(ip)) = (nic.kind, &nic.source, nic.ip) {
+                reserved.entry(net.clone()).or_default().insert(ip);
+            }
+        }
+        let mut pools = BTreeMap::new();
+        for pool in self.store.list_pools()? {
+            let free = match corral_storage::driver(&pool.driver) {
+                Ok(d) => d.usage(&pool).await.map(|u| u.free).unwrap_or(0),
+                Err(_) => 0,
+            };
+            pools.insert(pool.name.clone(), (pool, free));
+        }
+        let mut bridges = BTreeSet::new();
+        for nic in vm
+            .spec
+            .nics
+            .iter()
+            .filter(|n| n.kind == NetworkKind::Bridge)
+        {
+            let name = nic.source.clone().unwrap_or_default();
+            if let Ok(Some(kind)) = corral_net::link::link_kind(&name).await {
+                if kind == "bridge" {
+                    bridges.insert(name);
+                }
+            }
+        }
+        Ok(DestFacts {
+            hostname: self.host.hostname.clone(),
+            qemu_version: self.host.qemu_version.clone(),
+            machine_types: self.host.machine_types.clone(),
+            accel: self.host.accel.accel.as_str().to_string(),
+            cpus: self.host.cpus,
+            memory_available: crate::host::available_memory(),
+            vm_names: vms.iter().map(|v| v.spec.name.clone()).collect(),
+            vm_uuids: vms.iter().map(|v| v.spec.uuid.to_string()).collect(),
+            macs_in_use: vms
+                .iter()
+                .flat_map(|v| v.spec.nics.iter().map(|n| n.mac.clone()))
+                .collect(),
+            volume_names: self
+                .store
+                .list_volumes(None)?
+                .into_iter()
+                .map(|v| v.name)
+                .collect(),
+            networks: self
+                .store
+                .list_networks()?
+                .into_iter()
+                .map(|n| (n.name.clone(), n))
+                .collect(),
+            reserved,
+            bridges,
+            pools,
+            files: files_seen(vm),
+            uefi: corral_qemu::argv::ovmf_files().is_some(),
+            root: self.networking_allowed(),
+        })
+    }
+
+    /// `POST /api/v1/migrations/incoming`: makes the arriving VM's records and disks and
+    /// a QEMU waiting for the source's stream. On any failure nothing is left.
+    pub async fn incoming_prepare(&self, vm: IncomingVm) -> ApiResult<IncomingReady> {
+        let name = vm.spec.name.clone();
+        let _lock = self.lock(&name).await;
+        if let Some(failed) = self
+            .incoming_preflight(&vm)
+            .await?
+            .into_iter()
+            .find(|c| !c.ok)
+        {
+            return Err(refusal(&failed));
+        }
+        let mut undo = Reverter::new();
+        let (spec, volumes, made) = self.arriving_disks(&vm, &mut undo).await?;
+        let mut spec = spec;
+        spec.nvram = self.arriving_nvram(&vm, &mut undo)?;
+        let exported: Vec<String> = vm
+            .disks
+            .iter()
+            .filter(|p| p.transfer == DiskTransfer::Copy)
+            .map(|p| p.disk.clone())
+            .collect();
+        let body = IncomingBody {
+            source: vm.source.clone(),
+            made,
+            exported: exported.clone(),
+            volumes: volumes.iter().map(|v| v.name.clone()).collect(),
+            started_at: vm.status.started_at,
+            was_paused: vm.status.state == VmState::Paused,
+        };
+        let status = VmStatus {
+            state: VmState::Incoming,
+            pid: None,
+            started_at: vm.status.started_at,
+            reason: Some(format!("arriving from {}", vm.source)),
+            accel: vm.status.accel.clone(),
+        };
+        let rec = VmRecord {
+            spec,
+            status,
+            created_at: vm.created_at,
+        };
+        let m = record(
+            vm.id,
+            &name,
+            MigrationRole::Incoming,
+            phase::RECEIVING,
+            &body,
+        )?;
+        self.store
+            .insert_incoming_vm(&rec, &volumes, &[], &vm.snapshots, &m)?;
+        let ready = self.listen_for(&vm, &rec, &exported).await;
+        if ready.is_err() {
+            // The records and disks go with the reverter; QEMU first.
+            self.end_arrival(&name).await;
+            let _ = self.store.remove_migrated_vm(&name, &body.volumes, &m);
+            let _ = self.store.delete_migration(vm.id);
+            return ready;
+        }
+        undo.commit();
+        self.nics_changed(&rec.spec.nics).await;
+        self.events.emit(
+            Some(&name),
+            "migration",
+            format!("arriving from {} (migration {})", vm.source, vm.id),
+        );
+        ready
+    }
+
+    /// Starts QEMU waiting for the stream: TLS credentials loaded (and their files
+    /// removed again), NBD exports for the copied disks, the migration listener.
+    async fn listen_for(
+        &self,
+        vm: &IncomingVm,
+        rec: &VmRecord,
+        exported: &[String],
+    ) -> ApiResult<IncomingReady> {
+        let running = self
+            .launch_qemu(&rec.spec, true, Some(&vm.machine_type))
+            .await?;
+        self.set_status(
+            &rec.spec.name,
+            VmStatus {
+                pid: Some(running.pid),
+                ..rec.status.clone()
+            },
+        )?;
+        let material = tls::make(std::slice::from_ref(&vm.destination_address))?;
+        let confinement = self.host.confinement;
+        let dir = tls::install(
+            &running.paths.dir,
+            &tls::server_files(&material),
+            confinement.run_as,
+            confinement.chroot,
+        )?;
+        let loaded = migrate::add_tls_creds(&running.qmp, &dir, Endpoint::Server).await;
+        tls::remove(&running.paths.dir);
+        loaded?;
+        migrate::configure(&running.qmp, &tuning(vm.postcopy)).await?;
+        let addr = listen_address(&vm.destination_address);
+        let nbd_port = match exported.is_empty() {
+            true => None,
+            false => {
+                let port = free_port(&addr)?;
+                migrate::nbd_serve(&running.qmp, &addr, port).await?;
+                for disk in exported {
+                    migrate::nbd_export(&running.qmp, disk, disk).await?;
+                }
+                Some(port)
+            }
+        };
+        let migration_port = free_port(&addr)?;
+        migrate::listen(&running.qmp, &addr, migration_port).await?;
+        Ok(IncomingReady {
+            migration_port,
+            nbd_port,
+            tls: material.client,
+            chain_files_present: Vec::new(),
+        })
+    }
+
+    /// The VM's spec as it will be here, its volume records, and the files made for
+    /// copied disks (empty images the mirrors fill), each removed again on failure.
+    async fn arriving_disks(
+        &self,
+        vm: &IncomingVm,
+        undo: &mut Reverter,
+    ) -> ApiResult<(corral_api::VmSpec, Vec<Volume>, Vec<String>)> {
+        let mut spec = vm.spec.clone();
+        let mut volumes = Vec::new();
+        let mut made = Vec::new();
+        for disk in spec.disks.iter_mut() {
+            let plan = vm.disks.iter().find(|p| p.disk == disk.id);
+            let volume = disk
+                .volume
+                .as_ref()
+                .and_then(|v| vm.volumes.iter().find(|vol| &vol.name == v))
+                .cloned();
+            if plan.map(|p| p.transfer) == Some(DiskTransfer::Copy) {
+                let Some(mut vol) = volume else {
+                    return Err(ApiError::Internal(format!(
+                        "disk {} is copied but has no volume",
+                        disk.id
+                    )));
+                };
+                let pool = self
+                    .store
+                    .get_pool(&vol.pool)?
+                    .ok_or_else(|| ApiError::NotFound {
+                        kind: "pool",
+                        name: vol.pool.clone(),
+                    })?;
+                let path = arriving_path(&pool, &disk.path)?;
+                corral_storage::create_qcow2(&path, disk.size_bytes).await?;
+                let p = path.clone();
+                undo.add(move || {
+                    let _ = std::fs::remove_file(p);
+                });
+                disk.path = path.display().to_string();
+                disk.format = corral_api::DiskFormat::Qcow2;
+                vol.path = disk.path.clone();
+                vol.format = corral_api::DiskFormat::Qcow2;
+                made.push(disk.path.clone());
+                volumes.push(vol);
+            } else if let Some(vol) = volume {
+                volumes.push(vol);
+            }
+        }
+        Ok((spec, volumes, made))
+    }
+
+    /// A UEFI VM's variable store, written from the source's copy.
+    fn arriving_nvram(&self, vm: &IncomingVm, undo: &mut Reverter) -> ApiResult<Option<String>> {
+        let Some(b64) = &vm.nvram_b64 else {
+            return Ok(None);
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| ApiError::BadBody(format!("nvram_b64: {e}")))?;
+        let dir = self.cfg.state_dir.join("nvram");
+        let io = |e: std::io::Error| ApiError::Internal(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let path = dir.join(format!(
+            "{}-{}.fd",
+            vm.spec.name,
+            &vm.spec.uuid.simple().to_string()[..8]
+        ));
+        std::fs::write(&path, bytes).map_err(io)?;
+        let p = path.clone();
+        undo.add(move || {
+            let _ = std::fs::remove_file(p);
+        });
+        Ok(Some(path.display().to_string()))
+    }
+
+    /// `GET /api/v1/migrations/{id}`: where this host's side of a migration is.
+    pub async fn incoming_status(&self, id: Uuid) -> ApiResult<IncomingStatus> {
+        let m = self.migration(id)?;
+        let qemu = match self.running(&m.vm) {
+            Some(r) if m.phase != phase::ABORTED => migrate::info(&r.qmp)
+                .await
+                .ok()
+                .map(|i| i.status().to_string()),
+            _ => None,
+        };
+        let phase = match m.phase.as_str() {
+            phase::RESUMED => IncomingPhase::Resumed,
+            phase::ABORTED => IncomingPhase::Aborted,
+            _ if qemu.as_deref() == Some("completed") => IncomingPhase::Received,
+            _ => IncomingPhase::Receiving,
+        };
+        Ok(IncomingStatus {
+            id,
+            vm: m.vm,
+            phase,
+            qemu,
+        })
+    }
+
+    /// `POST /api/v1/migrations/{id}/finish`: the source has handed over; the guest
+    /// resumes here. Idempotent: a second call after the resume changes nothing.
+    pub async fn incoming_finish(
+        &self,
+        id: Uuid,
+        req: FinishIncoming,
+    ) -> ApiResult<IncomingStatus> {
+        let vm = self.migration(id)?.vm;
+        let _lock = self.lock(&vm).await;
+        let mut m = self.migration(id)?;
+        match m.phase.as_str() {
+            phase::RESUMED => return self.incoming_status(id).await,
+            phase::ABORTED => return Err(aborted(id)),
+            _ => {}
+        }
+        let body: IncomingBody = body_of(&m)?;
+        let running = self.running(&m.vm).ok_or_else(|| aborted(id))?;
+        wait_complete(&running.qmp, RESUME_WAIT).await?;
+        // From here on the source never resumes its copy: roll forward only.
+        self.set_phase(&mut m, phase::RESUMING, &body)?;
+        migrate::nbd_stop(&running.qmp, &body.exported).await;
+        migrate::remove_tls_creds(&running.qmp).await;
+        self.take_history(&m.vm, &running.paths.dir, &req)?;
+        if !body.was_paused {
+            running.qmp.cont().await?;
+        }
+        let state = match body.was_paused {
+            true => VmState::Paused,
+            false => VmState::Running,
+        };
+        let record = self.record(&m.vm)?;
+        self.set_status(
+            &m.vm,
+            VmStatus {
+                state,
+                pid: Some(running.pid),
+                started_at: body.started_at.or(Some(now_secs())),
+                reason: None,
+                ..record.status
+            },
+        )?;
+        self.set_phase(&mut m, phase::RESUMED, &body)?;
+        if let Err(e) = migrate::announce(&running.qmp).await {
+            tracing::warn!(vm = %m.vm, "announce-self: {}", crate::error::chain(&e));
+        }
+        if let Err(e) = self.apply_rules().await {
+            tracing::warn!(vm = %m.vm, "firewall rules: {}", crate::error::chain(&e));
+        }
+        self.events.emit(
+            Some(&m.vm),
+            "migration",
+            format!("arrived from {}: the guest runs here now", body.source),
+        );
+        self.incoming_status(id).await
+    }
+
+    /// The serial console's output, events and UEFI variables of the source, kept here.
+    fn take_history(&self, vm: &str, run_dir: &Path, req: &FinishIncoming) -> ApiResult<()> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        if !req.console_log_b64.is_empty() {
+            let bytes = b64
+                .decode(&req.console_log_b64)
+                .map_err(|e| ApiError::BadBody(format!("console_log_b64: {e}")))?;
+            // Before what this QEMU prints: the rotated log is read first.
+            let _ = std::fs::write(run_dir.join("console.log.1"), bytes);
+        }
+        for e in &req.events {
+            let _ = self
+                .store
+                .append_event(Some(vm), &e.kind, &e.message, e.time_ms);
+        }
+        if let (Some(b), Some(path)) = (&req.nvram_b64, self.record(vm)?.spec.nvram) {
+            let bytes = b64
+                .decode(b)
+                .map_err(|e| ApiError::BadBody(format!("nvram_b64: {e}")))?;
+            std::fs::write(&path, bytes).map_err(|e| ApiError::Internal(format!("{path}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// `POST /api/v1/migrations/{id}/abort`: the source gives up. QEMU, records and
+    /// copied disks go; a VM that already resumed here is refused (it is this host's).
+    pub async fn incoming_abort(&self, id: Uuid) -> ApiResult<IncomingStatus> {
+        let m = self.migration(id)?;
+        let _lock = self.lock(&m.vm).await;
+        self.abort_arrival_locked(id).await?;
+        self.incoming_status(id).await
+    }
+
+    /// Gives an arrival up; the caller holds the VM's lock. Final: once aborted, the
+    /// arrival never runs here.
+    pub(crate) async fn abort_arrival_locked(&self, id: Uuid) -> ApiResult<()> {
+        let mut m = self.migration(id)?;
+        match m.phase.as_str() {
+            phase::ABORTED => return Ok(()),
+            phase::RESUMED => {
+                return Err(ApiError::Conflict {
+                    message: format!("VM '{}' has resumed here; the migration is over", m.vm),
+                    hint: Some("the guest runs on this host now".into()),
+                })
+            }
+            _ => {}
+        }
+        let body: IncomingBody = body_of(&m)?;
+        self.end_arrival(&m.vm).await;
+        let spec = self.store.get_vm(&m.vm)?.map(|r| r.spec);
+        self.set_phase_removing(&mut m, &body)?;
+        for f in &body.made {
+            let _ = corral_storage::remove_volume(Path::new(f));
+        }
+        if let Some(spec) = spec {
+            if let Some(nvram) = &spec.nvram {
+                let _ = std::fs::remove_file(nvram);
+            }
+            let _ = std::fs::remove_dir_all(self.vm_paths(&spec).dir);
+            self.remove_seed(spec.uuid);
+            self.nics_changed(&spec.nics).await;
+        }
+        self.events.emit(
+            None,
+            "migration",
+            format!(
+                "arrival of VM '{}' from {} given up; nothing of it is left here",
+                m.vm, body.source
+            ),
+        );
+        Ok(())
+    }
+
+    /// Records and phase in one step: the VM is no longer here.
+    fn set_phase_removing(
+        &self,
+        m: &mut corral_store::MigrationRecord,
+        body: &IncomingBody,
+    ) -> ApiResult<()> {
+        *m = record(m.id, &m.vm, m.role, phase::ABORTED, body)?;
+        self.store.remove_migrated_vm(&m.vm, &body.volumes, m)?;
+        Ok(())
+    }
+
+    /// Ends the arriving QEMU, if any, and waits until its process is gone (not for its
+    /// monitor, which needs the VM's lock the caller holds to record the exit).
+    async fn end_arrival(&self, vm: &str) {
+        if let Some(r) = self.running(vm) {
+            r.set_stop_reason("migration given up");
+            if r.qmp.quit().await.is_err() {
+                let _ = corral_qemu::launch::kill(r.pid);
+            }
+            if !corral_qemu::launch::wait_exit(r.pid, Duration::from_secs(10)).await {
+                let _ = corral_qemu::launch::kill(r.pid);
+                corral_qemu::launch::wait_exit(r.pid, Duration::from_secs(10)).await;
+            }
+        }
+    }
+
+    /// The arriving QEMU died before the guest resumed here: nothing of the arrival
+    /// may stay (its disks are partial copies). The source learns it at its next call.
+    pub(crate) async fn arrival_died(&self, vm: &str) {
+        let Ok(migrations) = self.store.list_migrations() else {
+            return;
+        };
+        let Some(m) = migrations.into_iter().find(|m| {
+            m.vm == vm
+                && m.role == MigrationRole::Incoming
+                && !matches!(m.phase.as_str(), phase::RESUMED | phase::ABORTED)
+        }) else {
+            return;
+        };
+        let _lock = self.lock(vm).await;
+        match self.abort_arrival_locked(m.id).await {
+            Ok(()) => tracing::warn!(vm, "the arriving QEMU exited; migration {} given up", m.id),
+            Err(e) => tracing::error!(
+                vm,
+                "cannot give up migration {}: {}",
+                m.id,
+                crate::error::chain(&e)
+            ),
+        }
+    }
+}
+
+/// Waits until this QEMU has the whole state: the stream completed, or post-copy runs.
+async fn wait_complete(qmp: &corral_qemu::qmp::Qmp, limit: Duration) -> ApiResult<()> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let info = migrate::info(qmp).await?;
+        match info.status() {
+            "completed" | "postcopy-active" => return Ok(()),
+            "failed" | "cancelled" => {
+                return Err(ApiError::Conflict {
+                    message: format!(
+                        "the incoming migration {}: {}",
+                        info.status(),
+                        info.error_desc.clone().unwrap_or_default()
+                    ),
+                    hint: Some("the source keeps the VM".into()),
+                })
+            }
+            _ if std::time::Instant::now() > deadline => {
+                return Err(ApiError::Conflict {
+                    message: format!("the VM's state has not fully arrived ({})", info.status()),
+                    hint: Some(
+                        "the source calls finish once its side has completed; try again".into(),
+                    ),
+                })
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+fn aborted(id: Uuid) -> ApiError {
+    ApiError::Conflict {
+        message: format!("migration {id} was given up on this host"),
+        hint: Some("the source keeps the VM".into()),
+    }
+}
+
+/// A failed pre-flight check as the error a refused preparation returns.
+pub(crate) fn refusal(c: &PreflightCheck) -> ApiError {
+    let mut e = ValidationError::new(c.field.clone().unwrap_or_default(), c.message.clone());
+    if let Some(h) = &c.hint {
+        e = e.hint(h.clone());
+    }
+    e.into()
+}
+
+pub(crate) fn tuning(postcopy: bool) -> Tuning {
+    Tuning {
+        downtime_ms: corral_api::DEFAULT_MAX_DOWNTIME_MS,
+        bandwidth: None,
+        auto_converge: true,
+        postcopy,
+        tls: true,
+    }
+}
+
+/// The files the VM needs that are not copied: boot files, CDs and shared disks.
+fn files_seen(vm: &IncomingVm) -> BTreeMap<String, u64> {
+    let mut wanted: Vec<&str> = Vec::new();
+    if let Some(k) = &vm.spec.kernel {
+        wanted.push(&k.kernel);
+        wanted.extend(k.initrd.as_deref());
+    }
+    wanted.extend(vm.spec.cdrom.as_deref());
+    for d in &vm.spec.disks {
+        let shared = vm
+            .disks
+            .iter()
+            .any(|p| p.disk == d.id && p.transfer == DiskTransfer::Shared);
+        if shared {
+            wanted.push(&d.path);
+        }
+    }
+    wanted
+        .into_iter()
+        .filter_map(|f| std::fs::metadata(f).ok().map(|m| (f.to_string(), m.len())))
+        .collect()
+}
+
+/// Where a copied disk's image goes: the same file name in this host's pool.
+fn arriving_path(pool: &corral_api::PoolSpec, source: &str) -> ApiResult<PathBuf> {
+    let dir = pool
+        .path
+        .as_deref()
+        .ok_or_else(|| ApiError::Internal(format!("pool {} has no directory", pool.name)))?;
+    let name = Path::new(source)
+        .file_name()
+        .ok_or_else(|| ApiError::Internal(format!("{source} has no file name")))?;
+    Ok(Path::new(dir).join(name))
+}
+
+/// The address QEMU listens on: the one the source dials, when it is one of this
+/// host's; otherwise every address (the TLS client certificate still guards it).
+fn listen_address(dialed: &str) -> String {
+    match dialed.parse::<std::net::IpAddr>() {
+        Ok(ip) if std::net::TcpListener::bind((ip, 0)).is_ok() => ip.to_string(),
+        _ => "0.0.0.0".to_string(),
+    }
+}
+
+/// A TCP port free on `addr` right now, for QEMU to listen on.
+fn free_port(addr: &str) -> ApiResult<u16> {
+    std::net::TcpListener::bind((addr, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| ApiError::Internal(format!("no free port on {addr}: {e}")))
+}

@@ -1,0 +1,895 @@
+//! The source's half: `corral migrate VM --to REMOTE` as one operation. Pre-flight on
+//! both ends, the destination prepared, local disks mirrored into its NBD exports,
+//! memory sent over TLS, then the switch-over: the one point past which the source
+//! only rolls forward (see the module above).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use corral_api::{
+    DiskPlan, DiskTransfer, FinishIncoming, HostInfo, IncomingReady, IncomingStatus, IncomingVm,
+    MigrateRequest, MigrationProgress, Operation, Postcopy, PreflightCheck, PreflightReport,
+    ValidationError, VmAction, VmState, VmStatus,
+};
+use corral_client::Peer;
+use corral_qemu::migrate::{self, Endpoint, MigrationInfo, Tuning};
+use corral_store::{MigrationRecord, MigrationRole};
+use uuid::Uuid;
+
+use super::incoming::refusal;
+use super::{phase, record, tls, OutgoingBody};
+use crate::error::{ApiError, ApiResult};
+use crate::operations::OpHandle;
+use crate::vm::{check_allowed, Manager, Running};
+
+/// How often memory and mirrors are polled for progress.
+const POLL: Duration = Duration::from_millis(100);
+/// No progress for this long means the link is gone: give up (and resume here).
+const STALL: Duration = Duration::from_secs(20);
+/// Each call to the destination is bounded; the finish is retried until it answers.
+const PEER_TIMEOUT: Duration = Duration::from_secs(15);
+/// `auto` post-copy: after this many passes without the remaining memory shrinking.
+const AUTO_POSTCOPY_PASSES: u64 = 4;
+
+/// What `POST /vms/{name}/migrate` gives back.
+pub enum Migration {
+    /// `dry_run`: the pre-flight's findings; nothing moved.
+    Report(PreflightReport),
+    /// The migration runs as this operation.
+    Started(Operation),
+}
+
+/// Everything the operation needs, found by the pre-flight.
+pub(crate) struct Plan {
+    pub id: Uuid,
+    pub name: String,
+    pub peer: Peer,
+    pub incoming: IncomingVm,
+    pub tuning: Tuning,
+    pub postcopy: Postcopy,
+    pub running: Arc<Running>,
+    pub body: OutgoingBody,
+    /// (disk id, its top node) of each mirrored disk.
+    pub mirrors: Vec<(String, String)>,
+    pub disk_bytes: u64,
+}
+
+impl Manager {
+    /// `POST /api/v1/vms/{name}/migrate`.
+    pub async fn migrate(
+        self: &Arc<Self>,
+        name: &str,
+        req: MigrateRequest,
+    ) -> ApiResult<Migration> {
+        req.validate()?;
+        let (report, plan) = self.plan_migration(name, &req).await?;
+        if req.dry_run {
+            return Ok(Migration::Report(report));
+        }
+        if let Some(failed) = report.first_failure() {
+            return Err(refusal(failed));
+        }
+        let plan = plan.ok_or_else(|| ApiError::Internal("pre-flight made no plan".into()))?;
+        let m = {
+            let _lock = self.lock(name).await;
+            let rec = self.record(name)?;
+            check_allowed(&rec, VmAction::Migrate)?;
+            let m = record(
+                plan.id,
+                name,
+                MigrationRole::Outgoing,
+                phase::PREPARING,
+                &plan.body,
+            )?;
+            self.store.put_migration(&m)?;
+            self.set_status(
+                name,
+                VmStatus {
+                    state: VmState::Migrating,
+                    ..rec.status
+                },
+            )?;
+            m
+        };
+        let (op, handle) = self.ops.begin("vm.migrate", name, true)?;
+        let mgr = self.clone();
+        tokio::spawn(async move { mgr.run_migration(plan, m, handle).await });
+        Ok(Migration::Started(op))
+    }
+
+    /// Both ends' checks, and the plan when every one passed.
+    async fn plan_migration(
+        &self,
+        name: &str,
+        req: &MigrateRequest,
+    ) -> ApiResult<(PreflightReport, Option<Plan>)> {
+        let started = Instant::now();
+        let record = self.record(name)?;
+        check_allowed(&record, VmAction::Migrate)?;
+        let running = self
+            .running(name)
+            .ok_or_else(|| ApiError::Internal(format!("VM '{name}' has no QEMU attached")))?;
+        let d = &req.destination;
+        let peer = Peer::new(&d.url, &d.fingerprint, &d.token)
+            .map_err(|e| ValidationError::new("destination.url", e.to_string()))?
+            .with_timeout(PEER_TIMEOUT);
+        let mut checks = Vec::new();
+        let (disks, body_disks) = self.disk_plans(&record, &mut checks).await?;
+        let tree = self.store.snapshot_tree(name)?;
+        if tree.snapshots.iter().any(|s| s.memory.is_some()) {
+            checks.push(PreflightCheck::fail(
+                "snapshots",
+                "snapshots",
+                "the VM has snapshots with memory state, which cannot move yet",
+                "delete them (`corral snapshot delete`), or keep the VM here",
+            ));
+        }
+        let nvram_b64 = match &record.spec.nvram {
+            Some(path) => Some(base64::engine::general_purpose::STANDARD.encode(
+                std::fs::read(path).map_err(|e| ApiError::Internal(format!("{path}: {e}")))?,
+            )),
+            None => None,
+        };
+        let postcopy = req.postcopy != Postcopy::Off;
+        let incoming = IncomingVm {
+            id: Uuid::new_v4(),
+            source: self.host.hostname.clone(),
+            spec: record.spec.clone(),
+            status: record.status.clone(),
+            machine_type: migrate::machine_type(&running.qmp).await?,
+            qemu_version: self.host.qemu_version.clone(),
+            accel: self.host.accel.accel.as_str().to_string(),
+            destination_address: peer.host().to_string(),
+            postcopy,
+            volumes: body_disks.volume_records,
+            pools: self.store.list_pools()?,
+            disks: disks.clone(),
+            snapshots: tree,
+            chain_files: Vec::new(),
+            nvram_b64,
+            created_at: record.created_at,
+        };
+        let destination = self.ask_destination(&peer, &incoming, &mut checks).await;
+        let report = PreflightReport {
+            destination: destination.clone(),
+            ok: checks.iter().all(|c| c.ok),
+            checks,
+            disks,
+            took_ms: started.elapsed().as_millis() as u64,
+        };
+        if !report.ok {
+            return Ok((report, None));
+        }
+        let body = OutgoingBody {
+            destination: req.destination.clone(),
+            destination_host: destination,
+            pid: running.pid,
+            uuid: record.spec.uuid,
+            was_paused: record.status.state == VmState::Paused,
+            local_files: body_disks.local_files,
+            volumes: body_disks.volumes,
+            mirrored: body_disks.mirrors.iter().map(|(d, _)| d.clone()).collect(),
+            nics: record.spec.nics.clone(),
+        };
+        let plan = Plan {
+            id: incoming.id,
+            name: name.to_string(),
+            peer,
+            tuning: Tuning {
+                downtime_ms: req
+                    .max_downtime_ms
+                    .unwrap_or(corral_api::DEFAULT_MAX_DOWNTIME_MS),
+                bandwidth: req.bandwidth_bytes,
+                auto_converge: req.auto_converge.unwrap_or(true),
+                postcopy,
+                tls: true,
+            },
+            postcopy: req.postcopy,
+            incoming,
+            running,
+            body,
+            mirrors: body_disks.mirrors,
+            disk_bytes: body_disks.bytes,
+        };
+        Ok((report, Some(plan)))
+    }
+
+    /// How each disk gets there: shared pools and files attached by path are opened
+    /// there as they are; disks on this host's own pools are mirrored.
+    async fn disk_plans(
+        &self,
+        record: &corral_store::VmRecord,
+        checks: &mut Vec<PreflightCheck>,
+    ) -> ApiResult<(Vec<DiskPlan>, SourceDisks)> {
+        let mut plans = Vec::new();
+        let mut out = SourceDisks::default();
+        for (i, disk) in record.spec.disks.iter().enumerate() {
+            let volume = match &disk.volume {
+                Some(v) => self.store.get_volume(v)?,
+                None => None,
+            };
+            let pool = match &volume {
+                Some(v) => self.store.get_pool(&v.pool)?,
+                None => None,
+            };
+            let transfer = match (&volume, &pool) {
+                (Some(_), Some(p)) if !p.shared => DiskTransfer::Copy,
+                _ => DiskTransfer::Shared,
+            };
+            let mut bytes = 0;
+            if transfer == DiskTransfer::Copy {
+                let chain = corral_storage::qemu_img::backing_chain(Path::new(&disk.path));
+                if let Some(base) = chain.first() {
+                    checks.push(PreflightCheck::fail(
+                        "disk",
+                        format!("disks[{i}]"),
+                        format!(
+                            "disk {} reads through {} (snapshots or a base image); only standalone images are copied so far",
+                            disk.id,
+                            base.display()
+                        ),
+                        "delete its snapshots, or keep its volume on a shared pool",
+                    ));
+                }
+                bytes = std::fs::metadata(&disk.path)
+                    .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+                    .unwrap_or(disk.size_bytes);
+                let top = corral_qemu::live::top_node(
+                    &self
+                        .running(&record.spec.name)
+                        .ok_or_else(|| ApiError::Internal("no QEMU".into()))?
+                        .qmp,
+                    &disk.id,
+                )
+                .await
+                .map_err(|e| ApiError::Internal(crate::error::chain(&e)))?;
+                out.mirrors.push((disk.id.clone(), top));
+                out.local_files.push(disk.path.clone());
+                out.bytes += bytes;
+            }
+            if let Some(v) = volume {
+                out.volumes.push(v.name.clone());
+                out.volume_records.push(v);
+            }
+            plans.push(DiskPlan {
+                disk: disk.id.clone(),
+                transfer,
+                bytes,
+            });
+        }
+        Ok((plans, out))
+    }
+
+    /// The destination's answer: reachable and authenticated (its host info), not this
+    /// very host, and its own checks. Returns its host name.
+    async fn ask_destination(
+        &self,
+        peer: &Peer,
+        vm: &IncomingVm,
+        checks: &mut Vec<PreflightCheck>,
+    ) -> String {
+        let host: HostInfo = match peer.get("/api/v1/host").await {
+            Ok(h) => h,
+            Err(e) => {
+                let (field, hint) = match e.status() {
+                    Some(401) | Some(403) => (
+                        "destination.token",
+                        "give an admin token of the destination (`corral token create NAME --role admin` there)",
+                    ),
+                    _ => (
+                        "destination.url",
+                        "is corrald running there with --listen, and is it reachable from this host?",
+                    ),
+                };
+                checks.push(PreflightCheck::fail(
+                    "reachable",
+                    field,
+                    corral_client::peer_chain(&e),
+                    hint,
+                ));
+                return peer.url().to_string();
+            }
+        };
+        if host.tls_fingerprint.is_some() && host.tls_fingerprint == self.cfg.tls_fingerprint {
+            checks.push(PreflightCheck::fail(
+                "reachable",
+                "destination.url",
+                format!("{} is this very corrald", peer.url()),
+                "migrate to another host's corrald",
+            ));
+            return host.hostname;
+        }
+        checks.push(PreflightCheck::pass(
+            "reachable",
+            format!(
+                "{} answers as {} (QEMU {})",
+                peer.url(),
+                host.hostname,
+                host.qemu_version
+            ),
+        ));
+        match peer
+            .post::<_, Vec<PreflightCheck>>("/api/v1/migrations/preflight", vm)
+            .await
+        {
+            Ok(theirs) => checks.extend(theirs),
+            Err(e) => checks.push(PreflightCheck::fail(
+                "reachable",
+                "destination.url",
+                corral_client::peer_chain(&e),
+                "the destination's corrald may be another version; check its log",
+            )),
+        }
+        host.hostname
+    }
+
+    async fn run_migration(
+        self: Arc<Self>,
+        mut plan: Plan,
+        mut m: MigrationRecord,
+        mut handle: OpHandle,
+    ) {
+        let started = Instant::now();
+        let result = self.transfer(&mut plan, &mut m, &mut handle, started).await;
+        match result {
+            Ok(progress) => {
+                let done = self.hand_over(&plan, &mut m, progress, started).await;
+                handle.finish_with(done);
+            }
+            Err(e) => {
+                self.roll_back(&plan, &mut m).await;
+                match e {
+                    ApiError::Cancelled => handle.cancelled_done(),
+                    e => {
+                        self.events.emit(
+                            Some(&plan.name),
+                            "migration",
+                            format!(
+                                "migration to {} failed, the VM runs here as before: {}",
+                                plan.body.destination_host,
+                                crate::error::chain(&e)
+                            ),
+                        );
+                        handle.finish_with(Err(e))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Everything up to the commit point: the destination prepared, mirrors in sync,
+    /// memory sent, the source's guest paused at the end. Returns once `switching` is
+    /// recorded; any error before it means the destination must be aborted.
+    async fn transfer(
+        &self,
+        plan: &mut Plan,
+        m: &mut MigrationRecord,
+        handle: &mut OpHandle,
+        started: Instant,
+    ) -> ApiResult<MigrationProgress> {
+        let mut progress = MigrationProgress {
+            phase: "preparing".into(),
+            disk_total: plan.disk_bytes,
+            ..Default::default()
+        };
+        handle.detail(0.0, detail(&progress));
+        let ready: IncomingReady = plan
+            .peer
+            .post("/api/v1/migrations/incoming", &plan.incoming)
+            .await?;
+        let qmp = plan.running.qmp.clone();
+        self.load_client_tls(&plan.running, &ready).await?;
+        migrate::configure(&qmp, &plan.tuning).await?;
+        let host = plan.peer.host().to_string();
+        if !plan.mirrors.is_empty() {
+            let port = ready
+                .nbd_port
+                .ok_or_else(|| ApiError::Internal("the destination exports no disks".into()))?;
+            for (disk, top) in &plan.mirrors {
+                migrate::mirror_start(&qmp, disk, top, &host, port, true).await?;
+            }
+            progress.phase = "mirroring".into();
+            self.wait_mirrors(plan, handle, &mut progress).await?;
+        }
+        self.set_phase(m, phase::TRANSFERRING, &plan.body)?;
+        progress.phase = "memory".into();
+        migrate::start(&qmp, &host, ready.migration_port).await?;
+        let info = self.follow_memory(plan, m, handle, &mut progress).await?;
+        progress.downtime_ms = info.downtime;
+        progress.total_ms = Some(started.elapsed().as_millis() as u64);
+        Ok(progress)
+    }
+
+    /// The destination's client credentials, loaded into this QEMU (files removed again).
+    async fn load_client_tls(&self, running: &Running, ready: &IncomingReady) -> ApiResult<()> {
+        let c = self.host.confinement;
+        let dir = tls::install(
+            &running.paths.dir,
+            &tls::client_files(&ready.tls),
+            c.run_as,
+            c.chroot,
+        )?;
+        let loaded = migrate::add_tls_creds(&running.qmp, &dir, Endpoint::Client).await;
+        tls::remove(&running.paths.dir);
+        Ok(loaded?)
+    }
+
+    /// Waits until every mirror is ready (in sync and following the guest's writes).
+    async fn wait_mirrors(
+        &self,
+        plan: &Plan,
+        handle: &mut OpHandle,
+        progress: &mut MigrationProgress,
+    ) -> ApiResult<()> {
+        let mut stalled = Stall::new();
+        loop {
+            if handle.is_cancelled() {
+                return Err(ApiError::Cancelled);
+            }
+            let mirrors = migrate::mirrors(&plan.running.qmp).await?;
+            if let Some(failed) = mirrors.iter().find(|j| j.error.is_some()) {
+                return Err(ApiError::Conflict {
+                    message: format!(
+                        "copying disk {} failed: {}",
+                        failed.disk,
+                        failed.error.clone().unwrap_or_default()
+                    ),
+                    hint: Some(
+                        "the VM runs here as before; check the link and the destination's pool"
+                            .into(),
+                    ),
+                });
+            }
+            if mirrors.len() < plan.mirrors.len() {
+                return Err(ApiError::Conflict {
+                    message: "a disk's copy ended before it was in sync".into(),
+                    hint: Some("see the daemon's log; the VM runs here as before".into()),
+                });
+            }
+            progress.disk_transferred = mirrors.iter().map(|j| j.offset).sum();
+            let len: u64 = mirrors.iter().map(|j| j.len).sum();
+            handle.detail(
+                percent(progress.disk_transferred, len) * 0.5,
+                detail(progress),
+            );
+            if mirrors.iter().all(|j| j.ready) {
+                return Ok(());
+            }
+            stalled.check(progress.disk_transferred, "copying the disks")?;
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Follows the memory stream until QEMU says completed (the source's guest is then
+    /// paused), switching to post-copy when asked. Ends the mirrors and records the
+    /// commit point before it returns.
+    async fn follow_memory(
+        &self,
+        plan: &Plan,
+        m: &mut MigrationRecord,
+        handle: &mut OpHandle,
+        progress: &mut MigrationProgress,
+    ) -> ApiResult<MigrationInfo> {
+        let qmp = &plan.running.qmp;
+        let mut stalled = Stall::new();
+        let mut passes: Vec<u64> = Vec::new();
+        loop {
+            if !progress.postcopy && handle.is_cancelled() {
+                return Err(ApiError::Cancelled);
+            }
+            let info = migrate::info(qmp).await?;
+            update(progress, &info, &mut passes);
+            let base = if plan.mirrors.is_empty() { 0.0 } else { 50.0 };
+            let ram = percent(
+                progress.ram_transferred,
+                progress.ram_transferred + progress.ram_remaining,
+            );
+            handle.detail(base + ram * (100.0 - base) / 100.0 * 0.95, detail(progress));
+            match info.status() {
+                "completed" => {
+                    for disk in &plan.body.mirrored {
+                        migrate::mirror_end(qmp, disk, false).await?;
+                    }
+                    if !progress.postcopy {
+                        self.commit(plan, m, handle)?;
+                    }
+                    return Ok(info);
+                }
+                "failed" | "cancelled" => {
+                    return Err(ApiError::Conflict {
+                        message: format!(
+                            "the migration stream {}: {}",
+                            info.status(),
+                            info.error_desc
+                                .clone()
+                                .unwrap_or_else(|| "no reason given".into())
+                        ),
+                        hint: Some("the VM runs here as before".into()),
+                    })
+                }
+                "active" if !progress.postcopy && wants_postcopy(plan.postcopy, &passes) => {
+                    self.commit(plan, m, handle)?;
+                    migrate::start_postcopy(qmp).await?;
+                    progress.postcopy = true;
+                    progress.phase = "postcopy".into();
+                    // The guest runs there from now on; the rest of its memory follows.
+                    self.finish_destination(plan, progress).await?;
+                }
+                _ => {}
+            }
+            if !progress.postcopy {
+                stalled.check(progress.ram_transferred, "sending memory")?;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The commit point: refuses a cancel from now on (or honours one that came first)
+    /// and records `switching`, after which this host never resumes its copy.
+    fn commit(&self, plan: &Plan, m: &mut MigrationRecord, handle: &OpHandle) -> ApiResult<()> {
+        if !handle.commit_point() {
+            return Err(ApiError::Cancelled);
+        }
+        self.set_phase(m, phase::SWITCHING, &plan.body)
+    }
+
+    /// After the commit point: the destination resumes the guest, ownership moves, this
+    /// host's QEMU and copied disks go.
+    async fn hand_over(
+        &self,
+        plan: &Plan,
+        m: &mut MigrationRecord,
+        mut progress: MigrationProgress,
+        started: Instant,
+    ) -> ApiResult<serde_json::Value> {
+        progress.phase = "switch-over".into();
+        if !progress.postcopy {
+            self.finish_destination(plan, &progress).await?;
+        }
+        self.commit_ownership(&plan.name, m, &plan.body)?;
+        progress.phase = "cleanup".into();
+        self.clean_up_departed(&plan.name, &plan.body).await;
+        let _ = self.store.delete_migration(m.id);
+        progress.phase = "done".into();
+        progress.total_ms = Some(started.elapsed().as_millis() as u64);
+        self.events.emit(
+            None,
+            "migration",
+            format!(
+                "VM '{}' migrated to {} in {} ms (guest paused {} ms)",
+                plan.name,
+                plan.body.destination_host,
+                progress.total_ms.unwrap_or(0),
+                progress.downtime_ms.unwrap_or(0)
+            ),
+        );
+        Ok(serde_json::json!({
+            "destination": plan.body.destination.url,
+            "destination_host": plan.body.destination_host,
+            "migration": m.id,
+            "downtime_ms": progress.downtime_ms,
+            "total_ms": progress.total_ms,
+            "ram_bytes": progress.ram_transferred,
+            "disk_bytes": progress.disk_transferred,
+            "postcopy": progress.postcopy,
+        }))
+    }
+
+    /// Tells the destination to resume the guest, until it confirms. Past the commit
+    /// point there is no way back, so an unanswered call is retried (the guest stays
+    /// paused here meanwhile, never lost); only the destination's final "given up"
+    /// (it never ran the guest) lets this host resume it after all.
+    pub(crate) async fn finish_destination(
+        &self,
+        plan: &Plan,
+        progress: &MigrationProgress,
+    ) -> ApiResult<()> {
+        let finish = self.history_for(&plan.name)?;
+        retry_finish(&plan.peer, plan.id, &finish, &plan.name, progress.postcopy).await
+    }
+
+    /// The VM's console output, events and NVRAM, which move with it.
+    pub(crate) fn history_for(&self, name: &str) -> ApiResult<FinishIncoming> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let (rotated, current) = self.console_log_files(name)?;
+        let log = crate::console::read_log(&rotated, &current, self.cfg.console_log_limit);
+        let nvram = self
+            .record(name)?
+            .spec
+            .nvram
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| b64.encode(b));
+        Ok(FinishIncoming {
+            console_log_b64: b64.encode(log),
+            events: self.store.recent_events(name, 1000)?,
+            nvram_b64: nvram,
+        })
+    }
+
+    /// The switch of ownership, in one store transaction: the VM and its volume records
+    /// leave this host's store as the migration enters `cleanup`.
+    pub(crate) fn commit_ownership(
+        &self,
+        name: &str,
+        m: &mut MigrationRecord,
+        body: &OutgoingBody,
+    ) -> ApiResult<()> {
+        *m = record(m.id, name, MigrationRole::Outgoing, phase::CLEANUP, body)?;
+        self.store.remove_migrated_vm(name, &body.volumes, m)?;
+        self.metrics.forget(name);
+        Ok(())
+    }
+
+    /// Ends the source QEMU (paused for good) and removes what was this host's alone:
+    /// copied disks, runtime dir, seed, NVRAM, DHCP reservations, port forwards.
+    pub(crate) async fn clean_up_departed(&self, name: &str, body: &OutgoingBody) {
+        if let Some(r) = self.running(name) {
+            r.set_stop_reason("migrated away");
+            if r.qmp.quit().await.is_err() {
+                let _ = corral_qemu::launch::kill(r.pid);
+            }
+        } else if corral_qemu::launch::is_our_qemu(body.pid, &body.uuid.to_string()) {
+            let _ = corral_qemu::launch::kill(body.pid);
+        }
+        if !corral_qemu::launch::wait_exit(body.pid, Duration::from_secs(30)).await {
+            let _ = corral_qemu::launch::kill(body.pid);
+            corral_qemu::launch::wait_exit(body.pid, Duration::from_secs(10)).await;
+        }
+        for f in &body.local_files {
+            let _ = corral_storage::remove_volume(Path::new(f));
+        }
+        let run_dir = self.cfg.runtime_dir().join(body.uuid.to_string());
+        let _ = std::fs::remove_dir_all(run_dir);
+        self.remove_seed(body.uuid);
+        let nvram_dir = self.cfg.state_dir.join("nvram");
+        let _ = std::fs::remove_file(nvram_dir.join(format!(
+            "{name}-{}.fd",
+            &body.uuid.simple().to_string()[..8]
+        )));
+        if let Err(e) = self.drop_forwards_to(name).await {
+            tracing::warn!(vm = name, "port forwards: {}", crate::error::chain(&e));
+        }
+        self.nics_changed(&body.nics).await;
+    }
+
+    /// Undoes a migration that did not reach the commit point: the stream and mirrors
+    /// stopped, the guest running here as it was, the destination told to give up.
+    async fn roll_back(&self, plan: &Plan, m: &mut MigrationRecord) {
+        self.undo_outgoing(&plan.name, Some(&plan.running), &plan.body, &plan.peer, m)
+            .await;
+    }
+
+    /// [`Self::roll_back`] from its parts (also after a restart, when `running` is the
+    /// re-attached QEMU, or `None` if it died meanwhile).
+    pub(crate) async fn undo_outgoing(
+        &self,
+        name: &str,
+        running: Option<&Arc<Running>>,
+        body: &OutgoingBody,
+        peer: &Peer,
+        m: &mut MigrationRecord,
+    ) {
+        if let Some(running) = running {
+            let qmp = &running.qmp;
+            let _ = migrate::cancel(qmp).await;
+            wait_not_migrating(qmp).await;
+            for disk in &body.mirrored {
+                if let Err(e) = migrate::mirror_end(qmp, disk, true).await {
+                    tracing::warn!(
+                        vm = name,
+                        "ending the mirror of {disk}: {}",
+                        crate::error::chain(&e)
+                    );
+                }
+            }
+            migrate::remove_tls_creds(qmp).await;
+            self.resume_here(name, running, body.was_paused).await;
+        }
+        let _ = self.set_phase(m, phase::ABORTING, body);
+        self.abort_destination(peer, m).await;
+    }
+
+    /// The guest goes on here as it was before the migration (paused if it was).
+    pub(crate) async fn resume_here(&self, name: &str, running: &Running, was_paused: bool) {
+        let _lock = self.lock(name).await;
+        let status = running.qmp.query_status().await.map(|s| s.status);
+        if !was_paused && status.as_deref().is_ok_and(|s| s != "running") {
+            if let Err(e) = running.qmp.cont().await {
+                tracing::error!(vm = name, "cannot resume after the migration: {e}");
+            }
+        }
+        if let Ok(rec) = self.record(name) {
+            let state = if was_paused {
+                VmState::Paused
+            } else {
+                VmState::Running
+            };
+            let _ = self.set_status(
+                name,
+                VmStatus {
+                    state,
+                    ..rec.status
+                },
+            );
+        }
+    }
+
+    /// Tells the destination to give up, and forgets the migration once it has (or
+    /// never heard of it). Unanswered, the record stays `aborting` and the recovery
+    /// task asks again later.
+    pub(crate) async fn abort_destination(&self, peer: &Peer, m: &MigrationRecord) {
+        let path = format!("/api/v1/migrations/{}/abort", m.id);
+        match peer
+            .post::<_, IncomingStatus>(&path, &serde_json::json!({}))
+            .await
+        {
+            Ok(_) => {
+                let _ = self.store.delete_migration(m.id);
+            }
+            Err(e) if e.status() == Some(404) => {
+                let _ = self.store.delete_migration(m.id);
+            }
+            Err(e) => tracing::warn!(
+                vm = %m.vm,
+                "the destination did not confirm giving up migration {}: {}",
+                m.id,
+                corral_client::peer_chain(&e)
+            ),
+        }
+    }
+}
+
+/// What the source learns of its disks while planning.
+#[derive(Default)]
+struct SourceDisks {
+    volumes: Vec<String>,
+    volume_records: Vec<corral_api::Volume>,
+    local_files: Vec<String>,
+    mirrors: Vec<(String, String)>,
+    bytes: u64,
+}
+
+/// Calls the destination's finish until it answers. A "given up" (409) after
+/// post-copy started cannot be undone here: the error says the guest is lost.
+pub(crate) async fn retry_finish(
+    peer: &Peer,
+    id: Uuid,
+    finish: &FinishIncoming,
+    name: &str,
+    postcopy: bool,
+) -> ApiResult<()> {
+    let path = format!("/api/v1/migrations/{id}/finish");
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match peer.post::<_, IncomingStatus>(&path, finish).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_unanswered() || e.status() == Some(502) => {
+                tracing::warn!(
+                    vm = name,
+                    "the destination did not confirm the resume yet: {}",
+                    corral_client::peer_chain(&e)
+                );
+            }
+            Err(e) if e.status() == Some(409) && postcopy => {
+                return Err(ApiError::Internal(format!(
+                    "post-copy migration of '{name}' failed at the destination: {}",
+                    corral_client::peer_chain(&e)
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Waits (briefly) for QEMU to leave the migration states after a cancel.
+async fn wait_not_migrating(qmp: &corral_qemu::qmp::Qmp) {
+    for _ in 0..200 {
+        match migrate::info(qmp).await {
+            Ok(i) if matches!(i.status(), "setup" | "active" | "cancelling" | "device") => {}
+            _ => return,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Progress figures from QEMU's, and the remaining memory at the start of each pass.
+fn update(p: &mut MigrationProgress, info: &MigrationInfo, passes: &mut Vec<u64>) {
+    if let Some(ram) = &info.ram {
+        p.ram_transferred = ram.transferred;
+        p.ram_remaining = ram.remaining;
+        p.ram_total = ram.total;
+        p.pass = ram.dirty_sync_count;
+        if ram.dirty_sync_count as usize > passes.len() {
+            passes.push(ram.remaining);
+        }
+    }
+    p.dirty_rate = info.dirty_rate();
+    p.expected_downtime_ms = info.expected_downtime.unwrap_or(0);
+}
+
+/// Whether to switch to post-copy now: `now` after the first pass; `auto` once several
+/// passes have not shrunk what remains.
+fn wants_postcopy(policy: Postcopy, passes: &[u64]) -> bool {
+    match policy {
+        Postcopy::Off => false,
+        Postcopy::Now => passes.len() >= 2,
+        Postcopy::Auto => {
+            let n = passes.len();
+            n as u64 > AUTO_POSTCOPY_PASSES
+                && passes[n - 1] >= passes[n - 1 - AUTO_POSTCOPY_PASSES as usize]
+        }
+    }
+}
+
+fn percent(done: u64, total: u64) -> f32 {
+    match total {
+        0 => 0.0,
+        t => (done as f64 / t as f64 * 100.0) as f32,
+    }
+}
+
+fn detail(p: &MigrationProgress) -> serde_json::Value {
+    serde_json::to_value(p).unwrap_or_default()
+}
+
+/// Gives up when a counter stops moving for [`STALL`] (a cut link leaves QEMU's socket
+/// waiting for TCP's own, much longer, timeouts).
+struct Stall {
+    last: u64,
+    since: Instant,
+}
+
+impl Stall {
+    fn new() -> Self {
+        Stall {
+            last: 0,
+            since: Instant::now(),
+        }
+    }
+
+    fn check(&mut self, now: u64, doing: &str) -> ApiResult<()> {
+        if now != self.last {
+            self.last = now;
+            self.since = Instant::now();
+            return Ok(());
+        }
+        if self.since.elapsed() < STALL {
+            return Ok(());
+        }
+        Err(ApiError::Conflict {
+            message: format!("{doing} made no progress for {} s", STALL.as_secs()),
+            hint: Some("is the link between the hosts up? The VM runs here as before".into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postcopy_switches_when_asked() {
+        assert!(!wants_postcopy(Postcopy::Off, &[9, 8, 7, 7, 7, 7]));
+        assert!(!wants_postcopy(Postcopy::Now, &[9]));
+        assert!(wants_postcopy(Postcopy::Now, &[9, 5]));
+        // Auto: only once what remains stops shrinking over several passes.
+        assert!(!wants_postcopy(Postcopy::Auto, &[100, 50, 25, 12, 6, 3]));
+        assert!(wants_postcopy(Postcopy::Auto, &[100, 50, 40, 40, 45, 50]));
+        assert!(!wants_postcopy(Postcopy::Auto, &[100, 50]));
+    }
+
+    #[test]
+    fn a_stalled_counter_is_an_error_only_after_a_while() {
+        let mut s = Stall::new();
+        assert!(s.check(5, "x").is_ok());
+        assert!(s.check(5, "x").is_ok());
+        s.since = Instant::now() - STALL - Duration::from_secs(1);
+        let err = s.check(5, "sending memory").unwrap_err();
+        assert!(err.to_string().contains("sending memory made no progress"));
+        assert!(s.check(6, "x").is_ok());
+    }
+}
