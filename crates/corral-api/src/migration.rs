@@ -244,6 +244,9 @@ pub struct IncomingVm {
     /// When the VM was created (Unix seconds), kept on the destination.
     #[serde(default)]
     pub created_at: u64,
+    /// The VM's events on the source, oldest first: its history moves with it.
+    #[serde(default)]
+    pub events: Vec<crate::event::Event>,
 }
 
 /// A read-only image under a copied disk's top: sent whole before the mirror starts
@@ -317,9 +320,6 @@ pub struct FinishIncoming {
     /// The serial console's recent output on the source, base64 (it continues here).
     #[serde(default)]
     pub console_log_b64: String,
-    /// The VM's events on the source, oldest first.
-    #[serde(default)]
-    pub events: Vec<crate::event::Event>,
     /// UEFI variables as the source left them at switch-over, base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nvram_b64: Option<String>,

@@ -308,7 +308,7 @@ pub fn mirror_job(disk: &str) -> String {
 /// Source: starts copying `disk` (whose top node is `top`) into the destination's
 /// export at `host:port`. `whole_chain`: everything the guest sees (the destination
 /// image stands alone); otherwise only the top image (the destination has the same
-/// backing chain below it).
+/// backing chain below it). `speed`: bytes per second at most, none for no cap.
 pub async fn mirror_start(
     qmp: &Qmp,
     disk: &str,
@@ -316,6 +316,7 @@ pub async fn mirror_start(
     host: &str,
     port: u16,
     whole_chain: bool,
+    speed: Option<u64>,
 ) -> Result<(), MigrateError> {
     let target = target_node(disk);
     qmp.execute_raw(
@@ -342,6 +343,7 @@ pub async fn mirror_start(
                 "target": target,
                 "sync": if whole_chain { "full" } else { "top" },
                 "auto-dismiss": true,
+                "speed": speed.unwrap_or(0),
             })),
         )
         .await

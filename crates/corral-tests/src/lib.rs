@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 pub use serde_json::Value;
 
 /// The workspace root.
+pub mod hosts;
 pub mod netns;
 pub mod remote;
 pub use netns::{NetNs, World};
@@ -112,6 +113,27 @@ impl Daemon {
             .collect();
         d.spawn();
         d
+    }
+
+    /// [`Self::start_in`] with environment variables set (e.g. `CORRAL_TESTPOINTS`).
+    pub fn start_in_with_env(ns: &NetNs, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut d = Self::new_unstarted(extra, Some(ns.name.clone()));
+        d.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        d.spawn();
+        d
+    }
+
+    /// The daemon's API socket.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Where this daemon's CLI keeps its remotes (`corral remote add`).
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("config")
     }
 
     fn start_full(extra: &[&str], netns: Option<String>) -> Daemon {

@@ -15,6 +15,7 @@ mod network;
 mod operations;
 mod revert;
 mod storage;
+mod testpoint;
 mod vm;
 mod vnc;
 

@@ -150,6 +150,12 @@ impl Manager {
         )?;
         self.store
             .insert_incoming_vm(&rec, &volumes, &[], &vm.snapshots, &m)?;
+        // Its history first, then what happens to it here.
+        for e in &vm.events {
+            let _ = self
+                .store
+                .append_event(Some(&name), &e.kind, &e.message, e.time_ms);
+        }
         let ready = self.listen_for(&vm, &rec, &exported).await;
         if ready.is_err() {
             // The records and disks go with the reverter; QEMU first.
@@ -159,6 +165,7 @@ impl Manager {
             return ready;
         }
         undo.commit();
+        crate::testpoint::reached("migration.incoming.prepared").await;
         self.nics_changed(&rec.spec.nics).await;
         self.events.emit(
             Some(&name),
@@ -341,6 +348,7 @@ impl Manager {
         migrate::nbd_stop(&running.qmp, &body.exported).await;
         migrate::remove_tls_creds(&running.qmp).await;
         self.take_history(&m.vm, &running.paths.dir, &req)?;
+        crate::testpoint::reached("migration.incoming.resuming").await;
         if !body.was_paused {
             running.qmp.cont().await?;
         }
@@ -374,7 +382,7 @@ impl Manager {
         self.incoming_status(id).await
     }
 
-    /// The serial console's output, events and UEFI variables of the source, kept here.
+    /// The serial console's output and UEFI variables of the source, kept here.
     fn take_history(&self, vm: &str, run_dir: &Path, req: &FinishIncoming) -> ApiResult<()> {
         let b64 = base64::engine::general_purpose::STANDARD;
         if !req.console_log_b64.is_empty() {
@@ -383,11 +391,6 @@ impl Manager {
                 .map_err(|e| ApiError::BadBody(format!("console_log_b64: {e}")))?;
             // Before what this QEMU prints: the rotated log is read first.
             let _ = std::fs::write(run_dir.join("console.log.1"), bytes);
-        }
-        for e in &req.events {
-            let _ = self
-                .store
-                .append_event(Some(vm), &e.kind, &e.message, e.time_ms);
         }
         if let (Some(b), Some(path)) = (&req.nvram_b64, self.record(vm)?.spec.nvram) {
             let bytes = b64

@@ -150,6 +150,7 @@ impl Manager {
             chain_files: Vec::new(),
             nvram_b64,
             created_at: record.created_at,
+            events: self.store.recent_events(name, 1000)?,
         };
         let destination = self.ask_destination(&peer, &incoming, &mut checks).await;
         let report = PreflightReport {
@@ -379,6 +380,7 @@ impl Manager {
             .peer
             .post("/api/v1/migrations/incoming", &plan.incoming)
             .await?;
+        crate::testpoint::reached("migration.prepared").await;
         let qmp = plan.running.qmp.clone();
         self.load_client_tls(&plan.running, &ready).await?;
         migrate::configure(&qmp, &plan.tuning).await?;
@@ -388,14 +390,17 @@ impl Manager {
                 .nbd_port
                 .ok_or_else(|| ApiError::Internal("the destination exports no disks".into()))?;
             for (disk, top) in &plan.mirrors {
-                migrate::mirror_start(&qmp, disk, top, &host, port, true).await?;
+                migrate::mirror_start(&qmp, disk, top, &host, port, true, plan.tuning.bandwidth)
+                    .await?;
             }
             progress.phase = "mirroring".into();
+            crate::testpoint::reached("migration.mirroring").await;
             self.wait_mirrors(plan, handle, &mut progress).await?;
         }
         self.set_phase(m, phase::TRANSFERRING, &plan.body)?;
         progress.phase = "memory".into();
         migrate::start(&qmp, &host, ready.migration_port).await?;
+        crate::testpoint::reached("migration.memory").await;
         let info = self.follow_memory(plan, m, handle, &mut progress).await?;
         progress.downtime_ms = info.downtime;
         progress.total_ms = Some(started.elapsed().as_millis() as u64);
@@ -545,11 +550,13 @@ impl Manager {
         started: Instant,
     ) -> ApiResult<serde_json::Value> {
         progress.phase = "switch-over".into();
+        crate::testpoint::reached("migration.switching").await;
         if !progress.postcopy {
             self.finish_destination(plan, &progress).await?;
         }
         self.commit_ownership(&plan.name, m, &plan.body)?;
         progress.phase = "cleanup".into();
+        crate::testpoint::reached("migration.cleanup").await;
         self.clean_up_departed(&plan.name, &plan.body).await;
         let _ = self.store.delete_migration(m.id);
         progress.phase = "done".into();
@@ -603,7 +610,6 @@ impl Manager {
             .map(|b| b64.encode(b));
         Ok(FinishIncoming {
             console_log_b64: b64.encode(log),
-            events: self.store.recent_events(name, 1000)?,
             nvram_b64: nvram,
         })
     }
@@ -689,6 +695,13 @@ impl Manager {
         }
         let _ = self.set_phase(m, phase::ABORTING, body);
         self.abort_destination(peer, m).await;
+        // Unanswered (a cut link): asked again until the destination confirms.
+        if self.store.get_migration(m.id).ok().flatten().is_some() {
+            if let Some(mgr) = self.self_arc() {
+                let (peer, m) = (peer.clone(), m.clone());
+                tokio::spawn(async move { mgr.keep_aborting(&peer, m).await });
+            }
+        }
     }
 
     /// The guest goes on here as it was before the migration (paused if it was).

@@ -109,6 +109,7 @@ fn vm() -> IncomingVm {
         chain_files: vec![],
         nvram_b64: None,
         created_at: 1,
+        events: vec![],
     }
 }
 

@@ -75,7 +75,7 @@ impl Manager {
     }
 
     /// Asks the destination to give up until it confirms.
-    async fn keep_aborting(&self, peer: &Peer, m: MigrationRecord) {
+    pub(crate) async fn keep_aborting(&self, peer: &Peer, m: MigrationRecord) {
         while self.store.get_migration(m.id).ok().flatten().is_some() {
             self.abort_destination(peer, &m).await;
             if self.store.get_migration(m.id).ok().flatten().is_none() {
