@@ -211,6 +211,10 @@ pub struct IncomingVm {
     pub id: Uuid,
     /// The source's host name, for messages.
     pub source: String,
+    /// The source's HTTPS certificate fingerprint: a destination that has the same one
+    /// is the source itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_fingerprint: Option<String>,
     pub spec: VmSpec,
     pub status: VmStatus,
     /// QEMU's resolved machine type on the source (`pc-i440fx-7.2`): the destination
@@ -247,6 +251,15 @@ pub struct IncomingVm {
     /// The VM's events on the source, oldest first: its history moves with it.
     #[serde(default)]
     pub events: Vec<crate::event::Event>,
+}
+
+/// The destination's answer to `POST /api/v1/migrations/preflight`: who it is and each
+/// of its checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct IncomingPreflight {
+    pub hostname: String,
+    pub qemu_version: String,
+    pub checks: Vec<PreflightCheck>,
 }
 
 /// A read-only image under a copied disk's top: sent whole before the mirror starts

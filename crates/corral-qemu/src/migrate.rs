@@ -7,6 +7,7 @@
 //! Nothing here knows about hosts or corrald: callers pass addresses, ports and node
 //! names, and sequence the steps (corrald's `migration` module).
 
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -107,6 +108,9 @@ pub struct Tuning {
     pub postcopy: bool,
     /// Whether [`TLS_CREDS`] is to be used.
     pub tls: bool,
+    /// The name the destination's certificate must carry (a stream over a passed
+    /// descriptor has no host name of its own to check).
+    pub tls_hostname: Option<String>,
 }
 
 /// Sets capabilities and parameters for the next migration.
@@ -129,6 +133,9 @@ pub async fn configure(qmp: &Qmp, t: &Tuning) -> Result<(), MigrateError> {
     if t.tls {
         params["tls-creds"] = json!(TLS_CREDS);
     }
+    if let Some(h) = &t.tls_hostname {
+        params["tls-hostname"] = json!(h);
+    }
     qmp.execute_raw("migrate-set-parameters", Some(params))
         .await
         .map_err(qmp_err("migrate-set-parameters"))?;
@@ -147,12 +154,22 @@ pub async fn listen(qmp: &Qmp, addr: &str, port: u16) -> Result<(), MigrateError
     Ok(())
 }
 
-/// Source: send the VM's memory and device state to `host:port`.
-pub async fn start(qmp: &Qmp, host: &str, port: u16) -> Result<(), MigrateError> {
-    qmp.execute_raw("migrate", Some(json!({ "uri": tcp_uri(host, port) })))
+/// The `getfd` name of the migration stream's connection.
+const STREAM_FD: &str = "corral-migration";
+
+/// Source: send the VM's memory and device state over `conn`, a TCP connection to the
+/// destination's listener that the caller made (and can shut down, should the link
+/// hang: QEMU's own socket would wait for TCP's timeouts, many minutes).
+pub async fn start(qmp: &Qmp, conn: BorrowedFd<'_>) -> Result<(), MigrateError> {
+    qmp.getfd(STREAM_FD, conn).await.map_err(qmp_err("getfd"))?;
+    let started = qmp
+        .execute_raw("migrate", Some(json!({ "uri": format!("fd:{STREAM_FD}") })))
         .await
-        .map_err(qmp_err("migrate"))?;
-    Ok(())
+        .map_err(qmp_err("migrate"));
+    if started.is_err() {
+        let _ = qmp.closefd(STREAM_FD).await;
+    }
+    started.map(|_| ())
 }
 
 fn tcp_uri(host: &str, port: u16) -> String {
@@ -306,34 +323,41 @@ pub fn mirror_job(disk: &str) -> String {
 }
 
 /// Source: starts copying `disk` (whose top node is `top`) into the destination's
-/// export at `host:port`. `whole_chain`: everything the guest sees (the destination
-/// image stands alone); otherwise only the top image (the destination has the same
-/// backing chain below it). `speed`: bytes per second at most, none for no cap.
+/// export, over `conn`: a TCP connection to its NBD server that the caller made (see
+/// [`start`] for why). `whole_chain`: everything the guest sees (the destination image
+/// stands alone); otherwise only the top image (the destination has the same backing
+/// chain below it). `speed`: bytes per second at most, none for no cap.
 pub async fn mirror_start(
     qmp: &Qmp,
     disk: &str,
     top: &str,
-    host: &str,
-    port: u16,
-    whole_chain: bool,
-    speed: Option<u64>,
+    conn: BorrowedFd<'_>,
+    tls_hostname: &str,
+    (whole_chain, speed): (bool, Option<u64>),
 ) -> Result<(), MigrateError> {
     let target = target_node(disk);
-    qmp.execute_raw(
-        "blockdev-add",
-        Some(json!({
-            "driver": "raw",
-            "node-name": target,
-            "file": {
-                "driver": "nbd",
-                "server": {"type": "inet", "host": host, "port": port.to_string()},
-                "export": export_name(disk),
-                "tls-creds": TLS_CREDS,
-            },
-        })),
-    )
-    .await
-    .map_err(qmp_err("blockdev-add"))?;
+    qmp.getfd(&target, conn).await.map_err(qmp_err("getfd"))?;
+    let added = qmp
+        .execute_raw(
+            "blockdev-add",
+            Some(json!({
+                "driver": "raw",
+                "node-name": target,
+                "file": {
+                    "driver": "nbd",
+                    "server": {"type": "fd", "str": target},
+                    "export": export_name(disk),
+                    "tls-creds": TLS_CREDS,
+                    "tls-hostname": tls_hostname,
+                },
+            })),
+        )
+        .await
+        .map_err(qmp_err("blockdev-add"));
+    if added.is_err() {
+        let _ = qmp.closefd(&target).await;
+    }
+    added?;
     let started = qmp
         .execute_raw(
             "blockdev-mirror",

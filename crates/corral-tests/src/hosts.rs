@@ -23,6 +23,8 @@ pub struct Host {
 pub struct Hosts {
     pub hosts: Vec<Host>,
     pub switch: NetNs,
+    /// Each host's admin token and certificate fingerprint.
+    creds: Vec<(String, String)>,
 }
 
 impl Hosts {
@@ -50,7 +52,13 @@ impl Hosts {
             ns.exec_ok(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
             ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
             let listen = format!("{addr}:8443");
-            let args = ["--accel", "tcg", "--no-default-network", "--listen", &listen];
+            let args = [
+                "--accel",
+                "tcg",
+                "--no-default-network",
+                "--listen",
+                &listen,
+            ];
             let daemon = Daemon::start_in_with_env(&ns, &args, env.get(i).copied().unwrap_or(&[]));
             hosts.push(Host {
                 ns,
@@ -60,18 +68,34 @@ impl Hosts {
                 switch_port: port,
             });
         }
-        let all = Hosts { hosts, switch };
-        all.introduce();
+        let mut all = Hosts {
+            hosts,
+            switch,
+            creds: Vec::new(),
+        };
+        all.creds = all.introduce();
         all
     }
 
-    /// Every host's CLI gets every other host as a remote.
-    fn introduce(&self) {
+    /// The `destination` of a migration request to host `i`, as the CLI sends it.
+    pub fn target(&self, i: usize) -> Value {
+        let (token, fingerprint) = &self.creds[i];
+        serde_json::json!({
+            "url": format!("https://{}:8443", self.hosts[i].addr),
+            "fingerprint": fingerprint, "token": token, "name": self.hosts[i].name,
+        })
+    }
+
+    /// Every host's CLI gets every other host as a remote; returns each host's
+    /// credentials.
+    fn introduce(&self) -> Vec<(String, String)> {
         let creds: Vec<(String, String)> = self
             .hosts
             .iter()
             .map(|h| {
-                let token = h.daemon.json(&["token", "create", "peers", "--role", "admin"]);
+                let token = h
+                    .daemon
+                    .json(&["token", "create", "peers", "--role", "admin"]);
                 let info = h.daemon.json(&["host", "info"]);
                 (
                     token["token"].as_str().unwrap().to_string(),
@@ -86,7 +110,14 @@ impl Hosts {
                 }
                 let url = format!("https://{}:8443", other.addr);
                 let out = h.cli_in_ns(&[
-                    "remote", "add", &other.name, &url, "--token", token, "--fingerprint", fp,
+                    "remote",
+                    "add",
+                    &other.name,
+                    &url,
+                    "--token",
+                    token,
+                    "--fingerprint",
+                    fp,
                 ]);
                 assert!(
                     out.status.success(),
@@ -97,6 +128,7 @@ impl Hosts {
                 );
             }
         }
+        creds
     }
 
     pub fn host(&self, i: usize) -> &Host {

@@ -253,8 +253,8 @@ impl Daemon {
             .env("CORRAL_CONFIG_DIR", self.dir.path().join("config"))
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     }

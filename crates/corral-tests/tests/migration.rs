@@ -14,9 +14,21 @@ use corral_tests::{guest, Value, BOOT, GUEST_CMDLINE};
 fn boot(h: &Host, name: &str, disk: &str) {
     let (k, i) = guest();
     h.daemon.ok(&[
-        "create", name, "--memory", "256M", "--disk", disk, "--network", "none", "--start",
-        "--kernel", &k.display().to_string(), "--initrd", &i.display().to_string(),
-        "--cmdline", GUEST_CMDLINE,
+        "create",
+        name,
+        "--memory",
+        "256M",
+        "--disk",
+        disk,
+        "--network",
+        "none",
+        "--start",
+        "--kernel",
+        &k.display().to_string(),
+        "--initrd",
+        &i.display().to_string(),
+        "--cmdline",
+        GUEST_CMDLINE,
     ]);
     h.daemon.wait_console(name, "CORRAL-GUEST-READY", BOOT);
 }
@@ -62,7 +74,10 @@ fn assert_pattern_whole(h: &Host, name: &str, last: u64) {
     for j in 0..=last as usize {
         let want = format!("P{j:07}");
         let got = String::from_utf8_lossy(&bytes[j * 512..j * 512 + 8]);
-        assert_eq!(got, want, "block {j} of {name}'s disk (writer got to {last})");
+        assert_eq!(
+            got, want,
+            "block {j} of {name}'s disk (writer got to {last})"
+        );
     }
 }
 
@@ -78,10 +93,20 @@ fn assert_counter_continued(dest: &Host, name: &str) {
     let after = std::fs::read_to_string(run.join("console.log")).unwrap_or_default();
     let (b, a) = (numbers(&before, "<C"), numbers(&after, "<C"));
     let (last, first) = (*b.last().unwrap(), *a.first().unwrap());
-    assert_eq!(first, last + 1, "the counter stopped at {last} there and went on at {first}");
+    assert_eq!(
+        first,
+        last + 1,
+        "the counter stopped at {last} there and went on at {first}"
+    );
     let all: Vec<u64> = b.iter().chain(&a).copied().collect();
     for w in all.windows(2) {
-        assert_eq!(w[1], w[0] + 1, "a gap in the counter: {} then {}", w[0], w[1]);
+        assert_eq!(
+            w[1],
+            w[0] + 1,
+            "a gap in the counter: {} then {}",
+            w[0],
+            w[1]
+        );
     }
 }
 
@@ -107,7 +132,10 @@ fn assert_one_qemu(hosts: &Hosts, uuid: &str, host: usize) {
         if found.len() == 1 && found[0].0 == host {
             return;
         }
-        assert!(Instant::now() < deadline, "QEMUs of {uuid}: {found:?}, want one on h{host}");
+        assert!(
+            Instant::now() < deadline,
+            "QEMUs of {uuid}: {found:?}, want one on h{host}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -119,9 +147,12 @@ fn a_local_disk_moves_with_the_running_guest() {
     boot(a, "web", "size=64M");
     let uuid = uuid_of(a, "web");
     start_load(a, "web");
-    a.daemon.wait_console("web", "<W20>", Duration::from_secs(60));
+    a.daemon
+        .wait_console("web", "<W20>", Duration::from_secs(60));
 
-    let report = a.daemon.json(&["migrate", "web", "--to", "h1", "--dry-run"]);
+    let report = a
+        .daemon
+        .json(&["migrate", "web", "--to", "h1", "--dry-run"]);
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["disks"][0]["transfer"], "copy", "{report}");
     assert!(report["took_ms"].as_u64().unwrap() < 5_000, "{report}");
@@ -137,7 +168,11 @@ fn a_local_disk_moves_with_the_running_guest() {
     assert_eq!(a.vm_names(), Vec::<String>::new());
     assert_eq!(b.vm_names(), vec!["web".to_string()]);
     assert_eq!(b.daemon.state("web"), "running");
-    assert!(a.pool_files().is_empty(), "source pool: {:?}", a.pool_files());
+    assert!(
+        a.pool_files().is_empty(),
+        "source pool: {:?}",
+        a.pool_files()
+    );
     assert_eq!(b.pool_files().len(), 1, "{:?}", b.pool_files());
     assert!(b.daemon.json(&["volume", "show", "web-disk0"])["path"]
         .as_str()
@@ -145,13 +180,294 @@ fn a_local_disk_moves_with_the_running_guest() {
         .starts_with(b.daemon.state_dir().to_str().unwrap()));
     // Its history came along.
     let events = b.daemon.events("web");
-    assert!(events.contains("VM defined") && events.contains("arrived from"), "{events}");
+    assert!(
+        events.contains("VM defined") && events.contains("arrived from"),
+        "{events}"
+    );
 
     // The guest goes on: its counter without a gap, its disk with every block written.
     let written = *numbers(&b.daemon.console_log("web"), "<W").last().unwrap();
-    b.daemon
-        .wait_console("web", &format!("<W{}>", written + 20), Duration::from_secs(60));
+    b.daemon.wait_console(
+        "web",
+        &format!("<W{}>", written + 20),
+        Duration::from_secs(60),
+    );
     assert_counter_continued(b, "web");
     let last = stop_writer(b, "web");
     assert_pattern_whole(b, "web", last);
+}
+
+#[test]
+fn on_shared_storage_only_memory_moves() {
+    let hosts = Hosts::new("mshr", 2);
+    let (a, b) = (hosts.host(0), hosts.host(1));
+    // One directory both hosts see at the same path: what an NFS mount gives them.
+    let san = tempfile::Builder::new()
+        .prefix("corral-san-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let san_path = san.path().display().to_string();
+    for h in [a, b] {
+        h.daemon
+            .ok(&["pool", "create", "san", "--path", &san_path, "--shared"]);
+    }
+    a.daemon
+        .ok(&["volume", "create", "data", "--size", "64M", "--pool", "san"]);
+    boot(a, "db", "vol=data");
+    let uuid = uuid_of(a, "db");
+    let path = a.daemon.vm("db")["spec"]["disks"][0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    start_load(a, "db");
+    a.daemon
+        .wait_console("db", "<W20>", Duration::from_secs(60));
+
+    let report = a.daemon.json(&["migrate", "db", "--to", "h1", "--dry-run"]);
+    assert_eq!(report["disks"][0]["transfer"], "shared", "{report}");
+    let op = migrate(a, "db", "h1", &[]);
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(
+        op["result"]["disk_bytes"], 0,
+        "nothing but memory moved: {op}"
+    );
+
+    assert_one_qemu(&hosts, &uuid, 1);
+    // The volume's record moved; its file stayed where both hosts see it.
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "{path} is still there"
+    );
+    assert_eq!(b.daemon.json(&["volume", "show", "data"])["path"], path);
+    let gone = a.daemon.fails(&["volume", "show", "data"]);
+    assert!(gone.contains("not found"), "{gone}");
+    assert_eq!(b.daemon.vm("db")["spec"]["disks"][0]["path"], path);
+
+    let written = *numbers(&b.daemon.console_log("db"), "<W").last().unwrap();
+    b.daemon.wait_console(
+        "db",
+        &format!("<W{}>", written + 20),
+        Duration::from_secs(60),
+    );
+    assert_counter_continued(b, "db");
+    let last = stop_writer(b, "db");
+    assert_pattern_whole(b, "db", last);
+}
+
+/// A refused migration says which field and what to do, and leaves nothing on the
+/// destination; the VM runs on at the source.
+#[test]
+fn preflight_refusals_name_the_field_and_leave_nothing() {
+    let hosts = Hosts::new("mref", 2);
+    let (a, b) = (hosts.host(0), hosts.host(1));
+    a.daemon
+        .ok(&["network", "create", "lab", "--type", "isolated"]);
+    boot(a, "web", "size=32M");
+    let refused = |body: Value, field: &str| {
+        let (status, reply) = a
+            .daemon
+            .http("POST", "/api/v1/vms/web/migrate", &body.to_string());
+        assert_eq!(status, 400, "{reply}");
+        assert_eq!(reply["field"], field, "{reply}");
+        assert!(
+            reply["hint"].as_str().is_some_and(|h| !h.is_empty()),
+            "{reply}"
+        );
+        reply
+    };
+    let request = |dest: Value| serde_json::json!({ "destination": dest });
+
+    // The name is taken there.
+    b.daemon
+        .define("web", &["--memory", "128M", "--network", "none"]);
+    let reply = refused(request(hosts.target(1)), "name");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("already has a VM named 'web'"),
+        "{reply}"
+    );
+    let err = a.daemon.fails(&["migrate", "web", "--to", "h1"]);
+    assert!(
+        err.contains("already has a VM named 'web'") && err.contains("hint"),
+        "{err}"
+    );
+    b.daemon.ok(&["delete", "web"]);
+
+    // A dry run shows every check, and fails the command when one fails.
+    let out = a
+        .daemon
+        .corral(&["migrate", "web", "--to", "h1", "--dry-run"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The wrong token, an unreachable host, a bad fingerprint, a stopped VM.
+    let mut wrong = hosts.target(1);
+    wrong["token"] = "corral_nope_nope".into();
+    refused(request(wrong), "destination.token");
+    let mut dead = hosts.target(1);
+    dead["url"] = "https://10.88.0.9:8443".into();
+    refused(request(dead), "destination.url");
+    let mut bad = hosts.target(1);
+    bad["fingerprint"] = "abc".into();
+    refused(request(bad), "destination.fingerprint");
+    let mut bw = request(hosts.target(1));
+    bw["bandwidth_bytes"] = 0.into();
+    refused(bw, "bandwidth_bytes");
+
+    // A NIC on a network the destination lacks.
+    a.daemon.ok(&["stop", "web", "--force"]);
+    let (status, reply) = a.daemon.http(
+        "POST",
+        "/api/v1/vms/web/migrate",
+        &request(hosts.target(1)).to_string(),
+    );
+    assert_eq!(
+        status, 409,
+        "a stopped VM has nothing to move live: {reply}"
+    );
+    a.daemon.ok(&["nic", "add", "web", "--network", "lab"]);
+    a.daemon.start_and_wait("web");
+    refused(request(hosts.target(1)), "nics[0].source");
+
+    // Nothing happened on the destination; the VM runs here.
+    assert!(b.vm_names().is_empty());
+    assert!(b.pool_files().is_empty(), "{:?}", b.pool_files());
+    assert_eq!(a.daemon.state("web"), "running");
+    assert_one_qemu(&hosts, &uuid_of(a, "web"), 0);
+}
+
+/// Fills the guest's memory with random bytes, so that sending it takes a while at a
+/// low bandwidth.
+fn fill_memory(h: &Host, name: &str, mib: u32) {
+    h.daemon.guest_run(
+        name,
+        &format!("dd if=/dev/urandom of=/tmp/fill bs=1M count={mib} 2>/dev/null"),
+    );
+}
+
+/// Starts `corral migrate` in the background and waits until its operation reports
+/// `phase`; the operation's id and the CLI's process.
+fn migrate_until(
+    h: &Host,
+    name: &str,
+    extra: &[&str],
+    phase: &str,
+) -> (String, std::process::Child) {
+    let mut args = vec!["migrate", name, "--to", "h1"];
+    args.extend_from_slice(extra);
+    let child = h.daemon.corral_spawn(&args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ops = h.daemon.json(&["operation", "list"]);
+        let op = ops
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|o| o["kind"] == "vm.migrate" && o["state"] == "running")
+            .cloned();
+        if let Some(op) = op.filter(|o| o["detail"]["phase"] == phase) {
+            return (op["id"].as_str().unwrap().to_string(), child);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no migration reached {phase}: {ops}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until host `h` has no trace of the VM: no record, no files, no QEMU.
+fn assert_left_nothing(hosts: &Hosts, i: usize, uuid: &str) {
+    let h = hosts.host(i);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(h.vm_names().is_empty()
+        && h.pool_files().is_empty()
+        && hosts.qemus_of(uuid).iter().all(|(host, _)| *host != i))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{} keeps {:?}, files {:?}, QEMUs {:?}",
+            h.name,
+            h.vm_names(),
+            h.pool_files(),
+            hosts.qemus_of(uuid)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_cancel_before_switch_over_leaves_the_guest_running_at_the_source() {
+    let hosts = Hosts::new("mcan", 2);
+    let a = hosts.host(0);
+    boot(a, "web", "size=64M");
+    let uuid = uuid_of(a, "web");
+    fill_memory(a, "web", 120);
+    start_load(a, "web");
+    let (id, child) = migrate_until(a, "web", &["--bandwidth", "4M"], "memory");
+    a.daemon.ok(&["operation", "cancel", &id]);
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cancelled"),
+        "{out:?}"
+    );
+
+    assert_eq!(a.daemon.state("web"), "running");
+    assert_left_nothing(&hosts, 1, &uuid);
+    assert_one_qemu(&hosts, &uuid, 0);
+    // The guest never stopped: its counter and writer go on here.
+    let written = *numbers(&a.daemon.console_log("web"), "<W").last().unwrap();
+    a.daemon.wait_console(
+        "web",
+        &format!("<W{}>", written + 10),
+        Duration::from_secs(60),
+    );
+    // And nothing left over stands in the way of the next migration.
+    let op = migrate(a, "web", "h1", &[]);
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_one_qemu(&hosts, &uuid, 1);
+    let b = hosts.host(1);
+    let last = stop_writer(b, "web");
+    assert_pattern_whole(b, "web", last);
+}
+
+#[test]
+fn a_cut_link_during_transfer_leaves_the_guest_at_the_source() {
+    let hosts = Hosts::new("mcut", 2);
+    let a = hosts.host(0);
+    boot(a, "web", "size=64M");
+    let uuid = uuid_of(a, "web");
+    fill_memory(a, "web", 120);
+    start_load(a, "web");
+    let (_, child) = migrate_until(a, "web", &["--bandwidth", "4M"], "memory");
+    hosts.cut(1);
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no progress") || err.contains("failed"),
+        "{err}"
+    );
+    assert_eq!(a.daemon.state("web"), "running");
+    // Cut off, the destination still holds its half, never running: it says so.
+    assert_eq!(hosts.host(1).daemon.state("web"), "incoming");
+    // Once the link is back, the destination is told to give up, and does.
+    hosts.heal(1);
+    assert_left_nothing(&hosts, 1, &uuid);
+    assert_one_qemu(&hosts, &uuid, 0);
+    let written = *numbers(&a.daemon.console_log("web"), "<W").last().unwrap();
+    a.daemon.wait_console(
+        "web",
+        &format!("<W{}>", written + 10),
+        Duration::from_secs(60),
+    );
+    let last = stop_writer(a, "web");
+    assert_pattern_whole(a, "web", last);
 }

@@ -6,8 +6,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use corral_api::{
-    FinishIncoming, IncomingReady, IncomingStatus, IncomingVm, MigrateRequest, Operation,
-    PreflightCheck, PreflightReport,
+    FinishIncoming, IncomingPreflight, IncomingReady, IncomingStatus, IncomingVm, MigrateRequest,
+    Operation, PreflightReport,
 };
 use uuid::Uuid;
 
@@ -33,11 +33,11 @@ pub async fn migrate(
 }
 
 #[utoipa::path(post, path = "/api/v1/migrations/preflight", request_body = IncomingVm,
-    responses((status = 200, body = [PreflightCheck], description = "this host's checks of an arriving VM")))]
+    responses((status = 200, body = IncomingPreflight, description = "this host's checks of an arriving VM")))]
 pub async fn preflight(
     State(mgr): State<AppState>,
     JsonBody(vm): JsonBody<IncomingVm>,
-) -> ApiResult<Json<Vec<PreflightCheck>>> {
+) -> ApiResult<Json<IncomingPreflight>> {
     corral_api::validate_name("spec.name", &vm.spec.name)?;
     Ok(Json(mgr.incoming_preflight(&vm).await?))
 }

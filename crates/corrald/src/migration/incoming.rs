@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use corral_api::{
-    DiskTransfer, FinishIncoming, IncomingPhase, IncomingReady, IncomingStatus, IncomingVm,
-    NetworkKind, PreflightCheck, ValidationError, VmState, VmStatus, Volume,
+    DiskTransfer, FinishIncoming, IncomingPhase, IncomingPreflight, IncomingReady, IncomingStatus,
+    IncomingVm, NetworkKind, PreflightCheck, ValidationError, VmState, VmStatus, Volume,
 };
 use corral_qemu::migrate::{self, Endpoint, Tuning};
 use corral_store::{MigrationRole, VmRecord};
@@ -29,9 +29,13 @@ const RESUME_WAIT: Duration = Duration::from_secs(10);
 
 impl Manager {
     /// `POST /api/v1/migrations/preflight`: would this host take the VM?
-    pub async fn incoming_preflight(&self, vm: &IncomingVm) -> ApiResult<Vec<PreflightCheck>> {
+    pub async fn incoming_preflight(&self, vm: &IncomingVm) -> ApiResult<IncomingPreflight> {
         let facts = self.destination_facts(vm).await?;
-        Ok(preflight::check(vm, &facts))
+        Ok(IncomingPreflight {
+            hostname: self.host.hostname.clone(),
+            qemu_version: self.host.qemu_version.clone(),
+            checks: preflight::check(vm, &facts),
+        })
     }
 
     async fn destination_facts(&self, vm: &IncomingVm) -> ApiResult<DestFacts> {
@@ -66,6 +70,7 @@ impl Manager {
         }
         Ok(DestFacts {
             hostname: self.host.hostname.clone(),
+            tls_fingerprint: self.cfg.tls_fingerprint.clone(),
             qemu_version: self.host.qemu_version.clone(),
             machine_types: self.host.machine_types.clone(),
             accel: self.host.accel.accel.as_str().to_string(),
@@ -106,6 +111,7 @@ impl Manager {
         if let Some(failed) = self
             .incoming_preflight(&vm)
             .await?
+            .checks
             .into_iter()
             .find(|c| !c.ok)
         {
@@ -555,6 +561,7 @@ pub(crate) fn tuning(postcopy: bool) -> Tuning {
         auto_converge: true,
         postcopy,
         tls: true,
+        tls_hostname: None,
     }
 }
 

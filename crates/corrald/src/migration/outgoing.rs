@@ -3,15 +3,16 @@
 //! memory sent over TLS, then the switch-over: the one point past which the source
 //! only rolls forward (see the module above).
 
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use corral_api::{
-    DiskPlan, DiskTransfer, FinishIncoming, HostInfo, IncomingReady, IncomingStatus, IncomingVm,
-    MigrateRequest, MigrationProgress, Operation, Postcopy, PreflightCheck, PreflightReport,
-    ValidationError, VmAction, VmState, VmStatus,
+    DiskPlan, DiskTransfer, FinishIncoming, IncomingPreflight, IncomingReady, IncomingStatus,
+    IncomingVm, MigrateRequest, MigrationProgress, Operation, Postcopy, PreflightCheck,
+    PreflightReport, ValidationError, VmAction, VmState, VmStatus,
 };
 use corral_client::Peer;
 use corral_qemu::migrate::{self, Endpoint, MigrationInfo, Tuning};
@@ -30,6 +31,8 @@ const POLL: Duration = Duration::from_millis(100);
 const STALL: Duration = Duration::from_secs(20);
 /// Each call to the destination is bounded; the finish is retried until it answers.
 const PEER_TIMEOUT: Duration = Duration::from_secs(15);
+/// A connection whose data stays unacknowledged this long is dead (TCP_USER_TIMEOUT).
+const LINK_TIMEOUT: Duration = Duration::from_secs(15);
 /// `auto` post-copy: after this many passes without the remaining memory shrinking.
 const AUTO_POSTCOPY_PASSES: u64 = 4;
 
@@ -54,6 +57,9 @@ pub(crate) struct Plan {
     /// (disk id, its top node) of each mirrored disk.
     pub mirrors: Vec<(String, String)>,
     pub disk_bytes: u64,
+    /// This host's ends of the TCP connections QEMU streams over (memory, each
+    /// mirror): shut down to end a hung transfer at once.
+    pub links: Vec<std::net::TcpStream>,
 }
 
 impl Manager {
@@ -136,6 +142,7 @@ impl Manager {
         let incoming = IncomingVm {
             id: Uuid::new_v4(),
             source: self.host.hostname.clone(),
+            source_fingerprint: self.cfg.tls_fingerprint.clone(),
             spec: record.spec.clone(),
             status: record.status.clone(),
             machine_type: migrate::machine_type(&running.qmp).await?,
@@ -186,6 +193,7 @@ impl Manager {
                 auto_converge: req.auto_converge.unwrap_or(true),
                 postcopy,
                 tls: true,
+                tls_hostname: Some(incoming.destination_address.clone()),
             },
             postcopy: req.postcopy,
             incoming,
@@ -193,6 +201,7 @@ impl Manager {
             body,
             mirrors: body_disks.mirrors,
             disk_bytes: body_disks.bytes,
+            links: Vec::new(),
         };
         Ok((report, Some(plan)))
     }
@@ -263,23 +272,42 @@ impl Manager {
         Ok((plans, out))
     }
 
-    /// The destination's answer: reachable and authenticated (its host info), not this
-    /// very host, and its own checks. Returns its host name.
+    /// The destination's answer, in one call: reachable and authenticated, and each of
+    /// its checks (one of which says whether it is this very host). Returns its name.
     async fn ask_destination(
         &self,
         peer: &Peer,
         vm: &IncomingVm,
         checks: &mut Vec<PreflightCheck>,
     ) -> String {
-        let host: HostInfo = match peer.get("/api/v1/host").await {
-            Ok(h) => h,
+        match peer
+            .post::<_, IncomingPreflight>("/api/v1/migrations/preflight", vm)
+            .await
+        {
+            Ok(theirs) => {
+                checks.push(PreflightCheck::pass(
+                    "reachable",
+                    format!(
+                        "{} answers as {} (QEMU {})",
+                        peer.url(),
+                        theirs.hostname,
+                        theirs.qemu_version
+                    ),
+                ));
+                checks.extend(theirs.checks);
+                theirs.hostname
+            }
             Err(e) => {
                 let (field, hint) = match e.status() {
                     Some(401) | Some(403) => (
                         "destination.token",
                         "give an admin token of the destination (`corral token create NAME --role admin` there)",
                     ),
-                    _ => (
+                    Some(_) => (
+                        "destination.url",
+                        "the destination's corrald may be another version; check its log",
+                    ),
+                    None => (
                         "destination.url",
                         "is corrald running there with --listen, and is it reachable from this host?",
                     ),
@@ -290,40 +318,9 @@ impl Manager {
                     corral_client::peer_chain(&e),
                     hint,
                 ));
-                return peer.url().to_string();
+                peer.url().to_string()
             }
-        };
-        if host.tls_fingerprint.is_some() && host.tls_fingerprint == self.cfg.tls_fingerprint {
-            checks.push(PreflightCheck::fail(
-                "reachable",
-                "destination.url",
-                format!("{} is this very corrald", peer.url()),
-                "migrate to another host's corrald",
-            ));
-            return host.hostname;
         }
-        checks.push(PreflightCheck::pass(
-            "reachable",
-            format!(
-                "{} answers as {} (QEMU {})",
-                peer.url(),
-                host.hostname,
-                host.qemu_version
-            ),
-        ));
-        match peer
-            .post::<_, Vec<PreflightCheck>>("/api/v1/migrations/preflight", vm)
-            .await
-        {
-            Ok(theirs) => checks.extend(theirs),
-            Err(e) => checks.push(PreflightCheck::fail(
-                "reachable",
-                "destination.url",
-                corral_client::peer_chain(&e),
-                "the destination's corrald may be another version; check its log",
-            )),
-        }
-        host.hostname
     }
 
     async fn run_migration(
@@ -389,9 +386,13 @@ impl Manager {
             let port = ready
                 .nbd_port
                 .ok_or_else(|| ApiError::Internal("the destination exports no disks".into()))?;
-            for (disk, top) in &plan.mirrors {
-                migrate::mirror_start(&qmp, disk, top, &host, port, true, plan.tuning.bandwidth)
-                    .await?;
+            for (disk, top) in plan.mirrors.clone() {
+                let link = dial(&host, port).await?;
+                let limits = (true, plan.tuning.bandwidth);
+                let started =
+                    migrate::mirror_start(&qmp, &disk, &top, link.as_fd(), &host, limits).await;
+                plan.links.push(link);
+                started?;
             }
             progress.phase = "mirroring".into();
             crate::testpoint::reached("migration.mirroring").await;
@@ -399,7 +400,10 @@ impl Manager {
         }
         self.set_phase(m, phase::TRANSFERRING, &plan.body)?;
         progress.phase = "memory".into();
-        migrate::start(&qmp, &host, ready.migration_port).await?;
+        let link = dial(&host, ready.migration_port).await?;
+        let sent = migrate::start(&qmp, link.as_fd()).await;
+        plan.links.push(link);
+        sent?;
         crate::testpoint::reached("migration.memory").await;
         let info = self.follow_memory(plan, m, handle, &mut progress).await?;
         progress.downtime_ms = info.downtime;
@@ -663,6 +667,10 @@ impl Manager {
     /// Undoes a migration that did not reach the commit point: the stream and mirrors
     /// stopped, the guest running here as it was, the destination told to give up.
     async fn roll_back(&self, plan: &Plan, m: &mut MigrationRecord) {
+        // A hung stream or mirror would hold QEMU (and its monitor) until TCP gives up.
+        for link in &plan.links {
+            let _ = link.shutdown(std::net::Shutdown::Both);
+        }
         self.undo_outgoing(&plan.name, Some(&plan.running), &plan.body, &plan.peer, m)
             .await;
     }
@@ -796,6 +804,40 @@ pub(crate) async fn retry_finish(
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(5));
     }
+}
+
+/// A TCP connection to the destination for QEMU to stream over: one whose loss shows
+/// within seconds (keepalives, and a limit on unacknowledged data), not TCP's minutes.
+async fn dial(host: &str, port: u16) -> ApiResult<std::net::TcpStream> {
+    let addr = format!("{host}:{port}");
+    let connect = tokio::net::TcpStream::connect(addr.clone());
+    let stream = tokio::time::timeout(Duration::from_secs(10), connect)
+        .await
+        .map_err(|_| ApiError::Conflict {
+            message: format!("cannot reach {addr} within 10 s"),
+            hint: Some("is the link between the hosts up?".into()),
+        })?
+        .map_err(|e| ApiError::Conflict {
+            message: format!("cannot connect to {addr}: {e}"),
+            hint: Some("a firewall between the hosts may block QEMU's ports".into()),
+        })?
+        .into_std()
+        .map_err(|e| ApiError::Internal(format!("{addr}: {e}")))?;
+    let sock = socket2::SockRef::from(&stream);
+    let tuned = stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_nodelay(true))
+        .and_then(|()| sock.set_tcp_user_timeout(Some(LINK_TIMEOUT)))
+        .and_then(|()| {
+            sock.set_tcp_keepalive(
+                &socket2::TcpKeepalive::new()
+                    .with_time(Duration::from_secs(5))
+                    .with_interval(Duration::from_secs(2))
+                    .with_retries(3),
+            )
+        });
+    tuned.map_err(|e| ApiError::Internal(format!("{addr}: {e}")))?;
+    Ok(stream)
 }
 
 /// Waits (briefly) for QEMU to leave the migration states after a cancel.

@@ -12,6 +12,8 @@ use corral_api::{DiskTransfer, IncomingVm, NetworkKind, NetworkSpec, PoolSpec, P
 #[derive(Debug, Clone, Default)]
 pub struct DestFacts {
     pub hostname: String,
+    /// This corrald's HTTPS certificate fingerprint.
+    pub tls_fingerprint: Option<String>,
     pub qemu_version: String,
     /// Machine types this QEMU runs (`pc-i440fx-7.2`, `q35`, …).
     pub machine_types: BTreeSet<String>,
@@ -56,6 +58,14 @@ pub fn check(vm: &IncomingVm, host: &DestFacts) -> Vec<PreflightCheck> {
 
 fn identity(vm: &IncomingVm, host: &DestFacts) -> PreflightCheck {
     let name = &vm.spec.name;
+    if vm.source_fingerprint.is_some() && vm.source_fingerprint == host.tls_fingerprint {
+        return PreflightCheck::fail(
+            "reachable",
+            "destination.url",
+            "the destination is the source's own corrald",
+            "migrate to another host's corrald",
+        );
+    }
     if host.vm_names.contains(name) {
         return PreflightCheck::fail(
             "name",

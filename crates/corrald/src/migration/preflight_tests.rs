@@ -57,6 +57,7 @@ fn vm() -> IncomingVm {
     IncomingVm {
         id: Uuid::new_v4(),
         source: "h1".into(),
+        source_fingerprint: Some("aa".into()),
         spec: VmSpec {
             name: "web".into(),
             uuid: Uuid::new_v4(),
@@ -125,6 +126,7 @@ fn host() -> DestFacts {
     };
     DestFacts {
         hostname: "h2".into(),
+        tls_fingerprint: Some("bb".into()),
         qemu_version: "7.2.22".into(),
         machine_types: ["pc-i440fx-7.2", "pc", "q35"].map(String::from).into(),
         accel: "tcg".into(),
