@@ -471,3 +471,93 @@ fn a_cut_link_during_transfer_leaves_the_guest_at_the_source() {
     let last = stop_writer(a, "web");
     assert_pattern_whole(a, "web", last);
 }
+
+/// Which daemon a fault hits.
+#[derive(Clone, Copy, Debug)]
+enum End {
+    Source,
+    Destination,
+}
+
+const PHASES: &str = "migration.prepared=1500,migration.mirroring=1500,migration.memory=1500,\
+migration.switching=1500,migration.cleanup=1500,migration.incoming.prepared=1500,\
+migration.incoming.resuming=1500";
+
+/// Waits until the VM runs on `owner` alone: one QEMU, there; listed there as running
+/// and nowhere else; its disk in `owner`'s pool only.
+fn wait_settled(hosts: &Hosts, uuid: &str, owner: usize) {
+    let other = 1 - owner;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let qemus = hosts.qemus_of(uuid);
+        let (o, x) = (hosts.host(owner), hosts.host(other));
+        let settled = qemus.len() == 1
+            && qemus[0].0 == owner
+            && o.vm_names() == vec!["web".to_string()]
+            && o.daemon.state("web") == "running"
+            && x.vm_names().is_empty()
+            && x.pool_files().is_empty()
+            && o.pool_files().len() == 1;
+        if settled {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled on h{owner}: QEMUs {qemus:?}, h{owner} {:?} {:?}, h{other} {:?} {:?}",
+            o.vm_names(),
+            o.pool_files(),
+            x.vm_names(),
+            x.pool_files()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_daemon_killed_at_any_phase_leaves_exactly_one_guest() {
+    let env: &[(&str, &str)] = &[("CORRAL_TESTPOINTS", PHASES)];
+    let mut hosts = Hosts::with_env("mkill", 2, &[env, env]);
+    boot(hosts.host(0), "web", "size=64M");
+    let uuid = uuid_of(hosts.host(0), "web");
+    start_load(hosts.host(0), "web");
+    hosts.host(0).daemon.wait_console("web", "<W10>", Duration::from_secs(60));
+    let mut owner = 0;
+    let cases = [
+        (End::Source, "migration.prepared", false),
+        (End::Source, "migration.mirroring", false),
+        (End::Source, "migration.memory", false),
+        (End::Source, "migration.switching", true),
+        (End::Source, "migration.cleanup", true),
+        (End::Destination, "migration.incoming.prepared", false),
+        (End::Destination, "migration.incoming.resuming", true),
+    ];
+    for (end, point, moves) in cases {
+        let (src, dst) = (owner, 1 - owner);
+        let victim = match end {
+            End::Source => src,
+            End::Destination => dst,
+        };
+        let marker = format!("testpoint {point} reached");
+        let seen = hosts.host(victim).daemon.log().matches(&marker).count();
+        let to = hosts.host(dst).name.clone();
+        let cli = hosts.host(src).daemon.corral_spawn(&["migrate", "web", "--to", &to]);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while hosts.host(victim).daemon.log().matches(&marker).count() == seen {
+            assert!(Instant::now() < deadline, "{point} never reached");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        hosts.host_mut(victim).daemon.restart();
+        let _ = cli.wait_with_output();
+        owner = if moves { dst } else { src };
+        wait_settled(&hosts, &uuid, owner);
+        // The guest goes on, wherever it is.
+        let o = hosts.host(owner);
+        let written = *numbers(&o.daemon.console_log("web"), "<W").last().unwrap();
+        o.daemon
+            .wait_console("web", &format!("<W{}>", written + 5), Duration::from_secs(60));
+        eprintln!("{end:?} killed at {point}: the guest runs on h{owner}");
+    }
+    let o = hosts.host(owner);
+    let last = stop_writer(o, "web");
+    assert_pattern_whole(o, "web", last);
+}
