@@ -561,3 +561,65 @@ fn a_daemon_killed_at_any_phase_leaves_exactly_one_guest() {
     let last = stop_writer(o, "web");
     assert_pattern_whole(o, "web", last);
 }
+
+/// What a host holds that a VM's presence leaves behind: taps, runtime dirs, pool
+/// files, DHCP reservations, and the length of its nftables ruleset.
+fn footprint(h: &Host) -> (usize, usize, usize, usize, usize) {
+    let taps = h.ns.exec_ok(&["ip", "-o", "link", "show", "type", "tun"]).lines().count();
+    let runs = std::fs::read_dir(h.daemon.state_dir().join("run"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let reservations = std::fs::read_to_string(h.daemon.state_dir().join("networks/lab/hosts"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    let rules = h.ns.exec_ok(&["nft", "list", "ruleset"]).lines().count();
+    (taps, runs, h.pool_files().len(), reservations, rules)
+}
+
+/// Twenty migrations back and forth of one VM with a NIC on a NAT network (the same
+/// network, by name and subnet, on both hosts): the guest keeps its MAC, its address
+/// reservation follows it, and nothing accumulates on either host.
+#[test]
+fn ping_pong_twenty_times_leaks_nothing() {
+    let hosts = Hosts::new("mpp", 2);
+    for h in &hosts.hosts {
+        h.daemon.ok(&[
+            "network", "create", "lab", "--type", "nat", "--subnet", "10.90.0.1/24",
+        ]);
+    }
+    let (k, i) = guest();
+    let a = hosts.host(0);
+    a.daemon.ok(&[
+        "create", "web", "--memory", "256M", "--disk", "size=32M", "--network", "lab",
+        "--start", "--kernel", &k.display().to_string(), "--initrd", &i.display().to_string(),
+        "--cmdline", GUEST_CMDLINE,
+    ]);
+    a.daemon.wait_console("web", "CORRAL-GUEST-READY", BOOT);
+    let uuid = uuid_of(a, "web");
+    let nic = a.daemon.vm("web")["spec"]["nics"][0].clone();
+    let empty = footprint(hosts.host(1));
+    let full = footprint(a);
+    assert_eq!((full.0, full.2, full.3), (1, 1, 1), "one tap, one disk, one reservation: {full:?}");
+    start_load(a, "web");
+
+    for n in 0..20 {
+        let (src, dst) = (n % 2, 1 - n % 2);
+        let op = migrate(hosts.host(src), "web", &hosts.host(dst).name, &[]);
+        assert_eq!(op["state"], "succeeded", "migration {n}: {op}");
+        assert_one_qemu(&hosts, &uuid, dst);
+        let (s, d) = (footprint(hosts.host(src)), footprint(hosts.host(dst)));
+        assert_eq!(s, empty, "migration {n}: h{src} keeps something");
+        assert_eq!(d, full, "migration {n}: h{dst} is not as the first host was");
+        assert_eq!(hosts.host(dst).daemon.vm("web")["spec"]["nics"][0], nic);
+    }
+    let home = hosts.host(0);
+    assert_eq!(home.vm_names(), vec!["web".to_string()]);
+    assert!(hosts.host(1).vm_names().is_empty());
+    let written = *numbers(&home.daemon.console_log("web"), "<W").last().unwrap();
+    home.daemon
+        .wait_console("web", &format!("<W{}>", written + 10), Duration::from_secs(60));
+    let last = stop_writer(home, "web");
+    assert_pattern_whole(home, "web", last);
+}
