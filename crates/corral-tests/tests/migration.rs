@@ -623,3 +623,60 @@ fn ping_pong_twenty_times_leaks_nothing() {
     let last = stop_writer(home, "web");
     assert_pattern_whole(home, "web", last);
 }
+
+/// A kernel setting, put back as it was when dropped.
+struct Sysctl {
+    path: std::path::PathBuf,
+    was: String,
+}
+
+impl Sysctl {
+    fn set(name: &str, value: &str) -> Sysctl {
+        let path = std::path::Path::new("/proc/sys").join(name.replace('.', "/"));
+        let was = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, value).unwrap();
+        Sysctl { path, was }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.path, self.was.trim());
+    }
+}
+
+#[test]
+fn post_copy_is_refused_without_userfaultfd_and_moves_the_guest_with_it() {
+    let hosts = Hosts::new("mpost", 2);
+    let a = hosts.host(0);
+    boot(a, "web", "size=64M");
+    let uuid = uuid_of(a, "web");
+    fill_memory(a, "web", 60);
+    start_load(a, "web");
+    a.daemon.wait_console("web", "<W10>", Duration::from_secs(60));
+
+    // Debian's default: unprivileged processes (QEMU here) get no userfaultfd.
+    let sysctl = Sysctl::set("vm.unprivileged_userfaultfd", "0");
+    let err = a.daemon.fails(&["migrate", "web", "--to", "h1", "--postcopy"]);
+    assert!(err.contains("vm.unprivileged_userfaultfd"), "{err}");
+    assert!(hosts.host(1).vm_names().is_empty());
+
+    std::fs::write("/proc/sys/vm/unprivileged_userfaultfd", "1").unwrap();
+    let op = migrate(a, "web", "h1", &["--postcopy"]);
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(op["result"]["postcopy"], true, "{op}");
+    assert_one_qemu(&hosts, &uuid, 1);
+    let b = hosts.host(1);
+    let written = *numbers(&b.daemon.console_log("web"), "<W").last().unwrap();
+    b.daemon
+        .wait_console("web", &format!("<W{}>", written + 10), Duration::from_secs(60));
+    assert_counter_continued(b, "web");
+
+    // `auto` switches only when pre-copy stops converging; an idle guest converges.
+    let op = migrate(b, "web", "h0", &["--postcopy", "auto"]);
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_one_qemu(&hosts, &uuid, 0);
+    drop(sysctl);
+    let last = stop_writer(a, "web");
+    assert_pattern_whole(a, "web", last);
+}

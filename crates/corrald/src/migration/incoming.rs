@@ -100,6 +100,7 @@ impl Manager {
             files: files_seen(vm),
             uefi: corral_qemu::argv::ovmf_files().is_some(),
             root: self.networking_allowed(),
+            userfaultfd: userfaultfd_allowed(),
         })
     }
 
@@ -563,6 +564,12 @@ pub(crate) fn tuning(postcopy: bool) -> Tuning {
         tls: true,
         tls_hostname: None,
     }
+}
+
+/// Whether an unprivileged process (QEMU, confined) may make a userfaultfd.
+fn userfaultfd_allowed() -> bool {
+    std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+        .is_ok_and(|v| v.trim() == "1")
 }
 
 /// The files the VM needs that are not copied: boot files, CDs and shared disks.

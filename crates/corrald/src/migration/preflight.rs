@@ -39,6 +39,8 @@ pub struct DestFacts {
     pub uefi: bool,
     /// Running as root (taps for bridged NICs).
     pub root: bool,
+    /// This host's (unprivileged) QEMU may use userfaultfd, which post-copy needs.
+    pub userfaultfd: bool,
 }
 
 /// Memory a host keeps for itself beyond the guest's, so that the arrival does not
@@ -50,6 +52,9 @@ pub fn check(vm: &IncomingVm, host: &DestFacts) -> Vec<PreflightCheck> {
     let mut checks = vec![identity(vm, host), machine(vm, host), accel(vm, host)];
     checks.push(memory(vm, host));
     checks.push(vcpus(vm, host));
+    if vm.postcopy {
+        checks.push(postcopy(host));
+    }
     checks.extend(networks(vm, host));
     checks.extend(disks(vm, host));
     checks.extend(boot_files(vm, host));
@@ -162,6 +167,22 @@ fn vcpus(vm: &IncomingVm, host: &DestFacts) -> PreflightCheck {
             host.hostname, host.cpus, vm.spec.vcpus
         ),
         "pick a host with at least as many CPUs",
+    )
+}
+
+fn postcopy(host: &DestFacts) -> PreflightCheck {
+    if host.userfaultfd {
+        return PreflightCheck::pass("postcopy", "QEMU may use userfaultfd");
+    }
+    PreflightCheck::fail(
+        "postcopy",
+        "postcopy",
+        format!(
+            "QEMU on {} runs unprivileged and the kernel gives such processes no userfaultfd \
+             (vm.unprivileged_userfaultfd = 0); post-copy needs it",
+            host.hostname
+        ),
+        "`sysctl -w vm.unprivileged_userfaultfd=1` there, or migrate without --postcopy",
     )
 }
 

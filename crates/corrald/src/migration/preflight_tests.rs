@@ -146,6 +146,7 @@ fn host() -> DestFacts {
         .into(),
         uefi: true,
         root: true,
+        userfaultfd: false,
         ..DestFacts::default()
     }
 }
