@@ -366,3 +366,20 @@ pub struct MigrationProgress {
     #[serde(default)]
     pub postcopy: bool,
 }
+
+/// `POST /api/v1/host/probe-certificate`: which certificate an HTTPS corrald shows, for
+/// a person to compare with that host's `corral host info` before trusting it (the web
+/// console's migrate dialog; `corral remote add` does the same on its own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeCertificate {
+    /// `https://host:port`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProbedCertificate {
+    pub url: String,
+    /// SHA-256 of the certificate it showed (lowercase hex); not trusted by this.
+    pub fingerprint: String,
+}

@@ -16,9 +16,15 @@ use corral_tests::{pid_alive, workspace, Daemon, NetNs};
 /// Operations left out, and why: they take host paths and make files or directories
 /// there as root (a pool's directory, an import's source), which a fuzzer must not
 /// choose; `tests/bad_input.rs` covers their refusals. The event stream never ends. A
-/// migration dials the destination its body names, which a fuzzer must not pick either
+/// migration (and a certificate probe) dials the host its body names, which a fuzzer must not pick either
 /// (`tests/migration.rs` covers its refusals).
-const EXCLUDED_OPERATIONS: [&str; 4] = ["create_pool", "import_volume", "stream_events", "migrate"];
+const EXCLUDED_OPERATIONS: [&str; 5] = [
+    "create_pool",
+    "import_volume",
+    "stream_events",
+    "migrate",
+    "probe_certificate",
+];
 
 fn schemathesis() -> PathBuf {
     std::env::var_os("CORRAL_SCHEMATHESIS")

@@ -352,6 +352,8 @@ fn fill_memory(h: &Host, name: &str, mib: u32) {
 
 /// Starts `corral migrate` in the background and waits until its operation reports
 /// `phase`; the operation's id and the CLI's process.
+// The CLI's process goes to the caller, which waits for it.
+#[allow(clippy::zombie_processes)]
 fn migrate_until(
     h: &Host,
     name: &str,
@@ -520,7 +522,10 @@ fn a_daemon_killed_at_any_phase_leaves_exactly_one_guest() {
     boot(hosts.host(0), "web", "size=64M");
     let uuid = uuid_of(hosts.host(0), "web");
     start_load(hosts.host(0), "web");
-    hosts.host(0).daemon.wait_console("web", "<W10>", Duration::from_secs(60));
+    hosts
+        .host(0)
+        .daemon
+        .wait_console("web", "<W10>", Duration::from_secs(60));
     let mut owner = 0;
     let cases = [
         (End::Source, "migration.prepared", false),
@@ -540,7 +545,10 @@ fn a_daemon_killed_at_any_phase_leaves_exactly_one_guest() {
         let marker = format!("testpoint {point} reached");
         let seen = hosts.host(victim).daemon.log().matches(&marker).count();
         let to = hosts.host(dst).name.clone();
-        let cli = hosts.host(src).daemon.corral_spawn(&["migrate", "web", "--to", &to]);
+        let cli = hosts
+            .host(src)
+            .daemon
+            .corral_spawn(&["migrate", "web", "--to", &to]);
         let deadline = Instant::now() + Duration::from_secs(90);
         while hosts.host(victim).daemon.log().matches(&marker).count() == seen {
             assert!(Instant::now() < deadline, "{point} never reached");
@@ -553,8 +561,11 @@ fn a_daemon_killed_at_any_phase_leaves_exactly_one_guest() {
         // The guest goes on, wherever it is.
         let o = hosts.host(owner);
         let written = *numbers(&o.daemon.console_log("web"), "<W").last().unwrap();
-        o.daemon
-            .wait_console("web", &format!("<W{}>", written + 5), Duration::from_secs(60));
+        o.daemon.wait_console(
+            "web",
+            &format!("<W{}>", written + 5),
+            Duration::from_secs(60),
+        );
         eprintln!("{end:?} killed at {point}: the guest runs on h{owner}");
     }
     let o = hosts.host(owner);
@@ -565,7 +576,10 @@ fn a_daemon_killed_at_any_phase_leaves_exactly_one_guest() {
 /// What a host holds that a VM's presence leaves behind: taps, runtime dirs, pool
 /// files, DHCP reservations, and the length of its nftables ruleset.
 fn footprint(h: &Host) -> (usize, usize, usize, usize, usize) {
-    let taps = h.ns.exec_ok(&["ip", "-o", "link", "show", "type", "tun"]).lines().count();
+    let taps =
+        h.ns.exec_ok(&["ip", "-o", "link", "show", "type", "tun"])
+            .lines()
+            .count();
     let runs = std::fs::read_dir(h.daemon.state_dir().join("run"))
         .map(|d| d.count())
         .unwrap_or(0);
@@ -586,22 +600,44 @@ fn ping_pong_twenty_times_leaks_nothing() {
     let hosts = Hosts::new("mpp", 2);
     for h in &hosts.hosts {
         h.daemon.ok(&[
-            "network", "create", "lab", "--type", "nat", "--subnet", "10.90.0.1/24",
+            "network",
+            "create",
+            "lab",
+            "--type",
+            "nat",
+            "--subnet",
+            "10.90.0.1/24",
         ]);
     }
     let (k, i) = guest();
     let a = hosts.host(0);
     a.daemon.ok(&[
-        "create", "web", "--memory", "256M", "--disk", "size=32M", "--network", "lab",
-        "--start", "--kernel", &k.display().to_string(), "--initrd", &i.display().to_string(),
-        "--cmdline", GUEST_CMDLINE,
+        "create",
+        "web",
+        "--memory",
+        "256M",
+        "--disk",
+        "size=32M",
+        "--network",
+        "lab",
+        "--start",
+        "--kernel",
+        &k.display().to_string(),
+        "--initrd",
+        &i.display().to_string(),
+        "--cmdline",
+        GUEST_CMDLINE,
     ]);
     a.daemon.wait_console("web", "CORRAL-GUEST-READY", BOOT);
     let uuid = uuid_of(a, "web");
     let nic = a.daemon.vm("web")["spec"]["nics"][0].clone();
     let empty = footprint(hosts.host(1));
     let full = footprint(a);
-    assert_eq!((full.0, full.2, full.3), (1, 1, 1), "one tap, one disk, one reservation: {full:?}");
+    assert_eq!(
+        (full.0, full.2, full.3),
+        (1, 1, 1),
+        "one tap, one disk, one reservation: {full:?}"
+    );
     start_load(a, "web");
 
     for n in 0..20 {
@@ -611,15 +647,23 @@ fn ping_pong_twenty_times_leaks_nothing() {
         assert_one_qemu(&hosts, &uuid, dst);
         let (s, d) = (footprint(hosts.host(src)), footprint(hosts.host(dst)));
         assert_eq!(s, empty, "migration {n}: h{src} keeps something");
-        assert_eq!(d, full, "migration {n}: h{dst} is not as the first host was");
+        assert_eq!(
+            d, full,
+            "migration {n}: h{dst} is not as the first host was"
+        );
         assert_eq!(hosts.host(dst).daemon.vm("web")["spec"]["nics"][0], nic);
     }
     let home = hosts.host(0);
     assert_eq!(home.vm_names(), vec!["web".to_string()]);
     assert!(hosts.host(1).vm_names().is_empty());
-    let written = *numbers(&home.daemon.console_log("web"), "<W").last().unwrap();
-    home.daemon
-        .wait_console("web", &format!("<W{}>", written + 10), Duration::from_secs(60));
+    let written = *numbers(&home.daemon.console_log("web"), "<W")
+        .last()
+        .unwrap();
+    home.daemon.wait_console(
+        "web",
+        &format!("<W{}>", written + 10),
+        Duration::from_secs(60),
+    );
     let last = stop_writer(home, "web");
     assert_pattern_whole(home, "web", last);
 }
@@ -653,11 +697,14 @@ fn post_copy_is_refused_without_userfaultfd_and_moves_the_guest_with_it() {
     let uuid = uuid_of(a, "web");
     fill_memory(a, "web", 60);
     start_load(a, "web");
-    a.daemon.wait_console("web", "<W10>", Duration::from_secs(60));
+    a.daemon
+        .wait_console("web", "<W10>", Duration::from_secs(60));
 
     // Debian's default: unprivileged processes (QEMU here) get no userfaultfd.
     let sysctl = Sysctl::set("vm.unprivileged_userfaultfd", "0");
-    let err = a.daemon.fails(&["migrate", "web", "--to", "h1", "--postcopy"]);
+    let err = a
+        .daemon
+        .fails(&["migrate", "web", "--to", "h1", "--postcopy"]);
     assert!(err.contains("vm.unprivileged_userfaultfd"), "{err}");
     assert!(hosts.host(1).vm_names().is_empty());
 
@@ -668,8 +715,11 @@ fn post_copy_is_refused_without_userfaultfd_and_moves_the_guest_with_it() {
     assert_one_qemu(&hosts, &uuid, 1);
     let b = hosts.host(1);
     let written = *numbers(&b.daemon.console_log("web"), "<W").last().unwrap();
-    b.daemon
-        .wait_console("web", &format!("<W{}>", written + 10), Duration::from_secs(60));
+    b.daemon.wait_console(
+        "web",
+        &format!("<W{}>", written + 10),
+        Duration::from_secs(60),
+    );
     assert_counter_continued(b, "web");
 
     // `auto` switches only when pre-copy stops converging; an idle guest converges.

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use corral_api::{
     FinishIncoming, IncomingPreflight, IncomingReady, IncomingStatus, IncomingVm, MigrateRequest,
-    Operation, PreflightReport,
+    Operation, PreflightReport, ProbeCertificate, ProbedCertificate,
 };
 use uuid::Uuid;
 
@@ -89,4 +89,30 @@ fn migration_id(id: &str) -> ApiResult<Uuid> {
                 .hint("migration ids are UUIDs, chosen by the source"),
         )
     })
+}
+
+#[utoipa::path(post, path = "/api/v1/host/probe-certificate", request_body = ProbeCertificate,
+    responses((status = 200, body = ProbedCertificate), (status = 400, body = corral_api::ErrorBody),
+              (status = 502, body = corral_api::ErrorBody)))]
+pub async fn probe_certificate(
+    JsonBody(req): JsonBody<ProbeCertificate>,
+) -> ApiResult<Json<ProbedCertificate>> {
+    let (host, port) = corral_client::parse_url(&req.url).map_err(|e| {
+        ApiError::from(
+            corral_api::ValidationError::new("url", e.to_string())
+                .hint("the other host's corrald --listen address, e.g. https://host:8443"),
+        )
+    })?;
+    let connect = corral_client::connect(&host, port, None);
+    let (_, fingerprint) = tokio::time::timeout(std::time::Duration::from_secs(10), connect)
+        .await
+        .map_err(|_| ApiError::Conflict {
+            message: format!("{} did not answer within 10 s", req.url),
+            hint: Some("is corrald running there with --listen?".into()),
+        })?
+        .map_err(|e| ApiError::Peer(e.into()))?;
+    Ok(Json(ProbedCertificate {
+        url: req.url,
+        fingerprint,
+    }))
 }

@@ -58,6 +58,10 @@ pub fn router(mgr: Arc<Manager>) -> Router {
         .route("/api/v1/vms/{name}/start", post(vms::start))
         .route("/api/v1/vms/{name}/migrate", post(migrations::migrate))
         .route("/api/v1/migrations/preflight", post(migrations::preflight))
+        .route(
+            "/api/v1/host/probe-certificate",
+            post(migrations::probe_certificate),
+        )
         .route("/api/v1/migrations/incoming", post(migrations::prepare))
         .route("/api/v1/migrations/{id}", get(migrations::status))
         .route("/api/v1/migrations/{id}/finish", post(migrations::finish))

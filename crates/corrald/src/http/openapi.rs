@@ -82,6 +82,7 @@ use super::{
         migrations::status,
         migrations::finish,
         migrations::abort,
+        migrations::probe_certificate,
         list_operations,
         get_operation,
         wait_operation,

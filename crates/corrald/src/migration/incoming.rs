@@ -568,8 +568,7 @@ pub(crate) fn tuning(postcopy: bool) -> Tuning {
 
 /// Whether an unprivileged process (QEMU, confined) may make a userfaultfd.
 fn userfaultfd_allowed() -> bool {
-    std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
-        .is_ok_and(|v| v.trim() == "1")
+    std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").is_ok_and(|v| v.trim() == "1")
 }
 
 /// The files the VM needs that are not copied: boot files, CDs and shared disks.
