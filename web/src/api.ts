@@ -46,4 +46,50 @@ export interface Vm {
   events?: VmEvent[];
 }
 export interface Snapshot { name: string; parent?: string; created_at: number; description?: string }
-export interface Operation { id: string; kind?: string; state?: string; progress?: number; error?: string; [k: string]: unknown }
+export interface ErrorBody { error: string; field?: string; hint?: string }
+export interface Operation {
+  id: string; kind?: string; target?: string; state?: string; progress?: number; cancellable?: boolean;
+  /** Set when it failed (older servers sent a bare string). */
+  error?: ErrorBody | string;
+  /** What the operation made, once it succeeded. */
+  result?: unknown;
+  /** What is happening now, when the work says more than a percentage. */
+  detail?: unknown;
+  [k: string]: unknown;
+}
+
+// Live migration (docs/migration.md).
+/** `POST /api/v1/host/probe-certificate`: the certificate another corrald shows (not trusted by this). */
+export interface ProbedCertificate { url: string; fingerprint: string }
+export type Postcopy = "off" | "auto" | "now";
+export interface MigrationTarget { url: string; fingerprint: string; token: string; name?: string }
+/** `POST /api/v1/vms/{name}/migrate`. */
+export interface MigrateRequest {
+  destination: MigrationTarget;
+  max_downtime_ms?: number;
+  bandwidth_bytes?: number;
+  postcopy: Postcopy;
+  auto_converge?: boolean;
+  dry_run: boolean;
+}
+export interface PreflightCheck { check: string; ok: boolean; message: string; field?: string; hint?: string }
+export interface DiskPlan { disk: string; transfer: "shared" | "copy"; bytes: number }
+/** The answer to a dry run: every check, and how each disk would move. */
+export interface PreflightReport { destination: string; ok: boolean; checks: PreflightCheck[]; disks: DiskPlan[]; took_ms: number }
+/** A migration operation's `detail`. */
+export interface MigrationProgress {
+  phase: string;
+  ram_transferred: number; ram_remaining: number; ram_total: number;
+  /** Bytes per second the guest dirties. */
+  dirty_rate: number;
+  expected_downtime_ms: number;
+  pass: number;
+  disk_transferred: number; disk_total: number;
+  downtime_ms?: number; total_ms?: number;
+  postcopy: boolean;
+}
+/** A migration operation's `result`, once it succeeded: the VM is no longer on this host. */
+export interface MigrationResult {
+  destination: string; destination_host: string;
+  downtime_ms?: number; total_ms?: number; ram_bytes: number; disk_bytes: number; postcopy: boolean;
+}

@@ -60,7 +60,8 @@ function Login(p: { onLogin: () => void }) {
 function route(path: string) {
   const m = path.match(/^\/vms\/([^/]+)$/);
   if (path === "/vms/new") return <CreateVm />;
-  if (m) return <VmPage name={decodeURIComponent(m[1])} />;
+  // Keyed: another VM's page starts afresh (not with this one's dialog or "moved" state).
+  if (m) return <VmPage key={m[1]} name={decodeURIComponent(m[1])} />;
   if (path === "/vms") return <VmList />;
   if (path === "/storage") return <Storage />;
   if (path === "/networks") return <Networks />;

@@ -1,12 +1,16 @@
 import { useEffect, useState } from "preact/hooks";
 import { api, ApiError, del, get, Operation, VmEvent } from "../api";
 
-/** Loads `path` and reloads it every `everyMs` (0: once); an empty path loads nothing. */
-export function usePoll<T>(path: string, everyMs = 0): [T | undefined, string, () => void] {
+/** Loads `path` and reloads it every `everyMs` (0: once); an empty path loads nothing
+ *  (and stops reloading). The fourth value is the HTTP status of the last failure (0: none). */
+export function usePoll<T>(path: string, everyMs = 0): [T | undefined, string, () => void, number] {
   const [data, setData] = useState<T>();
-  const [err, setErr] = useState("");
+  const [err, setErr] = useState(""), [status, setStatus] = useState(0);
   const load = () => path
-    ? get<T>(path).then((d) => { setData(d); setErr(""); }, (e) => setErr((e as Error).message))
+    ? get<T>(path).then((d) => { setData(d); setErr(""); setStatus(0); }, (e) => {
+      setErr((e as Error).message);
+      setStatus(e instanceof ApiError ? e.status : 0);
+    })
     : Promise.resolve();
   useEffect(() => {
     if (!path) return;
@@ -15,7 +19,7 @@ export function usePoll<T>(path: string, everyMs = 0): [T | undefined, string, (
     const t = setInterval(load, everyMs);
     return () => clearInterval(t);
   }, [path, everyMs]);
-  return [data, err, load];
+  return [data, err, load, status];
 }
 
 /** An error as the user should read it: the server's message and its hint. */
@@ -56,10 +60,12 @@ export function onEvent(listener: (ev: VmEvent) => void): () => void {
   };
 }
 
-/** Live events, newest first, optionally for one VM. */
+/** Live events, newest first, optionally for one VM. Operations' `progress` (stream-only,
+ *  several a second during a migration) is for their followers (runOp), not a list. */
 export function useEvents(vm?: string, max = 50): VmEvent[] {
   const [events, setEvents] = useState<VmEvent[]>([]);
   useEffect(() => onEvent((ev) => {
+    if (ev.kind === "progress") return;
     if (!vm || ev.vm === vm) setEvents((old) => [ev, ...old].slice(0, max));
   }), [vm]);
   return events;
@@ -77,37 +83,44 @@ export function EventList(p: { events: VmEvent[] }) {
   );
 }
 
-const active = (op: Operation) => !op.state || ["pending", "running", "queued"].includes(op.state);
+/** Whether an operation has yet to end. */
+export const opRunning = (op: Operation) => !op.state || ["pending", "running", "queued"].includes(op.state);
 
-/** Runs a request that may answer 202 + operation, and follows the operation: its progress
- *  from the event stream's `progress` events (at most two a second, not stored), its end
- *  by long-polling `/operations/{id}/wait` — no polling loop. */
+/** Runs a request that may answer 202 + operation, and follows the operation (followOp). */
 export async function runOp(method: string, path: string, body?: unknown, onOp?: (op: Operation) => void): Promise<unknown> {
   const r = await api<{ id?: string; operation?: Operation } & Record<string, unknown>>(method, path, body);
   const op = (r && (r.operation ?? (typeof r.id === "string" && "state" in r ? (r as unknown as Operation) : undefined))) as Operation | undefined;
   if (!op) return r;
+  return followOp(op, onOp);
+}
+
+/** Follows an operation to its end: its progress from the event stream's `progress` events
+ *  (at most two a second, not stored), its end by long-polling `/operations/{id}/wait` — no
+ *  polling loop. A failed operation throws its error (an ApiError with its field and hint). */
+export async function followOp(op: Operation, onOp?: (op: Operation) => void): Promise<Operation> {
   let cur = op;
   onOp?.(cur);
-  const stop = active(cur) ? onEvent((ev) => {
+  const stop = opRunning(cur) ? onEvent((ev) => {
     if (ev.kind !== "progress") return;
     try {
       const p = JSON.parse(ev.message) as Operation;
-      if (p.id === op.id && active(cur)) { cur = { ...cur, ...p }; onOp?.(cur); }
+      if (p.id === op.id && opRunning(cur)) { cur = { ...cur, ...p }; onOp?.(cur); }
     } catch { /* not an operation's progress */ }
   }) : undefined;
   try {
-    while (active(cur)) {
+    while (opRunning(cur)) {
       cur = await get<Operation>(`/api/v1/operations/${cur.id}/wait?timeout_secs=20`);
       onOp?.(cur);
     }
   } finally { stop?.(); }
-  if (cur.error) throw new Error(String(cur.error));
+  const e = cur.error;
+  if (e) throw typeof e === "string" ? new Error(e) : new ApiError(0, e.error, e.field, e.hint);
   return cur;
 }
 
 export function OpProgress(p: { op?: Operation }) {
   if (!p.op) return null;
-  const running = !p.op.state || ["pending", "running", "queued"].includes(p.op.state);
+  const running = opRunning(p.op);
   return (
     <div class="row" data-testid="operation">
       <span>Operation {p.op.kind ?? ""} {p.op.state}{p.op.progress != null ? ` ${Math.round(Number(p.op.progress))}%` : ""}</span>

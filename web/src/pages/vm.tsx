@@ -1,20 +1,25 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { Terminal } from "@xterm/xterm";
 import "@xterm/xterm/css/xterm.css";
-import { del, enc, get, Operation, post, Snapshot, Vm } from "../api";
+import { del, enc, get, MigrationResult, Operation, post, Snapshot, Vm, VmEvent } from "../api";
 import { navigate } from "../main";
 import { Badge, Err, EventList, OpProgress, runOp, useEvents, usePoll } from "./common";
 import { Nics } from "./nics";
 import { Disks } from "./disks";
+import { Gone, MigrateDialog, MigrationWatch, Moved } from "./migrate";
 
 interface VmSample { time_ms: number; cpu_percent: number; memory_used_bytes: number; disk_read_bytes_per_sec: number;
   disk_write_bytes_per_sec: number; net_rx_bytes_per_sec: number; net_tx_bytes_per_sec: number }
 
 export function VmPage(p: { name: string }) {
   const base = `/api/v1/vms/${enc(p.name)}`;
-  const [vm, err, reload] = usePoll<Vm>(base, 3000);
+  // Once the VM has left this host (migrated) or is not here (404), nothing is reloaded.
+  const [moved, setMoved] = useState<MigrationResult>(), [gone, setGone] = useState(false);
+  const [vm, err, reload, status] = usePoll<Vm>(moved || gone ? "" : base, 3000);
+  useEffect(() => { if (status === 404) setGone(true); }, [status]);
   const events = useEvents(p.name);
   const [msg, setMsg] = useState(""), [op, setOp] = useState<Operation>();
+  const [migrating, setMigrating] = useState(false);
   const act = async (action: string) => {
     setMsg("");
     try {
@@ -28,15 +33,25 @@ export function VmPage(p: { name: string }) {
       reload();
     } catch (e) { setMsg((e as Error).message); }
   };
+  if (moved) return <Moved vm={p.name} result={moved} />;
+  // A 404 while this page migrates it: the VM left, its operation is finishing.
+  if (gone && !migrating) return <Gone vm={p.name} />;
   if (!vm) return <Err msg={err || "Loading…"} />;
-  const running = vm.status.state === "running";
+  const state = vm.status.state;
+  // A migrating VM still runs here (until the switch-over); an incoming one not yet.
+  const running = state === "running" || state === "migrating";
   return (
     <div>
-      <h2>{p.name} <Badge state={vm.status.state} /></h2>
+      <h2>{p.name} <Badge state={state} /></h2>
       <div class="row">
         {["start", "stop", "pause", "resume", "restart", "delete"].map((a) => <button key={a} onClick={() => act(a)}>{a}</button>)}
+        <button disabled={migrating || !["running", "paused"].includes(state)} onClick={() => setMigrating(true)}>Migrate…</button>
       </div>
       <Err msg={msg} /><OpProgress op={op} />
+      {migrating && <MigrateDialog vm={p.name} onMoved={setMoved} onChange={reload} onClose={() => setMigrating(false)} />}
+      {state === "migrating" && !migrating && <MigrationWatch vm={p.name} onMoved={setMoved} />}
+      {state === "incoming" && <p class="card" data-testid="incoming">Arriving from another host: the guest runs here once
+        the migration switches over (the source host follows it).</p>}
       <div class="grid">
         <div class="card"><h3>Overview</h3>
           <p>{vm.spec.vcpus} vCPUs, {vm.spec.memory_mib} MiB{vm.uptime_secs != null && `, up ${vm.uptime_secs}s`}</p>
@@ -51,9 +66,16 @@ export function VmPage(p: { name: string }) {
       <Disks vm={p.name} disks={(vm.spec.disks ?? []) as Parameters<typeof Disks>[0]["disks"]} onChange={reload} />
       <Nics vm={p.name} nics={(vm.spec.nics ?? []) as Parameters<typeof Nics>[0]["nics"]} onChange={reload} />
       <Snapshots base={base} onChange={reload} />
-      <div class="card"><h3>Events</h3><EventList events={[...events, ...(vm.events ?? []).slice().reverse()]} /></div>
+      <div class="card"><h3>Events</h3><EventList events={merged(events, vm.events ?? [])} /></div>
     </div>
   );
+}
+
+/** Live events (newest first) and the record's (oldest first), each once: a reload brings
+ *  back those the stream already showed. */
+function merged(live: VmEvent[], stored: VmEvent[]): VmEvent[] {
+  const seen = new Set(live.map((e) => e.id));
+  return [...live, ...stored.slice().reverse().filter((e) => !seen.has(e.id))];
 }
 
 function SerialConsole(p: { base: string }) {

@@ -3,6 +3,10 @@ import { enc, post, Vm } from "../api";
 import { Link } from "../main";
 import { Badge, Err, usePoll } from "./common";
 
+/** Every state a VM can be in (corral-api's VmState): `migrating` is leaving this host,
+ *  `incoming` arriving from another one. */
+const STATES = ["running", "stopped", "paused", "starting", "stopping", "crashed", "migrating", "incoming"];
+
 export function VmList() {
   const [vms, err, reload] = usePoll<Vm[]>("/api/v1/vms", 5000);
   const [q, setQ] = useState(""), [state, setState] = useState("");
@@ -23,7 +27,7 @@ export function VmList() {
         <input placeholder="Search by name" value={q} onInput={(e) => setQ(e.currentTarget.value)} />
         <select value={state} onChange={(e) => setState(e.currentTarget.value)}>
           <option value="">any state</option>
-          {["running", "stopped", "paused", "failed"].map((s) => <option key={s}>{s}</option>)}
+          {STATES.map((s) => <option key={s}>{s}</option>)}
         </select>
         <button disabled={!sel.size} onClick={() => bulk("start")}>Start selected</button>
         <button disabled={!sel.size} onClick={() => bulk("stop")}>Stop selected</button>
