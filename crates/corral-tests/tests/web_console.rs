@@ -216,3 +216,53 @@ fn the_built_corrald_embeds_the_console_and_says_so() {
     assert!(html.contains("/assets/"), "the app's page:\n{html}");
     assert!(!html.contains("not built"), "{html}");
 }
+
+/// Migrate from the VM page of host 0 to host 1: the browser (in host 0's namespace,
+/// where both hosts are reachable) fetches host 1's fingerprint, sees a wrong token
+/// refused next to its input with nothing moved, passes Check, cancels a slow migration
+/// (the VM stays), follows the real one to the VM page saying where the VM went
+/// (web/e2e/migrate.mjs).
+#[test]
+fn the_vm_page_migrates_a_vm_to_another_host() {
+    let hosts = corral_tests::hosts::Hosts::new("wmig", 2);
+    let (src, dst) = (hosts.host(0), hosts.host(1));
+    admin(&src.daemon);
+    let (kernel, initrd) = guest();
+    src.daemon.ok(&[
+        "create",
+        "migvm",
+        "--memory",
+        "256M",
+        "--disk",
+        "size=32M",
+        "--network",
+        "none",
+        "--start",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cmdline",
+        GUEST_CMDLINE,
+    ]);
+    src.daemon
+        .wait_console("migvm", "CORRAL-GUEST-READY", corral_tests::BOOT);
+    let target = hosts.target(1);
+    let dest_host = dst.daemon.json(&["host", "info"])["hostname"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut node = src.ns.command("node");
+    node.env("CORRAL_VM", "migvm")
+        .env("CORRAL_DEST_URL", target["url"].as_str().unwrap())
+        .env("CORRAL_DEST_TOKEN", target["token"].as_str().unwrap())
+        .env(
+            "CORRAL_DEST_FINGERPRINT",
+            target["fingerprint"].as_str().unwrap(),
+        )
+        .env("CORRAL_DEST_HOST", &dest_host);
+    run_node(node, &format!("https://{}:8443", src.addr), "migrate.mjs");
+    assert_eq!(src.vm_names(), Vec::<String>::new(), "host 0 lists no VM");
+    assert_eq!(dst.vm_names(), vec!["migvm".to_string()], "host 1 has it");
+    assert_eq!(dst.daemon.state("migvm"), "running");
+}
