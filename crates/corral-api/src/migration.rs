@@ -251,6 +251,9 @@ pub struct IncomingVm {
     /// The VM's events on the source, oldest first: its history moves with it.
     #[serde(default)]
     pub events: Vec<crate::event::Event>,
+    /// Each PCI device's place on the source, by device id.
+    #[serde(default)]
+    pub pci: std::collections::BTreeMap<String, PciPlace>,
 }
 
 /// The destination's answer to `POST /api/v1/migrations/preflight`: who it is and each
@@ -260,6 +263,17 @@ pub struct IncomingPreflight {
     pub hostname: String,
     pub qemu_version: String,
     pub checks: Vec<PreflightCheck>,
+}
+
+/// Where a PCI device sits in a running VM: the bus (`pci.0`, `pcie.0`, a root port's
+/// id) and its slot and function. A migration's destination puts every device exactly
+/// where the source has it (hot-plugging moves devices off the places a fresh start
+/// would give them, and QEMU's device state only loads into the same places).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PciPlace {
+    pub bus: String,
+    pub slot: u8,
+    pub function: u8,
 }
 
 /// A read-only image under a copied disk's top: sent whole before the mirror starts

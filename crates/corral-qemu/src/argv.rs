@@ -79,6 +79,9 @@ pub struct LaunchConfig<'a> {
     /// resolved `pc-i440fx-7.2`, whatever `pc` means to its own QEMU); `None`: the
     /// spec's machine.
     pub machine_type: Option<&'a str>,
+    /// Where each PCI device goes (a migration's destination: where the source has it);
+    /// `None`: in command line order, as on any start.
+    pub placements: Option<&'a crate::placement::Placements>,
     /// Ids of the disks whose image is a block device (an LV, a partition), found by
     /// the launcher from the descriptors it opened: QEMU opens those with `host_device`.
     pub block_devices: &'a BTreeSet<String>,
@@ -186,13 +189,21 @@ pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
         "-qmp",
         format!("unix:{},server=on,wait=off", path(&cfg.paths.qmp_socket())),
     );
+    let place = |id: &str| crate::placement::suffix(cfg.placements, id);
     serial_args(&mut a, cfg.paths);
-    display_args(&mut a, cfg.paths);
-    agent_args(&mut a, cfg.paths);
+    display_args(&mut a, cfg.paths, &place("vga0"));
+    agent_args(&mut a, cfg.paths, &place("vser0"));
+    // Placed devices may sit on the spare root ports, which must then exist first;
+    // otherwise they come last (where they always have: moving them would move every
+    // device after them, and with them the guest's names for its NICs).
+    if cfg.placements.is_some() {
+        root_port_args(&mut a, spec, &place);
+    }
     for (i, disk) in spec.disks.iter().enumerate() {
         let fds = cfg.disk_fds.iter().find(|f| f.disk == disk.id);
         let block_device = cfg.block_devices.contains(&disk.id);
-        disk_args(&mut a, i + 1, disk, fds, block_device);
+        let placed = place(&format!("{}-dev", disk.id));
+        disk_args(&mut a, i + 1, disk, (fds, block_device), &placed);
     }
     if let Some(iso) = &spec.cdrom {
         cdrom_args(&mut a, "cdrom0", iso, Some(spec.disks.len() + 1), None);
@@ -224,27 +235,28 @@ pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
                 ),
             ),
         }
+        let dev = nic_device_id(&nic.mac);
         a.push2(
             "-device",
             format!(
-                "virtio-net-pci,netdev={id},id={},mac={}",
-                nic_device_id(&nic.mac),
-                nic.mac
+                "virtio-net-pci,netdev={id},id={dev},mac={}{}",
+                nic.mac,
+                place(&dev)
             ),
         );
     }
-    for (chassis, port) in (1..).zip(hotplug_ports(spec.machine)) {
-        a.push2(
-            "-device",
-            format!("pcie-root-port,id={port},chassis={chassis}"),
-        );
+    if cfg.placements.is_none() {
+        root_port_args(&mut a, spec, &place);
     }
     // The guest reports its own memory use through the balloon's statistics (the
     // metrics collector reads them); the balloon is never inflated by Corral, and
     // deflates by itself should the guest run out of memory.
     a.push2(
         "-device",
-        "virtio-balloon-pci,id=balloon0,deflate-on-oom=on",
+        format!(
+            "virtio-balloon-pci,id=balloon0,deflate-on-oom=on{}",
+            place("balloon0")
+        ),
     );
     // A panicking guest tells QEMU (pvpanic), which keeps it paused for inspection;
     // the daemon shows the VM as crashed instead of silently hung.
@@ -252,6 +264,15 @@ pub fn build_argv(cfg: &LaunchConfig<'_>) -> Vec<String> {
     a.push2("-action", "panic=pause");
     confinement_args(&mut a, cfg.confinement, cfg.paths);
     a.0
+}
+
+fn root_port_args(a: &mut Args, spec: &VmSpec, place: &dyn Fn(&str) -> String) {
+    for (chassis, port) in (1..).zip(hotplug_ports(spec.machine)) {
+        a.push2(
+            "-device",
+            format!("pcie-root-port,id={port},chassis={chassis}{}", place(&port)),
+        );
+    }
 }
 
 fn machine_arg(machine: Machine, exact: Option<&str>) -> String {
@@ -277,15 +298,15 @@ fn serial_args(a: &mut Args, paths: &VmPaths) {
     a.push2("-serial", "chardev:serial0");
 }
 
-fn display_args(a: &mut Args, paths: &VmPaths) {
+fn display_args(a: &mut Args, paths: &VmPaths, placed: &str) {
     // A graphical console for every VM: a VGA card whose screen QEMU's VNC server shows
     // on a Unix socket (no TCP port: the daemon proxies it, behind its auth). `-display
     // none` above only rules out a local window; the VNC server is separate from it.
-    a.push2("-device", "VGA,id=vga0");
+    a.push2("-device", format!("VGA,id=vga0{placed}"));
     a.push2("-vnc", format!("unix:{}", path(&paths.vnc_socket())));
 }
 
-fn agent_args(a: &mut Args, paths: &VmPaths) {
+fn agent_args(a: &mut Args, paths: &VmPaths, placed: &str) {
     // Every VM gets the guest agent's channel: a guest without qemu-ga never opens the
     // port, which the daemon sees (VSERPORT_CHANGE / query-chardev) and then leaves the
     // agent alone. The port needs a device id, or QEMU reports no VSERPORT_CHANGE.
@@ -297,7 +318,7 @@ fn agent_args(a: &mut Args, paths: &VmPaths) {
             path(&paths.agent_socket())
         ),
     );
-    a.push2("-device", "virtio-serial-pci,id=vser0");
+    a.push2("-device", format!("virtio-serial-pci,id=vser0{placed}"));
     a.push2(
         "-device",
         format!(
@@ -310,8 +331,8 @@ fn disk_args(
     a: &mut Args,
     bootindex: usize,
     disk: &Disk,
-    fds: Option<&DiskFds>,
-    block_device: bool,
+    (fds, block_device): (Option<&DiskFds>, bool),
+    placed: &str,
 ) {
     let node = &disk.id;
     let filename = match fds {
@@ -338,7 +359,7 @@ fn disk_args(
     a.push2("-blockdev", blockdev.to_string());
     a.push2(
         "-device",
-        format!("virtio-blk-pci,drive={node},id={node}-dev,bootindex={bootindex}"),
+        format!("virtio-blk-pci,drive={node},id={node}-dev,bootindex={bootindex}{placed}"),
     );
 }
 

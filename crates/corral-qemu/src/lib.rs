@@ -21,6 +21,7 @@ pub mod launch;
 pub mod live;
 pub mod migrate;
 pub mod nic;
+pub mod placement;
 pub mod probe;
 pub mod qmp;
 #[cfg(test)]

@@ -64,6 +64,21 @@ fn check_full(
     (incoming, machine_type): (bool, Option<&str>),
     block_devices: &[&str],
 ) {
+    // A migration's destination (a machine type given) places its devices as the source
+    // has them: here disk0 was hot-plugged, into slot 6 of pc's root bus.
+    let placements = machine_type.map(|_| {
+        let place = |bus: &str, slot| corral_api::PciPlace {
+            bus: bus.into(),
+            slot,
+            function: 0,
+        };
+        corral_qemu::placement::Placements::from([
+            ("vga0".to_string(), place("pci.0", 2)),
+            ("vser0".to_string(), place("pci.0", 3)),
+            ("balloon0".to_string(), place("pci.0", 4)),
+            ("disk0fd-dev".to_string(), place("pci.0", 6)),
+        ])
+    });
     // Disks whose id ends in "fd" are passed by descriptor (numbers as a launch would).
     let fds: Vec<DiskFds> = spec
         .disks
@@ -98,6 +113,7 @@ fn check_full(
         confinement,
         incoming,
         machine_type,
+        placements: placements.as_ref(),
         disk_fds: &fds,
         block_devices: &block_devices,
         nics: &nics,

@@ -191,7 +191,7 @@ impl Manager {
         exported: &[String],
     ) -> ApiResult<IncomingReady> {
         let running = self
-            .launch_qemu(&rec.spec, true, Some(&vm.machine_type))
+            .launch_qemu(&rec.spec, true, (Some(&vm.machine_type), Some(&vm.pci)))
             .await?;
         self.set_status(
             &rec.spec.name,
@@ -497,8 +497,21 @@ impl Manager {
             return;
         };
         let _lock = self.lock(vm).await;
+        // QEMU's last words, before its runtime dir goes with the arrival.
+        let said = self
+            .record(vm)
+            .map(|r| {
+                let log =
+                    corral_qemu::launch::read_log_since(&self.vm_paths(&r.spec).qemu_log(), 0);
+                log.lines().last().unwrap_or("no message").to_string()
+            })
+            .unwrap_or_default();
         match self.abort_arrival_locked(m.id).await {
-            Ok(()) => tracing::warn!(vm, "the arriving QEMU exited; migration {} given up", m.id),
+            Ok(()) => tracing::warn!(
+                vm,
+                "the arriving QEMU exited ({said}); migration {} given up",
+                m.id
+            ),
             Err(e) => tracing::error!(
                 vm,
                 "cannot give up migration {}: {}",

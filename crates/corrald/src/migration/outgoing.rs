@@ -158,6 +158,11 @@ impl Manager {
             nvram_b64,
             created_at: record.created_at,
             events: self.store.recent_events(name, 1000)?,
+            pci: corral_qemu::placement::read(
+                &running.qmp,
+                &corral_qemu::placement::pci_device_ids(&record.spec),
+            )
+            .await?,
         };
         let destination = self.ask_destination(&peer, &incoming, &mut checks).await;
         let report = PreflightReport {
@@ -556,7 +561,9 @@ impl Manager {
         progress.phase = "switch-over".into();
         crate::testpoint::reached("migration.switching").await;
         if !progress.postcopy {
-            self.finish_destination(plan, &progress).await?;
+            if let Err(e) = self.finish_destination(plan, &progress).await {
+                return Err(self.arrival_refused(plan, m, e).await);
+            }
         }
         self.commit_ownership(&plan.name, m, &plan.body)?;
         progress.phase = "cleanup".into();
@@ -586,6 +593,27 @@ impl Manager {
             "disk_bytes": progress.disk_transferred,
             "postcopy": progress.postcopy,
         }))
+    }
+
+    /// The destination answered the finish with a refusal (it gave the arrival up: its
+    /// QEMU could not load the state, or died): it never ran the guest and never will,
+    /// so the guest, paused here since the stream completed, resumes here.
+    async fn arrival_refused(&self, plan: &Plan, m: &MigrationRecord, e: ApiError) -> ApiError {
+        self.resume_here(&plan.name, &plan.running, plan.body.was_paused)
+            .await;
+        migrate::remove_tls_creds(&plan.running.qmp).await;
+        let _ = self.store.delete_migration(m.id);
+        let e = ApiError::Conflict {
+            message: format!(
+                "{} could not take the VM ({}); it runs here as before",
+                plan.body.destination_host,
+                crate::error::chain(&e)
+            ),
+            hint: Some("the destination's log says why its QEMU refused the state".into()),
+        };
+        self.events
+            .emit(Some(&plan.name), "migration", e.to_string());
+        e
     }
 
     /// Tells the destination to resume the guest, until it confirms. Past the commit

@@ -111,6 +111,7 @@ fn vm() -> IncomingVm {
         nvram_b64: None,
         created_at: 1,
         events: vec![],
+        pci: Default::default(),
     }
 }
 

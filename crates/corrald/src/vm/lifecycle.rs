@@ -52,7 +52,7 @@ impl Manager {
             })
             .transpose()?;
         let running = self
-            .launch_qemu(&record.spec, memory.is_some(), None)
+            .launch_qemu(&record.spec, memory.is_some(), (None, None))
             .await?;
         let started_at = now_secs();
         let status = |state| VmStatus {
@@ -99,7 +99,7 @@ impl Manager {
         &self,
         spec: &VmSpec,
         incoming: bool,
-        machine_type: Option<&str>,
+        (machine_type, placements): (Option<&str>, Option<&corral_qemu::placement::Placements>),
     ) -> ApiResult<Arc<Running>> {
         let paths = self.vm_paths(spec);
         prepare_runtime_dir(&paths.dir)?;
@@ -123,6 +123,7 @@ impl Manager {
             confinement: self.host.confinement,
             incoming,
             machine_type,
+            placements,
             disk_fds: &disk_fds,
             block_devices: &block_devices,
             nics: &nics.backends,
