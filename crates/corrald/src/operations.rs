@@ -215,6 +215,7 @@ impl Operations {
         let message = serde_json::json!({
             "id": op.id, "kind": op.kind, "target": op.target,
             "progress": op.progress, "state": op.state, "detail": op.detail,
+            "cancellable": op.cancellable,
         });
         self.events
             .stream_only(Some(&op.target), "progress", message.to_string());
@@ -244,14 +245,19 @@ impl OpHandle {
     /// operation refuses cancels, unless a cancel came first (then false, and the work
     /// must undo itself).
     pub fn commit_point(&self) -> bool {
-        let live = self.ops.lock();
-        let Some(l) = live.get(&self.id) else {
-            return false;
-        };
-        if *l.cancel.borrow() {
-            return false;
+        {
+            let live = self.ops.lock();
+            let Some(l) = live.get(&self.id) else {
+                return false;
+            };
+            if *l.cancel.borrow() {
+                return false;
+            }
+            // Under the lock a cancel checks: from here on it is refused.
+            l.tx.send_modify(|op| op.cancellable = false);
         }
-        l.tx.send_modify(|op| op.cancellable = false);
+        // Stored and told to followers like any change.
+        self.ops.update(self.id, |_| {});
         true
     }
 

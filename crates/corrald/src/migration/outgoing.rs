@@ -338,7 +338,7 @@ impl Manager {
         let result = self.transfer(&mut plan, &mut m, &mut handle, started).await;
         match result {
             Ok(progress) => {
-                let done = self.hand_over(&plan, &mut m, progress, started).await;
+                let done = self.hand_over(&plan, &mut m, &handle, progress, started).await;
                 handle.finish_with(done);
             }
             Err(e) => {
@@ -464,6 +464,7 @@ impl Manager {
             }
             progress.disk_transferred = mirrors.iter().map(|j| j.offset).sum();
             let len: u64 = mirrors.iter().map(|j| j.len).sum();
+            progress.disk_total = len;
             handle.detail(
                 percent(progress.disk_transferred, len) * 0.5,
                 detail(progress),
@@ -555,10 +556,12 @@ impl Manager {
         &self,
         plan: &Plan,
         m: &mut MigrationRecord,
+        handle: &OpHandle,
         mut progress: MigrationProgress,
         started: Instant,
     ) -> ApiResult<serde_json::Value> {
         progress.phase = "switch-over".into();
+        handle.detail(96.0, detail(&progress));
         crate::testpoint::reached("migration.switching").await;
         if !progress.postcopy {
             if let Err(e) = self.finish_destination(plan, &progress).await {
@@ -567,13 +570,14 @@ impl Manager {
         }
         self.commit_ownership(&plan.name, m, &plan.body)?;
         progress.phase = "cleanup".into();
+        handle.detail(98.0, detail(&progress));
         crate::testpoint::reached("migration.cleanup").await;
         self.clean_up_departed(&plan.name, &plan.body).await;
         let _ = self.store.delete_migration(m.id);
         progress.phase = "done".into();
         progress.total_ms = Some(started.elapsed().as_millis() as u64);
         self.events.emit(
-            None,
+            Some(&plan.name),
             "migration",
             format!(
                 "VM '{}' migrated to {} in {} ms (guest paused {} ms)",
