@@ -254,6 +254,10 @@ pub struct IncomingVm {
     /// Each PCI device's place on the source, by device id.
     #[serde(default)]
     pub pci: std::collections::BTreeMap<String, PciPlace>,
+    /// The images (`corral image`) the copied disks read through, recorded on the
+    /// destination too when it lacks them.
+    #[serde(default)]
+    pub images: Vec<crate::storage::Image>,
 }
 
 /// The destination's answer to `POST /api/v1/migrations/preflight`: who it is and each
@@ -276,15 +280,32 @@ pub struct PciPlace {
     pub function: u8,
 }
 
-/// A read-only image under a copied disk's top: sent whole before the mirror starts
-/// (the top alone is mirrored), skipped when the destination holds the same bytes.
+/// A read-only image under a copied disk's top (a snapshot's frozen image, the volume's
+/// base image, the user's `--image` file): sent whole before the mirror starts (the top
+/// alone is mirrored), skipped when the destination holds the same bytes there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ChainFile {
     pub disk: String,
-    /// Where it is on the source (and will be on the destination: same pool path).
+    /// Where it is on the source.
     pub path: String,
+    /// The pool it lies in on the source (it goes into the destination's pool of that
+    /// name); none for a file outside every pool (the user's), which the destination
+    /// must already have at the same path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     pub size_bytes: u64,
+    pub format: crate::DiskFormat,
+    /// SHA-256 of its bytes; empty in a pre-flight (hashing takes time).
+    #[serde(default)]
     pub sha256: String,
+}
+
+/// The destination's answer to `POST /api/v1/migrations/incoming`: the chain files it
+/// lacks (their source paths), to be sent with `PUT /api/v1/migrations/{id}/files/{n}`
+/// (`n` their index in the request's `chain_files`) before `POST …/start`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct IncomingPrepared {
+    pub needed: Vec<usize>,
 }
 
 /// The destination is ready: QEMU waits for the stream here, disks are exported.
@@ -298,9 +319,6 @@ pub struct IncomingReady {
     /// PEM: the migration's own CA, and a client certificate and key it signed, for the
     /// source QEMU's TLS (the destination's QEMU verifies the client).
     pub tls: MigrationTls,
-    /// Chain files the destination already has (same SHA-256): not sent.
-    #[serde(default)]
-    pub chain_files_present: Vec<String>,
 }
 
 /// A migration's TLS material for the source: made fresh by the destination for this

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use corral_api::ErrorBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Bytes;
 use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request};
@@ -134,6 +134,34 @@ impl Peer {
         self.decode(&reply)
     }
 
+    /// `PUT` of a whole file as the request body, streamed (never all in memory). The
+    /// time limit grows with the file: at least the peer's, plus a second per 16 MiB.
+    pub async fn put_file<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        file: &std::path::Path,
+    ) -> Result<T, PeerError> {
+        let io = |e: std::io::Error| PeerError::Request {
+            url: self.url.clone(),
+            message: format!("{}: {e}", file.display()),
+        };
+        let f = tokio::fs::File::open(file).await.map_err(io)?;
+        let size = f.metadata().await.map_err(io)?.len();
+        let limit = self.timeout + Duration::from_secs(size / (16 << 20));
+        let body = file_body(f);
+        let exchange = self.exchange_body(Method::PUT, path, body, "application/octet-stream");
+        let reply = match tokio::time::timeout(limit, exchange).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(PeerError::Timeout {
+                    url: self.url.clone(),
+                    after: limit,
+                })
+            }
+        };
+        self.decode(&reply)
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -155,6 +183,20 @@ impl Peer {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, PeerError> {
+        let body = Full::new(Bytes::from(body.unwrap_or_default()))
+            .map_err(|never| match never {})
+            .boxed();
+        self.exchange_body(method, path, body, "application/json")
+            .await
+    }
+
+    async fn exchange_body(
+        &self,
+        method: Method,
+        path: &str,
+        body: BoxBody,
+        content_type: &str,
+    ) -> Result<Bytes, PeerError> {
         let (stream, _) = tls::connect(&self.host, self.port, Some(&self.fingerprint)).await?;
         let lost = |source| PeerError::Lost {
             url: self.url.clone(),
@@ -173,8 +215,8 @@ impl Peer {
             .header(HOST, format!("{}:{}", self.host, self.port))
             .header(AUTHORIZATION, format!("Bearer {}", self.token))
             .header(ACCEPT, "application/json")
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .header(CONTENT_TYPE, content_type)
+            .body(body)
             .map_err(|e| PeerError::Request {
                 url: self.url.clone(),
                 message: e.to_string(),
@@ -216,4 +258,23 @@ impl Peer {
             source,
         })
     }
+}
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// A file as a request body, read a MiB at a time.
+fn file_body(file: tokio::fs::File) -> BoxBody {
+    use tokio::io::AsyncReadExt;
+    let chunks = futures_util::stream::unfold(file, |mut f| async move {
+        let mut buf = vec![0u8; 1 << 20];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(hyper::body::Frame::data(Bytes::from(buf))), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    StreamBody::new(chunks).boxed()
 }

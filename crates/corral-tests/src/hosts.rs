@@ -25,6 +25,48 @@ pub struct Hosts {
     pub switch: NetNs,
     /// Each host's admin token and certificate fingerprint.
     creds: Vec<(String, String)>,
+    _dhcp: Option<Dhcp>,
+}
+
+/// dnsmasq on the switch's bridge, for guests on the hosts' LAN.
+struct Dhcp {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Dhcp {
+    fn start(switch: &NetNs) -> Dhcp {
+        switch.exec_ok(&["ip", "addr", "add", "10.88.0.254/24", "dev", "br0"]);
+        let dir = tempfile::tempdir().unwrap();
+        let leases = dir.path().join("leases");
+        let child = switch
+            .command("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--user=root",
+            ])
+            .args(["--interface=br0", "--bind-interfaces", "--no-resolv"])
+            .args([
+                "--dhcp-range=10.88.0.100,10.88.0.199,12h",
+                "--dhcp-authoritative",
+            ])
+            .arg(format!("--dhcp-leasefile={}", leases.display()))
+            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Dhcp { child, _dir: dir }
+    }
+}
+
+impl Drop for Dhcp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Hosts {
@@ -35,6 +77,18 @@ impl Hosts {
 
     /// Like [`Hosts::new`]; host `i` gets the environment `env[i]` (when given).
     pub fn with_env(tag: &str, n: usize, env: &[&[(&str, &str)]]) -> Hosts {
+        Self::build(tag, n, env, false)
+    }
+
+    /// Hosts whose uplink is a Linux bridge `br-lan` (holding the host's address), so
+    /// that VMs with `--network bridge=br-lan` on any host share one LAN with the
+    /// switch, which has 10.88.0.254 and hands out addresses by DHCP (dnsmasq) from
+    /// 10.88.0.100: a guest keeps its address wherever it runs.
+    pub fn with_lan(tag: &str, n: usize) -> Hosts {
+        Self::build(tag, n, &[], true)
+    }
+
+    fn build(tag: &str, n: usize, env: &[&[(&str, &str)]], lan: bool) -> Hosts {
         let switch = NetNs::new(&format!("{tag}-sw"));
         switch.exec_ok(&["ip", "link", "add", "br0", "type", "bridge"]);
         switch.exec_ok(&["ip", "link", "set", "br0", "up"]);
@@ -49,7 +103,15 @@ impl Hosts {
             switch.exec_ok(&["ip", "link", "set", &port, "master", "br0"]);
             switch.exec_ok(&["ip", "link", "set", &port, "up"]);
             let addr = format!("10.88.0.{}", i + 1);
-            ns.exec_ok(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+            let uplink = if lan {
+                ns.exec_ok(&["ip", "link", "add", "br-lan", "type", "bridge"]);
+                ns.exec_ok(&["ip", "link", "set", "eth0", "master", "br-lan"]);
+                ns.exec_ok(&["ip", "link", "set", "br-lan", "up"]);
+                "br-lan"
+            } else {
+                "eth0"
+            };
+            ns.exec_ok(&["ip", "addr", "add", &format!("{addr}/24"), "dev", uplink]);
             ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
             let listen = format!("{addr}:8443");
             let args = [
@@ -68,10 +130,12 @@ impl Hosts {
                 switch_port: port,
             });
         }
+        let dhcp = lan.then(|| Dhcp::start(&switch));
         let mut all = Hosts {
             hosts,
             switch,
             creds: Vec::new(),
+            _dhcp: dhcp,
         };
         all.creds = all.introduce();
         all

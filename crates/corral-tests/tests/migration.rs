@@ -802,3 +802,116 @@ fn hot_plugged_devices_keep_their_places() {
             .wait_console(vm, "WROTE-2", Duration::from_secs(30));
     }
 }
+
+/// Writes `text` at the start of the guest's first disk, synced.
+fn guest_writes(h: &Host, vm: &str, text: &str) {
+    h.daemon
+        .guest_run(vm, &format!("printf {text} > /dev/vda; sync"));
+}
+
+/// What the VM's disk reads (through its whole chain) at its start: `n` bytes.
+fn disk_head(h: &Host, vm: &str, n: usize) -> String {
+    let path = h.daemon.vm(vm)["spec"]["disks"][0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    corral_tests::image_head(&path, n)
+}
+
+/// A disk with snapshots (a chain of images, in a pool that lies elsewhere on the
+/// destination) and one made from a `corral image` keep their shape: the images below
+/// the top are sent whole (repointed to where they lie there) and only the top is
+/// mirrored; the snapshots move with the VM and revert there; nothing stays behind.
+#[test]
+fn a_disk_with_snapshots_or_a_base_image_moves_with_its_chain() {
+    let hosts = Hosts::new("mchain", 2);
+    let (a, b) = (hosts.host(0), hosts.host(1));
+    boot(a, "snap", "size=32M");
+    guest_writes(a, "snap", "one");
+    a.daemon.ok(&["snapshot", "create", "snap", "s1"]);
+    guest_writes(a, "snap", "two");
+    a.daemon.ok(&["snapshot", "create", "snap", "s2"]);
+    guest_writes(a, "snap", "tri");
+    // A linked clone of an image: its disk reads through the image.
+    a.daemon.ok(&["volume", "create", "gold", "--size", "32M"]);
+    a.daemon
+        .ok(&["image", "create", "base", "--from-volume", "gold"]);
+    let (k, i) = guest();
+    a.daemon.ok(&[
+        "create",
+        "linked",
+        "--image",
+        "base",
+        "--memory",
+        "256M",
+        "--network",
+        "none",
+        "--start",
+        "--kernel",
+        &k.display().to_string(),
+        "--initrd",
+        &i.display().to_string(),
+        "--cmdline",
+        GUEST_CMDLINE,
+    ]);
+    a.daemon.wait_console("linked", "CORRAL-GUEST-READY", BOOT);
+    guest_writes(a, "linked", "lnk");
+
+    for vm in ["snap", "linked"] {
+        let report = a.daemon.json(&["migrate", vm, "--to", "h1", "--dry-run"]);
+        assert_eq!(report["ok"], true, "{vm}: {report}");
+        let op = migrate(a, vm, "h1", &[]);
+        assert_eq!(op["state"], "succeeded", "{vm}: {op}");
+        assert_one_qemu(&hosts, &uuid_of(b, vm), 1);
+    }
+    assert_eq!(disk_head(b, "snap", 3), "tri");
+    assert_eq!(disk_head(b, "linked", 3), "lnk");
+    // The snapshots came along, with their data, and revert there.
+    let tree = b.daemon.json(&["snapshot", "list", "snap"]);
+    let names: Vec<&str> = tree["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["s1", "s2"], "{tree}");
+    // (Reverting a running VM starts it again from the snapshot.)
+    let boots = b
+        .daemon
+        .console_log("snap")
+        .matches("CORRAL-GUEST-READY")
+        .count();
+    b.daemon.ok(&["snapshot", "revert", "snap", "s1"]);
+    assert_eq!(disk_head(b, "snap", 3), "one");
+    let deadline = Instant::now() + BOOT;
+    while b
+        .daemon
+        .console_log("snap")
+        .matches("CORRAL-GUEST-READY")
+        .count()
+        <= boots
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            b.daemon.console_log("snap")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The image is known there too (its linked clone reads through it), and stays
+    // here (others may be made from it): only the VMs' own files left this host.
+    assert_eq!(b.daemon.json(&["image", "show", "base"])["name"], "base");
+    assert_eq!(a.daemon.json(&["image", "show", "base"])["name"], "base");
+    let left: Vec<String> = a
+        .pool_files()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.iter()
+            .all(|f| f.starts_with("base") || f.starts_with("gold")),
+        "{left:?}"
+    );
+    b.daemon.assert_pool_clean("default");
+    a.daemon.assert_pool_clean("default");
+}

@@ -6,8 +6,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use corral_api::{
-    FinishIncoming, IncomingPreflight, IncomingReady, IncomingStatus, IncomingVm, MigrateRequest,
-    Operation, PreflightReport, ProbeCertificate, ProbedCertificate,
+    FinishIncoming, IncomingPreflight, IncomingPrepared, IncomingReady, IncomingStatus, IncomingVm,
+    MigrateRequest, Operation, PreflightReport, ProbeCertificate, ProbedCertificate,
 };
 use uuid::Uuid;
 
@@ -43,14 +43,44 @@ pub async fn preflight(
 }
 
 #[utoipa::path(post, path = "/api/v1/migrations/incoming", request_body = IncomingVm,
-    responses((status = 201, body = IncomingReady), (status = 400, body = corral_api::ErrorBody)))]
+    responses((status = 201, body = IncomingPrepared), (status = 400, body = corral_api::ErrorBody)))]
 pub async fn prepare(
     State(mgr): State<AppState>,
     JsonBody(vm): JsonBody<IncomingVm>,
 ) -> ApiResult<Response> {
     corral_api::validate_name("spec.name", &vm.spec.name)?;
-    let ready = mgr.incoming_prepare(vm).await?;
-    Ok((StatusCode::CREATED, Json(ready)).into_response())
+    let prepared = mgr.incoming_prepare(vm).await?;
+    Ok((StatusCode::CREATED, Json(prepared)).into_response())
+}
+
+#[utoipa::path(put, path = "/api/v1/migrations/{id}/files/{index}",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, description = "the chain file arrived whole and is in place"),
+              (status = 409, body = corral_api::ErrorBody)))]
+pub async fn receive_file(
+    State(mgr): State<AppState>,
+    Path((id, index)): Path<(String, String)>,
+    body: axum::body::Body,
+) -> ApiResult<Json<serde_json::Value>> {
+    let index: usize = index.parse().map_err(|_| {
+        ApiError::from(corral_api::ValidationError::new(
+            "index",
+            format!("'{index}' is not a chain file's index"),
+        ))
+    })?;
+    mgr.receive_chain_file(migration_id(&id)?, index, body)
+        .await?;
+    Ok(Json(serde_json::json!({ "received": index })))
+}
+
+#[utoipa::path(post, path = "/api/v1/migrations/{id}/start",
+    responses((status = 200, body = IncomingReady), (status = 409, body = corral_api::ErrorBody)))]
+pub async fn start(
+    State(mgr): State<AppState>,
+    Path(id): Path<String>,
+    OptionalJsonBody(_): OptionalJsonBody<serde_json::Value>,
+) -> ApiResult<Json<IncomingReady>> {
+    Ok(Json(mgr.incoming_start(migration_id(&id)?).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/migrations/{id}",
@@ -115,4 +145,11 @@ pub async fn probe_certificate(
         url: req.url,
         fingerprint,
     }))
+}
+
+/// What one corrald may send another in one JSON body: a VM's events, its console log
+/// (up to `--console-log-limit`) and UEFI variables, base64; far more than the 2 MiB
+/// other requests may carry.
+pub fn body_limit() -> axum::extract::DefaultBodyLimit {
+    axum::extract::DefaultBodyLimit::max(64 << 20)
 }

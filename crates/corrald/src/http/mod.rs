@@ -18,7 +18,7 @@ use axum::extract::{Path, Query, State};
 use std::convert::Infallible;
 
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use corral_api::{Event, HostInfo, Operation, VmState};
 use serde::Deserialize;
@@ -57,14 +57,29 @@ pub fn router(mgr: Arc<Manager>) -> Router {
         )
         .route("/api/v1/vms/{name}/start", post(vms::start))
         .route("/api/v1/vms/{name}/migrate", post(migrations::migrate))
-        .route("/api/v1/migrations/preflight", post(migrations::preflight))
+        // An arriving VM brings its events, console log and UEFI variables along.
+        .route(
+            "/api/v1/migrations/preflight",
+            post(migrations::preflight).layer(migrations::body_limit()),
+        )
         .route(
             "/api/v1/host/probe-certificate",
             post(migrations::probe_certificate),
         )
-        .route("/api/v1/migrations/incoming", post(migrations::prepare))
+        .route(
+            "/api/v1/migrations/incoming",
+            post(migrations::prepare).layer(migrations::body_limit()),
+        )
         .route("/api/v1/migrations/{id}", get(migrations::status))
-        .route("/api/v1/migrations/{id}/finish", post(migrations::finish))
+        .route(
+            "/api/v1/migrations/{id}/files/{index}",
+            put(migrations::receive_file),
+        )
+        .route("/api/v1/migrations/{id}/start", post(migrations::start))
+        .route(
+            "/api/v1/migrations/{id}/finish",
+            post(migrations::finish).layer(migrations::body_limit()),
+        )
         .route("/api/v1/migrations/{id}/abort", post(migrations::abort))
         .route("/api/v1/vms/{name}/clone", post(vms::clone))
         .route("/api/v1/vms/{name}/stop", post(vms::stop))

@@ -79,6 +79,8 @@ use super::{
         migrations::migrate,
         migrations::preflight,
         migrations::prepare,
+        migrations::receive_file,
+        migrations::start,
         migrations::status,
         migrations::finish,
         migrations::abort,

@@ -1,23 +1,22 @@
 //! The destination's half: pre-flight against this host, the arriving VM prepared (its
-//! records, empty images for copied disks, QEMU waiting with `-incoming defer` on the
-//! source's machine type, TLS, NBD exports), then the source's word: `finish` (resume
-//! the guest here) or `abort` (nothing of it left here, and it never ran here).
+//! records and images, arrival.rs), then the source's word: `finish` (resume the guest
+//! here) or `abort` (nothing of it left here, and it never ran here).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
 use corral_api::{
-    DiskTransfer, FinishIncoming, IncomingPhase, IncomingPreflight, IncomingReady, IncomingStatus,
-    IncomingVm, NetworkKind, PreflightCheck, ValidationError, VmState, VmStatus, Volume,
+    DiskTransfer, FinishIncoming, IncomingPhase, IncomingPreflight, IncomingPrepared,
+    IncomingStatus, IncomingVm, NetworkKind, PreflightCheck, ValidationError, VmState, VmStatus,
 };
-use corral_qemu::migrate::{self, Endpoint, Tuning};
+use corral_qemu::migrate::{self, Tuning};
 use corral_store::{MigrationRole, VmRecord};
 use uuid::Uuid;
 
 use super::preflight::{self, DestFacts};
-use super::{body_of, phase, record, tls, IncomingBody};
+use super::{body_of, phase, record, IncomingBody};
 use crate::clock::now_secs;
 use crate::error::{ApiError, ApiResult};
 use crate::revert::Reverter;
@@ -104,9 +103,10 @@ impl Manager {
         })
     }
 
-    /// `POST /api/v1/migrations/incoming`: makes the arriving VM's records and disks and
-    /// a QEMU waiting for the source's stream. On any failure nothing is left.
-    pub async fn incoming_prepare(&self, vm: IncomingVm) -> ApiResult<IncomingReady> {
+    /// `POST /api/v1/migrations/incoming`: makes the arriving VM's records and disks
+    /// (on their chains; the chain files this host lacks are listed, to be sent next).
+    /// On any failure nothing is left.
+    pub async fn incoming_prepare(&self, vm: IncomingVm) -> ApiResult<IncomingPrepared> {
         let name = vm.spec.name.clone();
         let _lock = self.lock(&name).await;
         if let Some(failed) = self
@@ -119,22 +119,24 @@ impl Manager {
             return Err(refusal(&failed));
         }
         let mut undo = Reverter::new();
-        let (spec, volumes, made) = self.arriving_disks(&vm, &mut undo).await?;
-        let mut spec = spec;
-        spec.nvram = self.arriving_nvram(&vm, &mut undo)?;
-        let exported: Vec<String> = vm
-            .disks
-            .iter()
-            .filter(|p| p.transfer == DiskTransfer::Copy)
-            .map(|p| p.disk.clone())
-            .collect();
+        let arriving = self.arriving(&vm, &mut undo).await?;
         let body = IncomingBody {
             source: vm.source.clone(),
-            made,
-            exported: exported.clone(),
-            volumes: volumes.iter().map(|v| v.name.clone()).collect(),
+            made: arriving.made,
+            exported: vm
+                .disks
+                .iter()
+                .filter(|p| p.transfer == DiskTransfer::Copy)
+                .map(|p| p.disk.clone())
+                .collect(),
+            volumes: arriving.volumes.iter().map(|v| v.name.clone()).collect(),
             started_at: vm.status.started_at,
             was_paused: vm.status.state == VmState::Paused,
+            needed: arriving.needed,
+            machine_type: vm.machine_type.clone(),
+            pci: vm.pci.clone(),
+            destination_address: vm.destination_address.clone(),
+            postcopy: vm.postcopy,
         };
         let status = VmStatus {
             state: VmState::Incoming,
@@ -144,7 +146,7 @@ impl Manager {
             accel: vm.status.accel.clone(),
         };
         let rec = VmRecord {
-            spec,
+            spec: arriving.spec,
             status,
             created_at: vm.created_at,
         };
@@ -155,23 +157,20 @@ impl Manager {
             phase::RECEIVING,
             &body,
         )?;
-        self.store
-            .insert_incoming_vm(&rec, &volumes, &[], &vm.snapshots, &m)?;
+        self.store.insert_incoming_vm(
+            &rec,
+            &arriving.volumes,
+            &arriving.images,
+            &arriving.tree,
+            &m,
+        )?;
+        undo.commit();
         // Its history first, then what happens to it here.
         for e in &vm.events {
             let _ = self
                 .store
                 .append_event(Some(&name), &e.kind, &e.message, e.time_ms);
         }
-        let ready = self.listen_for(&vm, &rec, &exported).await;
-        if ready.is_err() {
-            // The records and disks go with the reverter; QEMU first.
-            self.end_arrival(&name).await;
-            let _ = self.store.remove_migrated_vm(&name, &body.volumes, &m);
-            let _ = self.store.delete_migration(vm.id);
-            return ready;
-        }
-        undo.commit();
         crate::testpoint::reached("migration.incoming.prepared").await;
         self.nics_changed(&rec.spec.nics).await;
         self.events.emit(
@@ -179,133 +178,9 @@ impl Manager {
             "migration",
             format!("arriving from {} (migration {})", vm.source, vm.id),
         );
-        ready
-    }
-
-    /// Starts QEMU waiting for the stream: TLS credentials loaded (and their files
-    /// removed again), NBD exports for the copied disks, the migration listener.
-    async fn listen_for(
-        &self,
-        vm: &IncomingVm,
-        rec: &VmRecord,
-        exported: &[String],
-    ) -> ApiResult<IncomingReady> {
-        let running = self
-            .launch_qemu(&rec.spec, true, (Some(&vm.machine_type), Some(&vm.pci)))
-            .await?;
-        self.set_status(
-            &rec.spec.name,
-            VmStatus {
-                pid: Some(running.pid),
-                ..rec.status.clone()
-            },
-        )?;
-        let material = tls::make(std::slice::from_ref(&vm.destination_address))?;
-        let confinement = self.host.confinement;
-        let dir = tls::install(
-            &running.paths.dir,
-            &tls::server_files(&material),
-            confinement.run_as,
-            confinement.chroot,
-        )?;
-        let loaded = migrate::add_tls_creds(&running.qmp, &dir, Endpoint::Server).await;
-        tls::remove(&running.paths.dir);
-        loaded?;
-        migrate::configure(&running.qmp, &tuning(vm.postcopy)).await?;
-        let addr = listen_address(&vm.destination_address);
-        let nbd_port = match exported.is_empty() {
-            true => None,
-            false => {
-                let port = free_port(&addr)?;
-                migrate::nbd_serve(&running.qmp, &addr, port).await?;
-                for disk in exported {
-                    migrate::nbd_export(&running.qmp, disk, disk).await?;
-                }
-                Some(port)
-            }
-        };
-        let migration_port = free_port(&addr)?;
-        migrate::listen(&running.qmp, &addr, migration_port).await?;
-        Ok(IncomingReady {
-            migration_port,
-            nbd_port,
-            tls: material.client,
-            chain_files_present: Vec::new(),
+        Ok(IncomingPrepared {
+            needed: body.needed.iter().map(|n| n.index).collect(),
         })
-    }
-
-    /// The VM's spec as it will be here, its volume records, and the files made for
-    /// copied disks (empty images the mirrors fill), each removed again on failure.
-    async fn arriving_disks(
-        &self,
-        vm: &IncomingVm,
-        undo: &mut Reverter,
-    ) -> ApiResult<(corral_api::VmSpec, Vec<Volume>, Vec<String>)> {
-        let mut spec = vm.spec.clone();
-        let mut volumes = Vec::new();
-        let mut made = Vec::new();
-        for disk in spec.disks.iter_mut() {
-            let plan = vm.disks.iter().find(|p| p.disk == disk.id);
-            let volume = disk
-                .volume
-                .as_ref()
-                .and_then(|v| vm.volumes.iter().find(|vol| &vol.name == v))
-                .cloned();
-            if plan.map(|p| p.transfer) == Some(DiskTransfer::Copy) {
-                let Some(mut vol) = volume else {
-                    return Err(ApiError::Internal(format!(
-                        "disk {} is copied but has no volume",
-                        disk.id
-                    )));
-                };
-                let pool = self
-                    .store
-                    .get_pool(&vol.pool)?
-                    .ok_or_else(|| ApiError::NotFound {
-                        kind: "pool",
-                        name: vol.pool.clone(),
-                    })?;
-                let path = arriving_path(&pool, &disk.path)?;
-                corral_storage::create_qcow2(&path, disk.size_bytes).await?;
-                let p = path.clone();
-                undo.add(move || {
-                    let _ = std::fs::remove_file(p);
-                });
-                disk.path = path.display().to_string();
-                disk.format = corral_api::DiskFormat::Qcow2;
-                vol.path = disk.path.clone();
-                vol.format = corral_api::DiskFormat::Qcow2;
-                made.push(disk.path.clone());
-                volumes.push(vol);
-            } else if let Some(vol) = volume {
-                volumes.push(vol);
-            }
-        }
-        Ok((spec, volumes, made))
-    }
-
-    /// A UEFI VM's variable store, written from the source's copy.
-    fn arriving_nvram(&self, vm: &IncomingVm, undo: &mut Reverter) -> ApiResult<Option<String>> {
-        let Some(b64) = &vm.nvram_b64 else {
-            return Ok(None);
-        };
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|e| ApiError::BadBody(format!("nvram_b64: {e}")))?;
-        let dir = self.cfg.state_dir.join("nvram");
-        let io = |e: std::io::Error| ApiError::Internal(format!("{}: {e}", dir.display()));
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let path = dir.join(format!(
-            "{}-{}.fd",
-            vm.spec.name,
-            &vm.spec.uuid.simple().to_string()[..8]
-        ));
-        std::fs::write(&path, bytes).map_err(io)?;
-        let p = path.clone();
-        undo.add(move || {
-            let _ = std::fs::remove_file(p);
-        });
-        Ok(Some(path.display().to_string()))
     }
 
     /// `GET /api/v1/migrations/{id}`: where this host's side of a migration is.
@@ -437,6 +312,14 @@ impl Manager {
         self.set_phase_removing(&mut m, &body)?;
         for f in &body.made {
             let _ = corral_storage::remove_volume(Path::new(f));
+        }
+        // Chain files cut off mid-way.
+        for n in &body.needed {
+            let dest = Path::new(&n.dest);
+            if let Some(name) = dest.file_name().and_then(|f| f.to_str()) {
+                let partial = format!(".corral-arriving-{}-{name}", id.simple());
+                let _ = std::fs::remove_file(dest.with_file_name(partial));
+            }
         }
         if let Some(spec) = spec {
             if let Some(nvram) = &spec.nvram {
@@ -592,6 +475,12 @@ fn files_seen(vm: &IncomingVm) -> BTreeMap<String, u64> {
         wanted.extend(k.initrd.as_deref());
     }
     wanted.extend(vm.spec.cdrom.as_deref());
+    wanted.extend(
+        vm.chain_files
+            .iter()
+            .filter(|f| f.pool.is_none())
+            .map(|f| f.path.as_str()),
+    );
     for d in &vm.spec.disks {
         let shared = vm
             .disks
@@ -605,33 +494,4 @@ fn files_seen(vm: &IncomingVm) -> BTreeMap<String, u64> {
         .into_iter()
         .filter_map(|f| std::fs::metadata(f).ok().map(|m| (f.to_string(), m.len())))
         .collect()
-}
-
-/// Where a copied disk's image goes: the same file name in this host's pool.
-fn arriving_path(pool: &corral_api::PoolSpec, source: &str) -> ApiResult<PathBuf> {
-    let dir = pool
-        .path
-        .as_deref()
-        .ok_or_else(|| ApiError::Internal(format!("pool {} has no directory", pool.name)))?;
-    let name = Path::new(source)
-        .file_name()
-        .ok_or_else(|| ApiError::Internal(format!("{source} has no file name")))?;
-    Ok(Path::new(dir).join(name))
-}
-
-/// The address QEMU listens on: the one the source dials, when it is one of this
-/// host's; otherwise every address (the TLS client certificate still guards it).
-fn listen_address(dialed: &str) -> String {
-    match dialed.parse::<std::net::IpAddr>() {
-        Ok(ip) if std::net::TcpListener::bind((ip, 0)).is_ok() => ip.to_string(),
-        _ => "0.0.0.0".to_string(),
-    }
-}
-
-/// A TCP port free on `addr` right now, for QEMU to listen on.
-fn free_port(addr: &str) -> ApiResult<u16> {
-    std::net::TcpListener::bind((addr, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| ApiError::Internal(format!("no free port on {addr}: {e}")))
 }

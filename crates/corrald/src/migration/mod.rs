@@ -10,6 +10,8 @@
 //! records its phase, so a daemon killed at any point finishes or undoes its half when
 //! it starts again (recovery.rs).
 
+mod arrival;
+mod chain;
 mod incoming;
 mod outgoing;
 mod preflight;
@@ -87,6 +89,17 @@ pub(crate) struct IncomingBody {
     /// The guest's start time on the source, kept as its uptime's start.
     pub started_at: Option<u64>,
     pub was_paused: bool,
+    /// Chain files this host lacks, to arrive before QEMU starts.
+    #[serde(default)]
+    pub needed: Vec<arrival::Needed>,
+    /// What QEMU starts with here (`start`): the source's exact machine type and device
+    /// places, the address the source dials, post-copy allowed.
+    pub machine_type: String,
+    #[serde(default)]
+    pub pci: std::collections::BTreeMap<String, corral_api::PciPlace>,
+    pub destination_address: String,
+    #[serde(default)]
+    pub postcopy: bool,
 }
 
 fn record<B: Serialize>(

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use corral_api::{
-    DiskPlan, DiskTransfer, FinishIncoming, IncomingPreflight, IncomingReady, IncomingStatus,
-    IncomingVm, MigrateRequest, MigrationProgress, Operation, Postcopy, PreflightCheck,
-    PreflightReport, ValidationError, VmAction, VmState, VmStatus,
+    DiskPlan, DiskTransfer, FinishIncoming, IncomingPreflight, IncomingPrepared, IncomingReady,
+    IncomingStatus, IncomingVm, MigrateRequest, MigrationProgress, Operation, Postcopy,
+    PreflightCheck, PreflightReport, ValidationError, VmAction, VmState, VmStatus,
 };
 use corral_client::Peer;
 use corral_qemu::migrate::{self, Endpoint, MigrationInfo, Tuning};
@@ -57,6 +57,8 @@ pub(crate) struct Plan {
     /// (disk id, its top node) of each mirrored disk.
     pub mirrors: Vec<(String, String)>,
     pub disk_bytes: u64,
+    /// Bytes of the chain files in pools (sent if the destination lacks them).
+    pub chain_bytes: u64,
     /// This host's ends of the TCP connections QEMU streams over (memory, each
     /// mirror): shut down to end a hung transfer at once.
     pub links: Vec<std::net::TcpStream>,
@@ -122,7 +124,7 @@ impl Manager {
             .map_err(|e| ValidationError::new("destination.url", e.to_string()))?
             .with_timeout(PEER_TIMEOUT);
         let mut checks = Vec::new();
-        let (disks, body_disks) = self.disk_plans(&record, &mut checks).await?;
+        let (disks, body_disks) = self.disk_plans(&record).await?;
         let tree = self.store.snapshot_tree(name)?;
         if tree.snapshots.iter().any(|s| s.memory.is_some()) {
             checks.push(PreflightCheck::fail(
@@ -130,6 +132,33 @@ impl Manager {
                 "snapshots",
                 "the VM has snapshots with memory state, which cannot move yet",
                 "delete them (`corral snapshot delete`), or keep the VM here",
+            ));
+        }
+        for v in &body_disks.volume_records {
+            if let Some(base) = &v.base_snapshot {
+                let i = record
+                    .spec
+                    .disks
+                    .iter()
+                    .position(|d| d.volume.as_deref() == Some(&v.name))
+                    .unwrap_or(0);
+                checks.push(PreflightCheck::fail(
+                    "disk",
+                    format!("disks[{i}]"),
+                    format!(
+                        "volume {} is a linked clone of VM {}'s snapshot {}, which stays here",
+                        v.name, base.vm, base.snapshot
+                    ),
+                    "make a full clone (`corral clone` without --linked) to move",
+                ));
+            }
+        }
+        if tree.snapshots.iter().any(|s| s.nvram.is_some()) {
+            checks.push(PreflightCheck::fail(
+                "snapshots",
+                "snapshots",
+                "the VM's snapshots keep copies of its UEFI variables, which cannot move yet",
+                "delete the snapshots (`corral snapshot delete`), or keep the VM here",
             ));
         }
         let nvram_b64 = match &record.spec.nvram {
@@ -154,7 +183,8 @@ impl Manager {
             pools: self.store.list_pools()?,
             disks: disks.clone(),
             snapshots: tree,
-            chain_files: Vec::new(),
+            chain_files: body_disks.chain.clone(),
+            images: body_disks.images.clone(),
             nvram_b64,
             created_at: record.created_at,
             events: self.store.recent_events(name, 1000)?,
@@ -206,21 +236,22 @@ impl Manager {
             body,
             mirrors: body_disks.mirrors,
             disk_bytes: body_disks.bytes,
+            chain_bytes: body_disks.chain_bytes,
             links: Vec::new(),
         };
         Ok((report, Some(plan)))
     }
 
     /// How each disk gets there: shared pools and files attached by path are opened
-    /// there as they are; disks on this host's own pools are mirrored.
+    /// there as they are; disks on this host's own pools are mirrored (their top; the
+    /// files below it are listed, to be sent whole).
     async fn disk_plans(
         &self,
         record: &corral_store::VmRecord,
-        checks: &mut Vec<PreflightCheck>,
     ) -> ApiResult<(Vec<DiskPlan>, SourceDisks)> {
         let mut plans = Vec::new();
         let mut out = SourceDisks::default();
-        for (i, disk) in record.spec.disks.iter().enumerate() {
+        for disk in &record.spec.disks {
             let volume = match &disk.volume {
                 Some(v) => self.store.get_volume(v)?,
                 None => None,
@@ -235,18 +266,26 @@ impl Manager {
             };
             let mut bytes = 0;
             if transfer == DiskTransfer::Copy {
-                let chain = corral_storage::qemu_img::backing_chain(Path::new(&disk.path));
-                if let Some(base) = chain.first() {
-                    checks.push(PreflightCheck::fail(
-                        "disk",
-                        format!("disks[{i}]"),
-                        format!(
-                            "disk {} reads through {} (snapshots or a base image); only standalone images are copied so far",
-                            disk.id,
-                            base.display()
-                        ),
-                        "delete its snapshots, or keep its volume on a shared pool",
-                    ));
+                let pools = self.store.list_pools()?;
+                let chain = super::chain::files_below(&disk.id, Path::new(&disk.path), &pools);
+                out.chain_bytes += chain
+                    .iter()
+                    .filter(|f| f.pool.is_some())
+                    .map(|f| f.size_bytes)
+                    .sum::<u64>();
+                // Of the files below the top, this VM's own snapshot images go with it;
+                // an image (`corral image`) or the user's file may serve others and stays.
+                let own: Vec<String> =
+                    tree_files(&self.store.snapshot_tree(&record.spec.name)?, &disk.id);
+                out.local_files.extend(
+                    chain
+                        .iter()
+                        .filter(|f| own.contains(&f.path))
+                        .map(|f| f.path.clone()),
+                );
+                out.chain.extend(chain);
+                if let Some(image) = volume.as_ref().and_then(|v| v.base_image.clone()) {
+                    out.images.extend(self.store.get_image(&image)?);
                 }
                 bytes = std::fs::metadata(&disk.path)
                     .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
@@ -338,7 +377,9 @@ impl Manager {
         let result = self.transfer(&mut plan, &mut m, &mut handle, started).await;
         match result {
             Ok(progress) => {
-                let done = self.hand_over(&plan, &mut m, &handle, progress, started).await;
+                let done = self
+                    .hand_over(&plan, &mut m, &handle, progress, started)
+                    .await;
                 handle.finish_with(done);
             }
             Err(e) => {
@@ -378,9 +419,8 @@ impl Manager {
             ..Default::default()
         };
         handle.detail(0.0, detail(&progress));
-        let ready: IncomingReady = plan
-            .peer
-            .post("/api/v1/migrations/incoming", &plan.incoming)
+        let ready = self
+            .prepare_destination(plan, handle, &mut progress)
             .await?;
         crate::testpoint::reached("migration.prepared").await;
         let qmp = plan.running.qmp.clone();
@@ -393,7 +433,9 @@ impl Manager {
                 .ok_or_else(|| ApiError::Internal("the destination exports no disks".into()))?;
             for (disk, top) in plan.mirrors.clone() {
                 let link = dial(&host, port).await?;
-                let limits = (true, plan.tuning.bandwidth);
+                // With its chain at the destination, only the top is copied.
+                let whole = !plan.incoming.chain_files.iter().any(|f| f.disk == disk);
+                let limits = (whole, plan.tuning.bandwidth);
                 let started =
                     migrate::mirror_start(&qmp, &disk, &top, link.as_fd(), &host, limits).await;
                 plan.links.push(link);
@@ -414,6 +456,46 @@ impl Manager {
         progress.downtime_ms = info.downtime;
         progress.total_ms = Some(started.elapsed().as_millis() as u64);
         Ok(progress)
+    }
+
+    /// The destination made ready: the VM's records and images prepared there, the
+    /// chain files it lacks sent (hashed first, so it can tell which it has), QEMU
+    /// started waiting for the stream.
+    async fn prepare_destination(
+        &self,
+        plan: &mut Plan,
+        handle: &OpHandle,
+        progress: &mut MigrationProgress,
+    ) -> ApiResult<IncomingReady> {
+        if !plan.incoming.chain_files.is_empty() {
+            progress.phase = "copying-chain".into();
+            handle.detail(0.0, detail(progress));
+            for f in plan.incoming.chain_files.iter_mut() {
+                f.sha256 = super::chain::sha256_of(f.path.clone().into()).await?;
+            }
+        }
+        let prepared: IncomingPrepared = plan
+            .peer
+            .post("/api/v1/migrations/incoming", &plan.incoming)
+            .await?;
+        let id = plan.id;
+        let mut sent = 0u64;
+        for &index in &prepared.needed {
+            if handle.is_cancelled() {
+                return Err(ApiError::Cancelled);
+            }
+            let f = plan.incoming.chain_files.get(index).ok_or_else(|| {
+                ApiError::Internal(format!("the destination asks for chain file {index}"))
+            })?;
+            let path = format!("/api/v1/migrations/{id}/files/{index}");
+            let _: serde_json::Value = plan.peer.put_file(&path, Path::new(&f.path)).await?;
+            sent += f.size_bytes;
+            progress.disk_transferred = sent;
+            progress.disk_total = plan.chain_bytes;
+            handle.detail(percent(sent, plan.chain_bytes) * 0.2, detail(progress));
+        }
+        let start = format!("/api/v1/migrations/{id}/start");
+        Ok(plan.peer.post(&start, &serde_json::json!({})).await?)
     }
 
     /// The destination's client credentials, loaded into this QEMU (files removed again).
@@ -794,6 +876,16 @@ impl Manager {
     }
 }
 
+/// The frozen images of disk `disk` in a snapshot tree.
+fn tree_files(tree: &corral_api::SnapshotTree, disk: &str) -> Vec<String> {
+    tree.snapshots
+        .iter()
+        .flat_map(|s| s.disks.iter())
+        .filter(|d| d.disk == disk)
+        .map(|d| d.file.clone())
+        .collect()
+}
+
 /// What the source learns of its disks while planning.
 #[derive(Default)]
 struct SourceDisks {
@@ -802,6 +894,10 @@ struct SourceDisks {
     local_files: Vec<String>,
     mirrors: Vec<(String, String)>,
     bytes: u64,
+    /// The read-only files below the copied disks' tops (oldest first per disk).
+    chain: Vec<corral_api::ChainFile>,
+    chain_bytes: u64,
+    images: Vec<corral_api::Image>,
 }
 
 /// Calls the destination's finish until it answers. A "given up" (409) after

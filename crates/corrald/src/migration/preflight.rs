@@ -314,6 +314,7 @@ fn disks(vm: &IncomingVm, host: &DestFacts) -> Vec<PreflightCheck> {
         };
         checks.push(check);
     }
+    checks.extend(chain_files(vm, host, &mut copy_per_pool));
     for (pool, bytes) in copy_per_pool {
         // A missing pool has failed its own check already.
         let Some((_, free)) = host.pools.get(&pool) else {
@@ -342,6 +343,56 @@ fn disks(vm: &IncomingVm, host: &DestFacts) -> Vec<PreflightCheck> {
                 "free space in that pool, or migrate elsewhere",
             )
         });
+    }
+    checks
+}
+
+/// The files below copied disks' tops: a pool file needs its pool here (and counts
+/// toward its space, in case it is not here yet); a user's file must be here already,
+/// at the same path and of the same size (its bytes are compared when it moves).
+fn chain_files(
+    vm: &IncomingVm,
+    host: &DestFacts,
+    copy_per_pool: &mut BTreeMap<String, u64>,
+) -> Vec<PreflightCheck> {
+    let mut checks = Vec::new();
+    for f in &vm.chain_files {
+        let i = vm
+            .spec
+            .disks
+            .iter()
+            .position(|d| d.id == f.disk)
+            .unwrap_or(0);
+        let field = format!("disks[{i}]");
+        match &f.pool {
+            Some(pool) if host.pools.contains_key(pool) => {
+                *copy_per_pool.entry(pool.clone()).or_default() += f.size_bytes;
+            }
+            Some(pool) => checks.push(PreflightCheck::fail(
+                "pool",
+                field,
+                format!(
+                    "disk {} reads through {} in pool '{pool}', which {} lacks",
+                    f.disk, f.path, host.hostname
+                ),
+                format!("create a pool named {pool} there"),
+            )),
+            None if host.files.get(&f.path) == Some(&f.size_bytes) => {
+                checks.push(PreflightCheck::pass(
+                    "files",
+                    format!("{field} reads through {}, also there", f.path),
+                ))
+            }
+            None => checks.push(PreflightCheck::fail(
+                "files",
+                field,
+                format!(
+                    "disk {} reads through {}, which {} does not have (of {} bytes)",
+                    f.disk, f.path, host.hostname, f.size_bytes
+                ),
+                "copy that image there at the same path (Corral never writes your files)",
+            )),
+        }
     }
     checks
 }

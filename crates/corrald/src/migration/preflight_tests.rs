@@ -112,6 +112,7 @@ fn vm() -> IncomingVm {
         created_at: 1,
         events: vec![],
         pci: Default::default(),
+        images: vec![],
     }
 }
 
@@ -149,6 +150,18 @@ fn host() -> DestFacts {
         root: true,
         userfaultfd: false,
         ..DestFacts::default()
+    }
+}
+
+/// A file below disk0's top, in `pool` (none: the user's `--image`).
+fn chain_file(pool: Option<&str>) -> corral_api::ChainFile {
+    corral_api::ChainFile {
+        disk: "disk0".into(),
+        path: "/srv/base.qcow2".into(),
+        pool: pool.map(str::to_string),
+        size_bytes: 1 << 20,
+        format: DiskFormat::Qcow2,
+        sha256: String::new(),
     }
 }
 
@@ -349,6 +362,28 @@ fn each_lack_fails_its_own_check_with_the_field_at_fault() {
             },
             "firmware",
             "firmware",
+        ),
+        (
+            "a chain file's pool missing",
+            |v, _| v.chain_files.push(chain_file(Some("fast"))),
+            "pool",
+            "disks[0]",
+        ),
+        (
+            "the user's base image missing",
+            |v, _| v.chain_files.push(chain_file(None)),
+            "files",
+            "disks[0]",
+        ),
+        (
+            "chain files do not fit",
+            |v, _| {
+                let mut f = chain_file(Some("default"));
+                f.size_bytes = 20 << 30;
+                v.chain_files.push(f);
+            },
+            "disk-space",
+            "disks",
         ),
         (
             "bridge but not root",
