@@ -224,6 +224,10 @@ pub struct IncomingVm {
     pub qemu_version: String,
     /// The accelerator the guest runs on at the source (`tcg`, `kvm`).
     pub accel: String,
+    /// The source CPU's feature flags (`/proc/cpuinfo`): under KVM the guest runs on
+    /// the host's own CPU model, so the destination's must have every one of them.
+    #[serde(default)]
+    pub cpu_flags: Vec<String>,
     /// The address the source reaches the destination at (its URL's host): where the
     /// destination's QEMU listens, and what its TLS certificate names.
     pub destination_address: String,

@@ -115,6 +115,19 @@ fn parse_machine_types(text: &str) -> std::collections::BTreeSet<String> {
     types
 }
 
+/// The CPU's feature flags, as the kernel lists them for the first CPU.
+pub fn cpu_flags() -> Vec<String> {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("flags"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, f)| f.split_whitespace().map(str::to_string).collect())
+        })
+        .unwrap_or_default()
+}
+
 /// Memory the kernel could give a new process now without swapping (MemAvailable).
 pub fn available_memory() -> u64 {
     meminfo_kib("MemAvailable:").map_or(0, |kb| kb * 1024)

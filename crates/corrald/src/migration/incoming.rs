@@ -100,6 +100,7 @@ impl Manager {
             uefi: corral_qemu::argv::ovmf_files().is_some(),
             root: self.networking_allowed(),
             userfaultfd: userfaultfd_allowed(),
+            cpu_flags: crate::host::cpu_flags().into_iter().collect(),
         })
     }
 

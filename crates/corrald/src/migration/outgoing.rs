@@ -177,6 +177,7 @@ impl Manager {
             machine_type: migrate::machine_type(&running.qmp).await?,
             qemu_version: self.host.qemu_version.clone(),
             accel: self.host.accel.accel.as_str().to_string(),
+            cpu_flags: crate::host::cpu_flags(),
             destination_address: peer.host().to_string(),
             postcopy,
             volumes: body_disks.volume_records,

@@ -41,6 +41,8 @@ pub struct DestFacts {
     pub root: bool,
     /// This host's (unprivileged) QEMU may use userfaultfd, which post-copy needs.
     pub userfaultfd: bool,
+    /// This host CPU's feature flags.
+    pub cpu_flags: BTreeSet<String>,
 }
 
 /// Memory a host keeps for itself beyond the guest's, so that the arrival does not
@@ -115,6 +117,33 @@ fn machine(vm: &IncomingVm, host: &DestFacts) -> PreflightCheck {
 }
 
 fn accel(vm: &IncomingVm, host: &DestFacts) -> PreflightCheck {
+    if vm.accel == host.accel && vm.accel == "kvm" {
+        // KVM guests run on `-cpu host`: the destination's CPU must do all the source's.
+        let missing: Vec<&str> = vm
+            .cpu_flags
+            .iter()
+            .filter(|f| !host.cpu_flags.contains(*f))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return PreflightCheck::fail(
+                "cpu",
+                "cpu",
+                format!(
+                    "{}'s CPU lacks {} feature(s) the guest may use: {}",
+                    host.hostname,
+                    missing.len(),
+                    missing
+                        .iter()
+                        .take(8)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+                "migrate between hosts with the same CPU model, or stop the VM and start it there",
+            );
+        }
+    }
     if vm.accel == host.accel {
         return PreflightCheck::pass("cpu", format!("both hosts run guests on {}", host.accel));
     }

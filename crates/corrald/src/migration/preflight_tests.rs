@@ -87,6 +87,7 @@ fn vm() -> IncomingVm {
         machine_type: "pc-i440fx-7.2".into(),
         qemu_version: "7.2.22".into(),
         accel: "tcg".into(),
+        cpu_flags: vec!["sse2".into(), "avx2".into()],
         destination_address: "10.0.0.2".into(),
         postcopy: false,
         volumes: vec![copied, shared],
@@ -362,6 +363,16 @@ fn each_lack_fails_its_own_check_with_the_field_at_fault() {
             },
             "firmware",
             "firmware",
+        ),
+        (
+            "KVM and a CPU without the source's features",
+            |v, h| {
+                v.accel = "kvm".into();
+                h.accel = "kvm".into();
+                h.cpu_flags = ["sse2".to_string()].into();
+            },
+            "cpu",
+            "cpu",
         ),
         (
             "a chain file's pool missing",
