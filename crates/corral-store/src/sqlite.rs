@@ -215,6 +215,24 @@ impl SqliteStore {
     }
 }
 
+/// Adds a VM's row in a transaction; `AlreadyExists` when the name is taken.
+fn insert_vm_row(tx: &rusqlite::Transaction<'_>, record: &VmRecord) -> Result<()> {
+    let spec = serde_json::to_string(&record.spec)?;
+    let status = serde_json::to_string(&record.status)?;
+    let inserted = tx.execute(
+        "INSERT INTO vms (name, spec, status, created_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (name) DO NOTHING",
+        params![record.spec.name, spec, status, record.created_at as i64],
+    )?;
+    if inserted == 0 {
+        return Err(StoreError::AlreadyExists {
+            kind: "vm",
+            name: record.spec.name.clone(),
+        });
+    }
+    Ok(())
+}
+
 fn vms_on_network(c: &Connection, name: &str) -> Result<Vec<String>> {
     let mut stmt = c.prepare(
         "SELECT DISTINCT vms.name FROM vms, json_each(vms.spec, '$.nics') AS nic
@@ -259,22 +277,10 @@ fn decode_vm(spec: String, status: String, created_at: i64) -> Result<VmRecord> 
 
 impl Store for SqliteStore {
     fn insert_vm(&self, record: &VmRecord) -> Result<()> {
-        let spec = serde_json::to_string(&record.spec)?;
-        let status = serde_json::to_string(&record.status)?;
         self.with(|c| {
             let tx = c.transaction()?;
             check_networks_exist(&tx, &record.spec)?;
-            let inserted = tx.execute(
-                "INSERT INTO vms (name, spec, status, created_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (name) DO NOTHING",
-                params![record.spec.name, spec, status, record.created_at as i64],
-            )?;
-            if inserted == 0 {
-                return Err(StoreError::AlreadyExists {
-                    kind: "vm",
-                    name: record.spec.name.clone(),
-                });
-            }
+            insert_vm_row(&tx, record)?;
             tx.commit()?;
             Ok(())
         })
@@ -340,8 +346,6 @@ impl Store for SqliteStore {
     }
 
     fn insert_vm_with_volumes(&self, record: &VmRecord, volumes: &[Volume]) -> Result<()> {
-        let spec = serde_json::to_string(&record.spec)?;
-        let status = serde_json::to_string(&record.status)?;
         let bodies: Vec<String> = volumes
             .iter()
             .map(serde_json::to_string)
@@ -349,17 +353,7 @@ impl Store for SqliteStore {
         self.with(|c| {
             let tx = c.transaction()?;
             check_networks_exist(&tx, &record.spec)?;
-            let inserted = tx.execute(
-                "INSERT INTO vms (name, spec, status, created_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (name) DO NOTHING",
-                params![record.spec.name, spec, status, record.created_at as i64],
-            )?;
-            if inserted == 0 {
-                return Err(StoreError::AlreadyExists {
-                    kind: "vm",
-                    name: record.spec.name.clone(),
-                });
-            }
+            insert_vm_row(&tx, record)?;
             for (v, body) in volumes.iter().zip(&bodies) {
                 if let Some(base) = &v.base_snapshot {
                     if !tree_of(&tx, &base.vm)?

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 pub use serde_json::Value;
 
 /// The workspace root.
+pub mod debian;
 pub mod hosts;
 pub mod netns;
 pub mod remote;

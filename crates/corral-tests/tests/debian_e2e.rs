@@ -8,78 +8,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use corral_tests::{workspace, Daemon, NetNs, World};
+use corral_tests::debian::{self, wait_for};
+use corral_tests::{Daemon, NetNs, World};
 use serde_json::Value;
-
-/// The image: `CORRAL_DEBIAN_IMAGE` (scripts/test.sh builds it once), else built here
-/// (cached under build/images by the script).
-fn debian_image(dir: &Path) -> PathBuf {
-    if let Some(p) = std::env::var_os("CORRAL_DEBIAN_IMAGE") {
-        return PathBuf::from(p);
-    }
-    let out = dir.join("debian-12.qcow2");
-    let status = Command::new("bash")
-        .arg(workspace().join("scripts/build-debian-image.sh"))
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the Debian image failed");
-    out
-}
-
-fn ssh_key(dir: &Path) -> PathBuf {
-    let key = dir.join("id_ed25519");
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "corral-e2e", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    key
-}
 
 /// `ssh debian@HOST -p PORT COMMAND` from inside `ns`; its stdout if it succeeded.
 fn ssh(ns: &NetNs, key: &Path, host: &str, port: u16, command: &str) -> Option<String> {
-    let out = ns
-        .command("ssh")
-        .args(["-i"])
-        .arg(key)
-        .args([
-            "-p",
-            &port.to_string(),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=5",
-            "-o",
-            "LogLevel=ERROR",
-            &format!("debian@{host}"),
-            command,
-        ])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    debian::ssh_output(ns, key, host, port, command)
 }
 
 /// The VM's entry in `corral list -o json`.
@@ -105,8 +43,8 @@ fn address_from(vm: &Value, source: &str) -> Option<String> {
 #[test]
 fn debian_guest_over_nat_with_ssh_port_forward_and_agent() {
     let tmp = tempfile::tempdir().unwrap();
-    let image = debian_image(tmp.path());
-    let key = ssh_key(tmp.path());
+    let image = debian::image(tmp.path());
+    let key = debian::ssh_key(tmp.path());
     let w = World::new("deb");
     let d = Daemon::start_in(&w.host, &["--accel", "tcg"]);
 

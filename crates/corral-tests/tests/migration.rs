@@ -46,6 +46,17 @@ fn start_load(h: &Host, name: &str) {
     );
 }
 
+/// Waits until the guest's disk writer has written `n` more blocks than it reported so
+/// far (wherever the console's history is, it is read through the VM's host).
+fn wait_writer_past(h: &Host, name: &str, n: u64) {
+    let written = *numbers(&h.daemon.console_log(name), "<W").last().unwrap();
+    h.daemon.wait_console(
+        name,
+        &format!("<W{}>", written + n),
+        Duration::from_secs(60),
+    );
+}
+
 /// Stops the guest's disk writer; the last block it reported written.
 fn stop_writer(h: &Host, name: &str) -> u64 {
     h.daemon.guest_run(name, "kill $(cat /tmp/writer)");
@@ -186,12 +197,7 @@ fn a_local_disk_moves_with_the_running_guest() {
     );
 
     // The guest goes on: its counter without a gap, its disk with every block written.
-    let written = *numbers(&b.daemon.console_log("web"), "<W").last().unwrap();
-    b.daemon.wait_console(
-        "web",
-        &format!("<W{}>", written + 20),
-        Duration::from_secs(60),
-    );
+    wait_writer_past(b, "web", 20);
     assert_counter_continued(b, "web");
     let last = stop_writer(b, "web");
     assert_pattern_whole(b, "web", last);
@@ -243,12 +249,7 @@ fn on_shared_storage_only_memory_moves() {
     assert!(gone.contains("not found"), "{gone}");
     assert_eq!(b.daemon.vm("db")["spec"]["disks"][0]["path"], path);
 
-    let written = *numbers(&b.daemon.console_log("db"), "<W").last().unwrap();
-    b.daemon.wait_console(
-        "db",
-        &format!("<W{}>", written + 20),
-        Duration::from_secs(60),
-    );
+    wait_writer_past(b, "db", 20);
     assert_counter_continued(b, "db");
     let last = stop_writer(b, "db");
     assert_pattern_whole(b, "db", last);
@@ -425,12 +426,7 @@ fn a_cancel_before_switch_over_leaves_the_guest_running_at_the_source() {
     assert_left_nothing(&hosts, 1, &uuid);
     assert_one_qemu(&hosts, &uuid, 0);
     // The guest never stopped: its counter and writer go on here.
-    let written = *numbers(&a.daemon.console_log("web"), "<W").last().unwrap();
-    a.daemon.wait_console(
-        "web",
-        &format!("<W{}>", written + 10),
-        Duration::from_secs(60),
-    );
+    wait_writer_past(a, "web", 10);
     // And nothing left over stands in the way of the next migration.
     let op = migrate(a, "web", "h1", &[]);
     assert_eq!(op["state"], "succeeded", "{op}");
@@ -464,12 +460,7 @@ fn a_cut_link_during_transfer_leaves_the_guest_at_the_source() {
     hosts.heal(1);
     assert_left_nothing(&hosts, 1, &uuid);
     assert_one_qemu(&hosts, &uuid, 0);
-    let written = *numbers(&a.daemon.console_log("web"), "<W").last().unwrap();
-    a.daemon.wait_console(
-        "web",
-        &format!("<W{}>", written + 10),
-        Duration::from_secs(60),
-    );
+    wait_writer_past(a, "web", 10);
     let last = stop_writer(a, "web");
     assert_pattern_whole(a, "web", last);
 }
@@ -560,12 +551,7 @@ fn a_daemon_killed_at_any_phase_leaves_exactly_one_guest() {
         wait_settled(&hosts, &uuid, owner);
         // The guest goes on, wherever it is.
         let o = hosts.host(owner);
-        let written = *numbers(&o.daemon.console_log("web"), "<W").last().unwrap();
-        o.daemon.wait_console(
-            "web",
-            &format!("<W{}>", written + 5),
-            Duration::from_secs(60),
-        );
+        wait_writer_past(o, "web", 5);
         eprintln!("{end:?} killed at {point}: the guest runs on h{owner}");
     }
     let o = hosts.host(owner);
@@ -656,14 +642,7 @@ fn ping_pong_twenty_times_leaks_nothing() {
     let home = hosts.host(0);
     assert_eq!(home.vm_names(), vec!["web".to_string()]);
     assert!(hosts.host(1).vm_names().is_empty());
-    let written = *numbers(&home.daemon.console_log("web"), "<W")
-        .last()
-        .unwrap();
-    home.daemon.wait_console(
-        "web",
-        &format!("<W{}>", written + 10),
-        Duration::from_secs(60),
-    );
+    wait_writer_past(home, "web", 10);
     let last = stop_writer(home, "web");
     assert_pattern_whole(home, "web", last);
 }
@@ -714,12 +693,7 @@ fn post_copy_is_refused_without_userfaultfd_and_moves_the_guest_with_it() {
     assert_eq!(op["result"]["postcopy"], true, "{op}");
     assert_one_qemu(&hosts, &uuid, 1);
     let b = hosts.host(1);
-    let written = *numbers(&b.daemon.console_log("web"), "<W").last().unwrap();
-    b.daemon.wait_console(
-        "web",
-        &format!("<W{}>", written + 10),
-        Duration::from_secs(60),
-    );
+    wait_writer_past(b, "web", 10);
     assert_counter_continued(b, "web");
 
     // `auto` switches only when pre-copy stops converging; an idle guest converges.

@@ -5,79 +5,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
+use corral_tests::debian::{self, ssh, ssh_output, wait_for};
 use corral_tests::hosts::Hosts;
-use corral_tests::{workspace, NetNs, Value};
-
-/// The image: `CORRAL_DEBIAN_IMAGE` (scripts/test.sh builds it once), else built here.
-fn debian_image(dir: &Path) -> PathBuf {
-    if let Some(p) = std::env::var_os("CORRAL_DEBIAN_IMAGE") {
-        return PathBuf::from(p);
-    }
-    let out = dir.join("debian-12.qcow2");
-    let status = Command::new("bash")
-        .arg(workspace().join("scripts/build-debian-image.sh"))
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the Debian image failed");
-    out
-}
-
-fn ssh_key(dir: &Path) -> PathBuf {
-    let key = dir.join("id_ed25519");
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "corral-mig", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    key
-}
-
-/// `ssh` from inside `ns` to `debian@ip`, running `command`.
-fn ssh(ns: &NetNs, key: &Path, ip: &str, command: &str) -> Command {
-    let mut c = ns.command("ssh");
-    c.arg("-i").arg(key).args([
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "ConnectTimeout=5",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "ServerAliveInterval=2",
-        "-o",
-        "ServerAliveCountMax=10",
-    ]);
-    c.arg(format!("debian@{ip}")).arg(command);
-    c
-}
-
-fn ssh_output(ns: &NetNs, key: &Path, ip: &str, command: &str) -> Option<String> {
-    let out = ssh(ns, key, ip, command).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_secs(2));
-    }
-}
+use corral_tests::Value;
 
 /// The guest's IPv4 address on the LAN, as its agent reports it.
 fn agent_address(vm: &Value) -> Option<String> {
@@ -96,8 +29,8 @@ fn agent_address(vm: &Value) -> Option<String> {
 #[test]
 fn a_debian_guest_keeps_its_ssh_session_across_a_migration() {
     let tmp = tempfile::tempdir().unwrap();
-    let image = debian_image(tmp.path());
-    let key = ssh_key(tmp.path());
+    let image = debian::image(tmp.path());
+    let key = debian::ssh_key(tmp.path());
     let hosts = Hosts::with_lan("mdeb", 2);
     let (a, b) = (hosts.host(0), hosts.host(1));
     let pubkey = format!("{}.pub", key.display());
@@ -122,7 +55,7 @@ fn a_debian_guest_keeps_its_ssh_session_across_a_migration() {
         || agent_address(&a.daemon.vm("deb")),
     );
     let out = wait_for(Duration::from_secs(300), "ssh into the guest", || {
-        ssh_output(&hosts.switch, &key, &ip, "echo before-$((6*7))")
+        ssh_output(&hosts.switch, &key, &ip, 22, "echo before-$((6*7))")
     });
     assert!(out.contains("before-42"), "{out}");
 
@@ -132,6 +65,7 @@ fn a_debian_guest_keeps_its_ssh_session_across_a_migration() {
         &hosts.switch,
         &key,
         &ip,
+        22,
         "while :; do date +%s.%N; sleep 0.2; done",
     )
     .stdout(std::fs::File::create(&log).unwrap())
@@ -178,7 +112,7 @@ fn a_debian_guest_keeps_its_ssh_session_across_a_migration() {
     let _ = session.wait();
 
     // A new session reaches it at the same address; its agent answers at the new host.
-    let out = ssh_output(&hosts.switch, &key, &ip, "echo after-$((6*7))").unwrap_or_default();
+    let out = ssh_output(&hosts.switch, &key, &ip, 22, "echo after-$((6*7))").unwrap_or_default();
     assert!(out.contains("after-42"), "{out}");
     wait_for(
         Duration::from_secs(120),

@@ -108,22 +108,10 @@ impl MigrationStore for SqliteStore {
         tree: &SnapshotTree,
         migration: &MigrationRecord,
     ) -> Result<()> {
-        let spec = serde_json::to_string(&record.spec)?;
-        let status = serde_json::to_string(&record.status)?;
         let tree_body = serde_json::to_string(tree)?;
         self.with(|c| {
             let tx = c.transaction()?;
-            let inserted = tx.execute(
-                "INSERT INTO vms (name, spec, status, created_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (name) DO NOTHING",
-                params![record.spec.name, spec, status, record.created_at as i64],
-            )?;
-            if inserted == 0 {
-                return Err(StoreError::AlreadyExists {
-                    kind: "vm",
-                    name: record.spec.name.clone(),
-                });
-            }
+            super::insert_vm_row(&tx, record)?;
             for image in images {
                 tx.execute(
                     "INSERT INTO images (name, pool, body) VALUES (?1, ?2, ?3)

@@ -12,6 +12,7 @@
 
 mod arrival;
 mod chain;
+mod handover;
 mod incoming;
 mod outgoing;
 mod preflight;

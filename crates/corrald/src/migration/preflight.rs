@@ -450,13 +450,8 @@ fn shared_disk(
                 )
             }
         }
-        if host.volume_names.contains(&vol.name) {
-            return PreflightCheck::fail(
-                "pool",
-                format!("{field}.volume"),
-                format!("{} already has a volume named {}", host.hostname, vol.name),
-                "rename or delete that volume there first",
-            );
+        if let Some(taken) = volume_name_taken(vol, field, host) {
+            return taken;
         }
     }
     match host.files.get(&disk.path) {
@@ -474,6 +469,22 @@ fn shared_disk(
             "mount the shared storage at the same path on both hosts",
         ),
     }
+}
+
+/// A volume's record moves with the VM: its name must be free there.
+fn volume_name_taken(
+    vol: &corral_api::Volume,
+    field: &str,
+    host: &DestFacts,
+) -> Option<PreflightCheck> {
+    host.volume_names.contains(&vol.name).then(|| {
+        PreflightCheck::fail(
+            "pool",
+            format!("{field}.volume"),
+            format!("{} already has a volume named {}", host.hostname, vol.name),
+            "rename or delete that volume there first",
+        )
+    })
 }
 
 fn copied_disk(vol: &corral_api::Volume, field: &str, host: &DestFacts) -> PreflightCheck {
@@ -499,13 +510,8 @@ fn copied_disk(vol: &corral_api::Volume, field: &str, host: &DestFacts) -> Prefl
             "give the destination a dir pool of that name, or use shared storage",
         );
     }
-    if host.volume_names.contains(&vol.name) {
-        return PreflightCheck::fail(
-            "pool",
-            format!("{field}.volume"),
-            format!("{} already has a volume named {}", host.hostname, vol.name),
-            "rename or delete that volume there first",
-        );
+    if let Some(taken) = volume_name_taken(vol, field, host) {
+        return taken;
     }
     PreflightCheck::pass(
         "disk",

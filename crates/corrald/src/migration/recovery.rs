@@ -93,7 +93,7 @@ impl Manager {
             Ok(f) => f,
             Err(e) => return tracing::error!(vm = %m.vm, "{}", crate::error::chain(&e)),
         };
-        match super::outgoing::retry_finish(peer, m.id, &finish, &m.vm, false).await {
+        match super::handover::retry_finish(peer, m.id, &finish, &m.vm, false).await {
             Ok(()) => {
                 if let Err(e) = self.commit_ownership(&m.vm.clone(), &mut m, body) {
                     return tracing::error!(vm = %m.vm, "{}", crate::error::chain(&e));
