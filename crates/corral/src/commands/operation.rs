@@ -210,6 +210,9 @@ fn operation_details(op: &Operation) -> String {
         ("Created", format_time_ms(op.created_ms)),
         ("Updated", format_time_ms(op.updated_ms)),
     ];
+    if let Some(line) = super::migrate::progress_line(op) {
+        rows.push(("Now", line));
+    }
     if let Some(error) = &op.error {
         rows.push(("Error", error.error.clone()));
         rows.push(("Field", or_dash(error.field.as_deref())));
