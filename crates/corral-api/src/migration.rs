@@ -362,7 +362,8 @@ pub struct IncomingStatus {
 }
 
 /// `POST /api/v1/migrations/{id}/finish`: the source has handed over; the destination
-/// resumes the guest. Carries the VM's history, which moves with it.
+/// resumes the guest (with the UEFI variables as they were at the switch-over).
+/// `POST /api/v1/migrations/{id}/history` then brings the console's output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FinishIncoming {

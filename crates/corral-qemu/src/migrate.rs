@@ -471,7 +471,7 @@ async fn wait_job_gone(qmp: &Qmp, job: &str, limit: Duration) -> Result<(), Migr
                 detail: format!("job {job} did not end within {} s", limit.as_secs()),
             });
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

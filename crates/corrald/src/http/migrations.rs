@@ -102,6 +102,18 @@ pub async fn finish(
     Ok(Json(mgr.incoming_finish(migration_id(&id)?, req).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/migrations/{id}/history", request_body = FinishIncoming,
+    responses((status = 200, description = "the console's history is kept"),
+              (status = 409, body = corral_api::ErrorBody)))]
+pub async fn history(
+    State(mgr): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<FinishIncoming>,
+) -> ApiResult<Json<serde_json::Value>> {
+    mgr.incoming_history(migration_id(&id)?, req).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
 #[utoipa::path(post, path = "/api/v1/migrations/{id}/abort",
     responses((status = 200, body = IncomingStatus), (status = 409, body = corral_api::ErrorBody)))]
 pub async fn abort(

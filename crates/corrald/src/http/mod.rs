@@ -80,6 +80,10 @@ pub fn router(mgr: Arc<Manager>) -> Router {
             "/api/v1/migrations/{id}/finish",
             post(migrations::finish).layer(migrations::body_limit()),
         )
+        .route(
+            "/api/v1/migrations/{id}/history",
+            post(migrations::history).layer(migrations::body_limit()),
+        )
         .route("/api/v1/migrations/{id}/abort", post(migrations::abort))
         .route("/api/v1/vms/{name}/clone", post(vms::clone))
         .route("/api/v1/vms/{name}/stop", post(vms::stop))

@@ -83,6 +83,7 @@ use super::{
         migrations::start,
         migrations::status,
         migrations::finish,
+        migrations::history,
         migrations::abort,
         migrations::probe_certificate,
         list_operations,

@@ -119,25 +119,50 @@ impl Manager {
         plan: &Plan,
         progress: &MigrationProgress,
     ) -> ApiResult<()> {
-        let finish = self.history_for(&plan.name)?;
-        retry_finish(&plan.peer, plan.id, &finish, &plan.name, progress.postcopy).await
+        // Only what must be there before the guest runs: its variable store.
+        let finish = FinishIncoming {
+            console_log_b64: String::new(),
+            nvram_b64: self.nvram_of(&plan.name)?,
+        };
+        retry_finish(&plan.peer, plan.id, &finish, &plan.name, progress.postcopy).await?;
+        // The console's history follows, once the guest runs there.
+        let history = FinishIncoming {
+            console_log_b64: self.console_log_of(&plan.name)?,
+            nvram_b64: None,
+        };
+        let path = format!("/api/v1/migrations/{}/history", plan.id);
+        if let Err(e) = plan
+            .peer
+            .post::<_, serde_json::Value>(&path, &history)
+            .await
+        {
+            tracing::warn!(vm = %plan.name, "the console's history did not reach the destination: {}", corral_client::peer_chain(&e));
+        }
+        Ok(())
     }
 
-    /// The VM's console output, events and NVRAM, which move with it.
+    /// The VM's console output and NVRAM, which move with it, in one finish (after a
+    /// restart, when speed matters less than getting it done).
     pub(crate) fn history_for(&self, name: &str) -> ApiResult<FinishIncoming> {
-        let b64 = base64::engine::general_purpose::STANDARD;
+        Ok(FinishIncoming {
+            console_log_b64: self.console_log_of(name)?,
+            nvram_b64: self.nvram_of(name)?,
+        })
+    }
+
+    fn console_log_of(&self, name: &str) -> ApiResult<String> {
         let (rotated, current) = self.console_log_files(name)?;
         let log = crate::console::read_log(&rotated, &current, self.cfg.console_log_limit);
-        let nvram = self
+        Ok(base64::engine::general_purpose::STANDARD.encode(log))
+    }
+
+    fn nvram_of(&self, name: &str) -> ApiResult<Option<String>> {
+        Ok(self
             .record(name)?
             .spec
             .nvram
             .and_then(|p| std::fs::read(p).ok())
-            .map(|b| b64.encode(b));
-        Ok(FinishIncoming {
-            console_log_b64: b64.encode(log),
-            nvram_b64: nvram,
-        })
+            .map(|b| base64::engine::general_purpose::STANDARD.encode(b)))
     }
 
     /// The switch of ownership, in one store transaction: the VM and its volume records

@@ -228,13 +228,16 @@ impl Manager {
         wait_complete(&running.qmp, RESUME_WAIT).await?;
         // From here on the source never resumes its copy: roll forward only.
         self.set_phase(&mut m, phase::RESUMING, &body)?;
-        migrate::nbd_stop(&running.qmp, &body.exported).await;
-        migrate::remove_tls_creds(&running.qmp).await;
-        self.take_history(&m.vm, &running.paths.dir, &req)?;
+        // The guest is paused on both hosts until this `cont`: nothing else comes first
+        // but its variable store, which it may write as soon as it runs.
+        self.take_nvram(&m.vm, &req)?;
         crate::testpoint::reached("migration.incoming.resuming").await;
         if !body.was_paused {
             running.qmp.cont().await?;
         }
+        migrate::nbd_stop(&running.qmp, &body.exported).await;
+        migrate::remove_tls_creds(&running.qmp).await;
+        self.take_console_log(&running.paths.dir, &req.console_log_b64)?;
         let state = match body.was_paused {
             true => VmState::Paused,
             false => VmState::Running,
@@ -265,23 +268,42 @@ impl Manager {
         self.incoming_status(id).await
     }
 
-    /// The serial console's output and UEFI variables of the source, kept here.
-    fn take_history(&self, vm: &str, run_dir: &Path, req: &FinishIncoming) -> ApiResult<()> {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        if !req.console_log_b64.is_empty() {
-            let bytes = b64
-                .decode(&req.console_log_b64)
-                .map_err(|e| ApiError::BadBody(format!("console_log_b64: {e}")))?;
-            // Before what this QEMU prints: the rotated log is read first.
-            let _ = std::fs::write(run_dir.join("console.log.1"), bytes);
-        }
+    /// The UEFI variables as the source left them at the switch-over.
+    fn take_nvram(&self, vm: &str, req: &FinishIncoming) -> ApiResult<()> {
         if let (Some(b), Some(path)) = (&req.nvram_b64, self.record(vm)?.spec.nvram) {
-            let bytes = b64
+            let bytes = base64::engine::general_purpose::STANDARD
                 .decode(b)
                 .map_err(|e| ApiError::BadBody(format!("nvram_b64: {e}")))?;
             std::fs::write(&path, bytes).map_err(|e| ApiError::Internal(format!("{path}: {e}")))?;
         }
         Ok(())
+    }
+
+    /// The serial console's output on the source, kept before what this QEMU prints
+    /// (the rotated log is read first).
+    fn take_console_log(&self, run_dir: &Path, b64: &str) -> ApiResult<()> {
+        if b64.is_empty() {
+            return Ok(());
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| ApiError::BadBody(format!("console_log_b64: {e}")))?;
+        let _ = std::fs::write(run_dir.join("console.log.1"), bytes);
+        Ok(())
+    }
+
+    /// `POST /api/v1/migrations/{id}/history`: the console output the source printed,
+    /// sent once the guest runs here (so it does not lengthen the pause).
+    pub async fn incoming_history(&self, id: Uuid, req: FinishIncoming) -> ApiResult<()> {
+        let m = self.migration(id)?;
+        if m.phase != phase::RESUMED {
+            return Err(ApiError::conflict(format!(
+                "migration {id} is {}, not resumed",
+                m.phase
+            )));
+        }
+        let record = self.record(&m.vm)?;
+        self.take_console_log(&self.vm_paths(&record.spec).dir, &req.console_log_b64)
     }
 
     /// `POST /api/v1/migrations/{id}/abort`: the source gives up. QEMU, records and
@@ -431,7 +453,7 @@ async fn wait_complete(qmp: &corral_qemu::qmp::Qmp, limit: Duration) -> ApiResul
                     ),
                 })
             }
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ => tokio::time::sleep(Duration::from_millis(2)).await,
         }
     }
 }

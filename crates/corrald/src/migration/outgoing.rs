@@ -571,6 +571,7 @@ impl Manager {
         progress: &mut MigrationProgress,
     ) -> ApiResult<MigrationInfo> {
         let qmp = &plan.running.qmp;
+        let mut events = qmp.events();
         let mut stalled = Stall::new();
         let mut passes: Vec<u64> = Vec::new();
         loop {
@@ -593,7 +594,7 @@ impl Manager {
                     if !progress.postcopy {
                         self.commit(plan, m, handle)?;
                     }
-                    return Ok(info);
+                    return Ok(final_figures(qmp, info).await);
                 }
                 "failed" | "cancelled" => {
                     return Err(ApiError::Conflict {
@@ -620,7 +621,9 @@ impl Manager {
             if !progress.postcopy {
                 stalled.check(progress.ram_transferred, "sending memory")?;
             }
-            tokio::time::sleep(POLL).await;
+            // QEMU's MIGRATION event says at once when the status changes (the end
+            // above all: the guest is paused from then until the destination runs it).
+            migration_event_or(&mut events, POLL).await;
         }
     }
 }
@@ -681,6 +684,42 @@ async fn dial(host: &str, port: u16) -> ApiResult<std::net::TcpStream> {
         });
     tuned.map_err(|e| ApiError::Internal(format!("{addr}: {e}")))?;
     Ok(stream)
+}
+
+/// Waits for QEMU's next MIGRATION event, at most `limit`.
+async fn migration_event_or(
+    events: &mut tokio::sync::broadcast::Receiver<corral_qemu::qmp::Event>,
+    limit: Duration,
+) {
+    let next = async {
+        loop {
+            match events.recv().await {
+                Ok(e) if e.name == "MIGRATION" => return,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    return std::future::pending().await
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limit, next).await;
+}
+
+/// The completed migration's figures: QEMU fills in `downtime` and `total-time` a moment
+/// after it reports completed, so they are read again until they are there.
+async fn final_figures(qmp: &corral_qemu::qmp::Qmp, first: MigrationInfo) -> MigrationInfo {
+    let mut info = first;
+    for _ in 0..20 {
+        if info.downtime.unwrap_or(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        match migrate::info(qmp).await {
+            Ok(i) => info = i,
+            Err(_) => break,
+        }
+    }
+    info
 }
 
 /// Progress figures from QEMU's, and the remaining memory at the start of each pass.
