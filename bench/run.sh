@@ -18,16 +18,22 @@
 #                                     # domain stats vs raw QEMU (bench/metrics.py, ~5 min)
 #   bash bench/run.sh --only network --skip-corral
 #                                     # libvirt and raw QEMU only: no build, no corrald
+#   bash bench/run.sh --only migration
+#                                     # live migration between two hosts (network
+#                                     # namespaces): Corral vs libvirt vs raw QEMU
+#                                     # (bench/migration.py, ~15 minutes), only when asked
 #
 # Raw numbers go to bench/results/latest.json, the table to bench/results/latest.md
 # (storage: storage.json, storage.md; network: network.json, network.md and the
-# guests' serial output in network-consoles/; all gitignored). Everything the run makes
+# guests' serial output in network-consoles/; migration: migration.json, migration.md;
+# all gitignored). Everything the run makes
 # is removed again: corrald and its state dir, leftover QEMUs of this run, the libvirt
 # domains and storage pools it defined, and libvirtd and virtlogd if this run started
 # them; for network also the raw side's bridge, tap and dnsmasq, libvirt's default
 # network if the run started (or defined) it, IPv4 forwarding as it was, and the
-# firewall tables the run or libvirt made. See docs/benchmarks.md for what is timed
-# and why.
+# firewall tables the run or libvirt made; for migration also the namespaces, the
+# two corralds and the two libvirtds (and their virtlogds) of the run. See
+# docs/benchmarks.md for what is timed and why.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -46,6 +52,7 @@ skip_corral=0
 extra=()
 storage_extra=()
 net_extra=()
+mig_extra=()
 while (($#)); do
     case $1 in
         --no-setup) setup=0 ;;
@@ -53,12 +60,14 @@ while (($#)); do
         --quick) extra+=(--n-start 3 --n-define 100 --n-list 3)
                  storage_extra+=(--n-linked 3 --n-clone 1 --n-snap 3 --n-root 1 --n-live 1
                                 --n-lclone 2)
-                 net_extra+=(--n-boot 1 --n-iperf 1 --iperf-secs 3) ;;
+                 net_extra+=(--n-boot 1 --n-iperf 1 --iperf-secs 3)
+                 mig_extra+=(--rounds-idle 1 --rounds 1 --iperf-runs 1 --iperf-secs 2
+                             --n-preflight 2) ;;
         --only) only=$2; shift ;;
         --skip-corral) skip_corral=1 ;;
         --rev) rev=$2; shift ;;
         --wait-quiet) wait_quiet=1 ;;
-        -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,36p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) log "unknown argument: $1"; exit 2 ;;
     esac
     shift
@@ -66,10 +75,12 @@ done
 
 [[ $(id -u) == 0 ]] || { log "run as root (libvirt's system daemon, QEMU -runas)"; exit 1; }
 case $only in
-    ''|start|many|storage|network|web|metrics) ;;
-    *) log "--only takes start, many, storage, network, web or metrics, not '$only'"; exit 2 ;;
+    ''|start|many|storage|network|web|metrics|migration) ;;
+    *) log "--only takes start, many, storage, network, web, metrics or migration, not '$only'"
+       exit 2 ;;
 esac
 network=$([[ $only == network ]] && echo 1 || echo 0)
+migration=$([[ $only == migration ]] && echo 1 || echo 0)
 if ((skip_corral && !network)); then log "--skip-corral is for --only network"; exit 2; fi
 ((skip_corral)) && build=0
 ((setup)) && bash "$BENCH/setup.sh"
@@ -95,6 +106,11 @@ if ((setup && storage)) && ! command -v virt-clone >/dev/null; then
         log "virtinst not installed: the storage table will have no virt-clone row"
 fi
 # The network section: virt-install, iperf3 on the host, a seed ISO maker and dnsmasq.
+# The migration section measures the link between its namespaces with iperf3.
+if ((setup && migration)) && ! command -v iperf3 >/dev/null; then
+    log "installing iperf3"
+    apt_install iperf3 || { log "could not install iperf3"; exit 1; }
+fi
 if ((setup && network)); then
     need=()
     for tool in virt-install:virtinst iperf3:iperf3 genisoimage:genisoimage \
@@ -140,6 +156,8 @@ fi
 LV_IMAGES=/var/lib/libvirt/images/corral-bench
 # A short path: the QMP/console socket paths under it must fit in sun_path.
 WORK=$(mktemp -d /tmp/cb.XXXXXX)
+# The migration section's network namespaces: $NS_PREFIX-sw, -h0, -h1.
+NS_PREFIX=cbm$$
 mkdir -p "$BENCH/results"
 
 corrald_pid=''
@@ -208,6 +226,21 @@ cleanup() {
             fi
         done
     fi
+    # What bench/migration.py makes and removes itself, in case it was killed: its
+    # namespaces, and with them everything that runs in them (corralds, libvirtds,
+    # virtlogds, QEMUs); the mount point it made for the libvirtds' private state.
+    for ns in "$NS_PREFIX-h0" "$NS_PREFIX-h1" "$NS_PREFIX-sw"; do
+        ip netns list 2>/dev/null | grep -q "^$ns\b" || continue
+        for _ in 1 2 3; do
+            pids=$(ip netns pids "$ns" 2>/dev/null)
+            [[ -z $pids ]] && break
+            # shellcheck disable=SC2086
+            kill -9 $pids 2>/dev/null
+            sleep 0.2
+        done
+        ip netns del "$ns"
+    done
+    [[ -n ${made_run_libvirt:-} ]] && rmdir /run/libvirt 2>/dev/null
     # What bench/network.py makes and removes itself, in case it was killed.
     ip link del cbnettap0 2>/dev/null
     ip link del cbnet0 2>/dev/null
@@ -243,7 +276,9 @@ if [[ -e /dev/kvm ]] && getent group kvm >/dev/null; then
     chmod 0660 /dev/kvm
 fi
 pid_of() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null && cat "$1"; }
-if ! virsh -q -c qemu:///system uri >/dev/null 2>&1; then
+# The migration section runs two libvirtds of its own (bench/migration.py), not this one.
+[[ -d /run/libvirt ]] || made_run_libvirt=1
+if ((!migration)) && ! virsh -q -c qemu:///system uri >/dev/null 2>&1; then
     if ! pid_of /run/virtlogd.pid >/dev/null; then
         virtlogd -d
         sleep 0.2
@@ -257,9 +292,11 @@ if ! virsh -q -c qemu:///system uri >/dev/null 2>&1; then
     done
     started_libvirtd=$(pid_of /run/libvirtd.pid)
 fi
-libvirtd_pid=$(pid_of /run/libvirtd.pid) || { log "libvirtd is not running"; exit 1; }
-# First contact makes libvirtd probe QEMU's capabilities; not part of any measurement.
-virsh -q -c qemu:///system version >/dev/null
+if ((!migration)); then
+    libvirtd_pid=$(pid_of /run/libvirtd.pid) || { log "libvirtd is not running"; exit 1; }
+    # First contact makes libvirtd probe QEMU's capabilities; not part of any measurement.
+    virsh -q -c qemu:///system version >/dev/null
+fi
 install -d -m 0755 "$LV_IMAGES"
 ((network)) || install -m 0644 "$KERNEL" "$INITRD" "$LV_IMAGES/"
 if ((network)); then
@@ -271,7 +308,7 @@ if ((network)); then
 fi
 
 # corrald, on a fresh state dir (as root it also makes its `default` NAT network).
-if ((!skip_corral)); then
+if ((!skip_corral && !migration)); then
     log "starting corrald (state in $WORK/s)"
     "$CORRALD" --state-dir "$WORK/s" --socket "$WORK/sock" --accel tcg 2>"$WORK/corrald.log" &
     corrald_pid=$!
@@ -301,6 +338,13 @@ if ((network)); then
         --consoles "$BENCH/results/network-consoles" \
         "${net_extra[@]}"
     log "raw numbers: bench/results/network.json"
+elif ((migration)); then
+    /usr/bin/python3 "$BENCH/migration.py" ${rev:+--corral-rev "$sha"} \
+        --corral "$CORRAL" --corrald "$CORRALD" --netns-prefix "$NS_PREFIX" \
+        --kernel "$KERNEL" --initrd "$INITRD" --lv-images "$LV_IMAGES" --work "$WORK" \
+        --json "$BENCH/results/migration.json" --md "$BENCH/results/migration.md" \
+        "${mig_extra[@]}"
+    log "raw numbers: bench/results/migration.json"
 elif [[ $only == metrics ]]; then
     /usr/bin/python3 "$BENCH/metrics.py" ${rev:+--corral-rev "$sha"} \
         --corral "$CORRAL" --socket "$WORK/sock" --corrald-pid "$corrald_pid" \
