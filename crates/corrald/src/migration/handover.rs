@@ -205,10 +205,14 @@ impl Manager {
             "{name}-{}.fd",
             &body.uuid.simple().to_string()[..8]
         )));
-        if let Err(e) = self.drop_forwards_to(name).await {
-            tracing::warn!(vm = name, "port forwards: {}", crate::error::chain(&e));
+        // Its NICs' rules and forwards (a VM without NICs has neither: the ruleset is
+        // not rebuilt while the guest resumes at the other end).
+        if !body.nics.is_empty() {
+            if let Err(e) = self.drop_forwards_to(name).await {
+                tracing::warn!(vm = name, "port forwards: {}", crate::error::chain(&e));
+            }
+            self.nics_changed(&body.nics).await;
         }
-        self.nics_changed(&body.nics).await;
     }
 
     /// Undoes a migration that did not reach the commit point: the stream and mirrors

@@ -257,8 +257,12 @@ impl Manager {
         if let Err(e) = migrate::announce(&running.qmp).await {
             tracing::warn!(vm = %m.vm, "announce-self: {}", crate::error::chain(&e));
         }
-        if let Err(e) = self.apply_rules().await {
-            tracing::warn!(vm = %m.vm, "firewall rules: {}", crate::error::chain(&e));
+        // Its NICs' firewall rules and forwards are made here now (a VM without NICs
+        // needs none, and the ruleset is not rebuilt for it).
+        if !record.spec.nics.is_empty() {
+            if let Err(e) = self.apply_rules().await {
+                tracing::warn!(vm = %m.vm, "firewall rules: {}", crate::error::chain(&e));
+            }
         }
         self.events.emit(
             Some(&m.vm),
